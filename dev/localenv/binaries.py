@@ -1,0 +1,29 @@
+"""Where the control plane's binaries are, building them (once, cached) when missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from localenv.procs import REPO
+
+NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CELERY_OPERATOR_CACHE", Path.home() / ".cache" / "celery-operator"))
+
+
+def ensure() -> Path:
+    """Return the bin directory, running dev/build-binaries.sh if anything is missing or stale."""
+    out = subprocess.run(["bash", str(REPO / "dev" / "build-binaries.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def bin_dir() -> Path:
+    b = cache_dir() / "bin"
+    if all((b / n).exists() for n in NAMES):
+        return b
+    return ensure()

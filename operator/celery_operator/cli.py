@@ -1,0 +1,72 @@
+"""`celery-operator run | render | crds`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="celery-operator", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; globs as kopf allows)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    run.add_argument("--host", default=os.environ.get("CELERY_OPERATOR_HOST", "0.0.0.0"),  # noqa: S104
+                     help="address of the HTTP port (probes and metrics)")
+    run.add_argument("--port", type=int, default=int(os.environ.get("CELERY_OPERATOR_PORT", "8080")),
+                     help="HTTP port serving /healthz, /readyz and /metrics (0 = pick a free one)")
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
+                     help="take a Lease before reconciling, so only one replica works at a time")
+    run.add_argument("--lease-name", default="celery-operator")
+    run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    run.add_argument("--identity", default=os.environ.get("POD_NAME") or None,
+                     help="this replica's name in the Lease (default: hostname + pid)")
+    run.add_argument("-v", "--verbose", action="store_true")
+
+    render = sub.add_parser("render", help="print every object the operator would create for CR files (offline)")
+    render.add_argument("files", nargs="+", type=Path, help="YAML files (or folders) of celery-operator CRs")
+    render.add_argument("-n", "--namespace", default="default", help="namespace of CRs that name none")
+
+    crds = sub.add_parser("crds", help="write (or print) the CRDs generated from the schema")
+    crds.add_argument("--out", type=Path, help="folder to write one YAML per kind into (default: print)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from celery_operator.runner import RunOptions, run
+
+        return run(RunOptions(
+            namespaces=list(args.namespace), host=args.host, port=args.port,
+            leader_election=args.leader_election, lease_name=args.lease_name,
+            lease_namespace=args.lease_namespace, identity=args.identity, verbose=args.verbose))
+    if args.command == "render":
+        from celery_operator.offline import render_files
+
+        sys.stdout.write(render_files(args.files, args.namespace))
+        return 0
+    if args.command == "crds":
+        from celery_operator import schema
+
+        if args.out:
+            schema.write_crds(args.out)
+        else:
+            import yaml
+
+            sys.stdout.write(yaml.safe_dump_all(list(schema.all_crds().values()), sort_keys=False))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Side effects on the Kubernetes API server."""

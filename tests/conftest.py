@@ -1,0 +1,5 @@
+"""Shared pytest configuration. Fixtures live in plugin modules, one per kind of server."""
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+]
