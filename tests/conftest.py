@@ -2,4 +2,8 @@
 
 pytest_plugins = [
     "tests.fixtures.servers",
+    "tests.fixtures.prometheus",
+    "tests.fixtures.brokers",
+    "tests.fixtures.delivery",
+    "tests.fixtures.operator",
 ]

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
                        help="watch this namespace (repeatable; globs as kopf allows)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
-    run.add_argument("--host", default=os.environ.get("CELERY_OPERATOR_HOST", "0.0.0.0"),  # noqa: S104
+    run.add_argument("--host", default=os.environ.get("CELERY_OPERATOR_HOST", "0.0.0.0"),
                      help="address of the HTTP port (probes and metrics)")
     run.add_argument("--port", type=int, default=int(os.environ.get("CELERY_OPERATOR_PORT", "8080")),
                      help="HTTP port serving /healthz, /readyz and /metrics (0 = pick a free one)")

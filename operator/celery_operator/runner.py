@@ -9,12 +9,15 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import kopf
 
-from celery_operator import httpserver, metrics
+from celery_operator import httpserver
 from celery_operator.kube.client import KubeClient
 from celery_operator.kube.leader import LeaderElector
+from celery_operator.metrics import DEFAULT as DEFAULT_METRICS
+from celery_operator.metrics import OperatorMetrics as Metrics
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunOptions:
     namespaces: list[str] = field(default_factory=list)
-    host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    host: str = "0.0.0.0"
     port: int = 8080
     leader_election: bool = True
     lease_name: str = "celery-operator"
@@ -51,6 +54,7 @@ async def _run(opts: RunOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     health = httpserver.Health()
+    metrics = DEFAULT_METRICS
     runner = await httpserver.start(opts.host, opts.port, health, metrics.exposition)
     port = runner.addresses[0][1] if runner.addresses else opts.port
     log.info("serving /healthz, /readyz and /metrics on %s:%s", opts.host, port)
@@ -66,7 +70,7 @@ async def _run(opts: RunOptions) -> int:
             if not await elector.acquire(stop):
                 return 0
         health.role = "leader"
-        code = await _operate(opts, stop, elector, health)
+        code = await _operate(opts, stop, elector, health, metrics)
     finally:
         health.ready = False
         if elector is not None:
@@ -80,18 +84,18 @@ async def _run(opts: RunOptions) -> int:
 
 
 async def _operate(opts: RunOptions, stop: asyncio.Event, elector: LeaderElector | None,
-                   health: httpserver.Health) -> int:
+                   health: httpserver.Health, metrics: Metrics) -> int:
     kopf_stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     clusterwide = not opts.namespaces
     operator = asyncio.create_task(kopf.operator(
         clusterwide=clusterwide, namespaces=opts.namespaces, standalone=True,
-        stop_flag=kopf_stop, ready_flag=ready))
-    waiters: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait()), operator]  # type: ignore[list-item]
+        stop_flag=kopf_stop, ready_flag=ready, memo=kopf.Memo(metrics=metrics)))
+    waiters: list[asyncio.Future[Any]] = [asyncio.create_task(stop.wait()), operator]
     keeper = None
     if elector is not None:
         keeper = asyncio.create_task(elector.keep(stop))
-        waiters.append(keeper)  # type: ignore[arg-type]
+        waiters.append(keeper)
     def on_ready(_: object) -> None:
         # kopf installs its own SIGTERM/SIGINT handlers at start; take them back so a signal
         # stops kopf through our path (graceful, lease released).
@@ -100,8 +104,7 @@ async def _operate(opts: RunOptions, stop: asyncio.Event, elector: LeaderElector
             loop.add_signal_handler(sig, stop.set)
         health.ready = True
 
-    ready_task = asyncio.create_task(asyncio.shield(ready))
-    ready_task.add_done_callback(on_ready)
+    ready.add_done_callback(on_ready)
     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     lost = keeper is not None and keeper in done and not stop.is_set()
     if not kopf_stop.done():
@@ -114,7 +117,6 @@ async def _operate(opts: RunOptions, stop: asyncio.Event, elector: LeaderElector
         log.error("kopf stopped with an error: %s", e)
         return 1
     finally:
-        ready_task.cancel()
         if keeper is not None and not keeper.done():
             stop.set()
             await keeper

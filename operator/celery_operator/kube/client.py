@@ -81,7 +81,7 @@ class KubeClient:
         settings = kopf.OperatorSettings()
         try:
             conn = kopf.login_with_service_account(settings=settings)
-        except Exception:  # not in a cluster: fall back to the kubeconfig
+        except Exception:  # noqa: BLE001 - not in a cluster: fall back to the kubeconfig
             conn = None
         if conn is None:
             conn = kopf.login_with_kubeconfig(settings=settings)

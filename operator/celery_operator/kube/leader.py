@@ -10,6 +10,7 @@ for longer than the lease duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from dataclasses import dataclass
@@ -104,10 +105,8 @@ class LeaderElector:
                 log.info("waiting for leadership (lease %s/%s is held by another replica)",
                          self.namespace, self.name)
                 announced = True
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.retry_seconds)
-            except TimeoutError:
-                pass
         return False
 
     async def keep(self, stop: asyncio.Event) -> None:

@@ -1,0 +1,70 @@
+# celery-operator: developer entry points. `make test` works on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := rabbitmq-server redis-server prometheus openssl util-linux
+IMAGE ?= ghcr.io/celery-operator/celery-operator:0.1.0
+SAMPLE_IMAGE ?= ghcr.io/celery-operator/sample-tasks:0.1.0
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: system-deps
+system-deps: ## Debian packages: RabbitMQ, Redis, Prometheus (installed only when missing)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml sample_tasks/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' -e ./sample_tasks
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## the Python environment (.venv) with the operator, dev tools and sample_tasks
+
+.PHONY: binaries
+binaries: ## build (once, cached in ~/.cache/celery-operator) etcd, kube-apiserver, kube-controller-manager, helm, kubectl
+	bash dev/build-binaries.sh >/dev/null
+
+.PHONY: lint
+lint: venv ## ruff, mypy --strict, import contracts
+	$(VENV)/bin/ruff check operator dev tests sample_tasks bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: crds
+crds: venv ## regenerate crds/ and docs/crd-reference.md from the schema
+	$(PY) -m celery_operator.schema
+
+.PHONY: test
+test: system-deps venv binaries lint ## everything CI runs: install, build, lint, type check, all tests
+	$(VENV)/bin/pytest -q
+
+.PHONY: up
+up: system-deps venv binaries ## start the local control plane, RabbitMQ and Redis (state in .local/)
+	$(PY) -m localenv up
+
+.PHONY: down
+down: ## stop what `make up` started
+	$(PY) -m localenv down
+
+.PHONY: demo
+demo: up ## run the operator against the local servers with the sample topology
+	$(PY) -m localenv demo
+
+.PHONY: bench
+bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline measured in the same run)
+	$(PY) bench/poll_cost.py
+	$(PY) bench/scale_latency.py
+
+.PHONY: image
+image: ## build the operator and sample_tasks images (needs a container engine)
+	docker build -t $(IMAGE) .
+	docker build -t $(SAMPLE_IMAGE) sample_tasks

@@ -1,0 +1,337 @@
+"""One asyncio task per CeleryApp: reconcile on every trigger, poll the broker on an interval.
+
+Level-triggered: each reconcile reads the app and every object naming it from the API server,
+renders the whole desired state, applies it (server-side apply), declares the broker topology
+when it changed, and writes every status. Events from any watched object only *trigger* it; many
+triggers in a burst give one reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from celery_operator import api, autoscale, conditions
+from celery_operator.brokers import connect
+from celery_operator.brokers.base import Broker, BrokerError, BrokerUnreachable, DepthReport
+from celery_operator.controller import statuses
+from celery_operator.controller.connections import Endpoint, resolve
+from celery_operator.kube.client import ApiError, KubeClient
+from celery_operator.kube.events import Recorder
+from celery_operator.metrics import OperatorMetrics as Metrics
+from celery_operator.models import (
+    CeleryApp,
+    CeleryBeatSchedule,
+    CeleryExchange,
+    CeleryQueue,
+    CeleryWorkerPool,
+)
+from celery_operator.render import render_all
+from celery_operator.render.broker import SecretsContext
+from celery_operator.topology import Topology
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.3
+RESYNC_SECONDS = 60.0  # a full reconcile at least this often: restores hand-edited children
+DEFAULT_POLL_SECONDS = 15.0  # queue metrics for apps without autoscaled pools
+REDECLARE_SECONDS = 300.0
+
+Body = dict[str, Any]
+
+
+@dataclass
+class PoolScale:
+    """What the autoscaler keeps per pool between polls."""
+
+    desired: int | None = None
+    history: autoscale.History | None = None
+    last_scale_time: str | None = None
+    depth: int | None = None
+    in_flight: int | None = None
+    source: str | None = None
+
+
+@dataclass
+class AppWorker:
+    client: KubeClient
+    recorder: Recorder
+    metrics: Metrics
+    namespace: str
+    name: str
+    trigger: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    pools: dict[str, PoolScale] = field(default_factory=dict)
+    _declared_hash: str | None = None
+    _declared_at: float = 0.0
+    _topology: Topology | None = None
+    _broker: Endpoint | None = None
+    _broker_up: bool | None = None
+    _depth: DepthReport | None = None
+    _poll_error: str | None = None
+    _bodies: dict[tuple[str, str], Body] = field(default_factory=dict)
+    _transport_options: dict[str, Any] | None = None
+    _declare_results: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        next_poll = 0.0
+        next_resync = 0.0
+        self.trigger.set()
+        while not self.stopped.is_set():
+            now = time.monotonic()
+            if self.trigger.is_set() or now >= next_resync:
+                await asyncio.sleep(DEBOUNCE_SECONDS)
+                self.trigger.clear()
+                if not await self._guarded("reconcile", self.reconcile):
+                    return
+                next_resync = time.monotonic() + RESYNC_SECONDS
+            if time.monotonic() >= next_poll and self._topology is not None:
+                await self._guarded("poll", self.poll)
+                next_poll = time.monotonic() + self.poll_interval()
+            wait = max(0.05, min(next_poll, next_resync) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake(), wait)
+
+    async def _wake(self) -> None:
+        stop = asyncio.create_task(self.stopped.wait())
+        trig = asyncio.create_task(self.trigger.wait())
+        try:
+            await asyncio.wait([stop, trig], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            trig.cancel()
+
+    async def _guarded(self, what: str, fn: Any) -> bool:
+        """Run a step; never let an exception kill the worker (the next cycle retries)."""
+        t0 = time.monotonic()
+        try:
+            keep_going = await fn()
+            self.metrics.count_reconcile(api.APP, "success")
+            return keep_going is not False
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("%s of %s/%s failed", what, self.namespace, self.name)
+            self.metrics.count_reconcile(api.APP, "error")
+            self._poll_error = f"{what} failed: {e}"
+            return True
+        finally:
+            self.metrics.observe_reconcile(api.APP, time.monotonic() - t0)
+
+    def poll_interval(self) -> float:
+        topo = self._topology
+        intervals = [p.autoscaling.poll_interval_seconds for p in (topo.effective_pools if topo else ())
+                     if p.autoscaling is not None]
+        return float(min(intervals)) if intervals else DEFAULT_POLL_SECONDS
+
+    # ---- reconcile -----------------------------------------------------------------------------
+    async def _list_mine(self, kind: str) -> list[Body]:
+        items = await self.client.list(kind, self.namespace)
+        return [b for b in items if (b.get("spec", {}).get("appRef") or {}).get("name") == self.name]
+
+    async def reconcile(self) -> bool:
+        app_body = await self.client.get(api.APP, self.namespace, self.name)
+        if app_body is None or app_body["metadata"].get("deletionTimestamp"):
+            log.info("app %s/%s is gone: worker stops", self.namespace, self.name)
+            return False
+        bodies: dict[str, list[Body]] = {}
+        for kind in (api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE):
+            bodies[kind] = await self._list_mine(kind)
+        self._bodies = {(api.APP, self.name): app_body}
+        for kind, items in bodies.items():
+            for b in items:
+                self._bodies[(kind, b["metadata"]["name"])] = b
+        live = {k: [b for b in v if not b["metadata"].get("deletionTimestamp")] for k, v in bodies.items()}
+        app = CeleryApp.of(app_body)
+        topo = Topology.of(
+            app,
+            self._parse(CeleryExchange, live[api.EXCHANGE]), self._parse(CeleryQueue, live[api.QUEUE]),
+            self._parse(CeleryWorkerPool, live[api.POOL]), self._parse(CeleryBeatSchedule, live[api.SCHEDULE]))
+        self._topology = topo
+
+        broker = await resolve(self.client, app, app.broker, "broker")
+        backend = await resolve(self.client, app, app.result_backend, "result-backend") \
+            if app.result_backend is not None else None
+        self._broker = broker
+        secrets_ctx = SecretsContext(
+            broker_password=broker.managed_credentials.get("password"),
+            broker_username=broker.managed_credentials.get("username") or "celery",
+            result_backend_password=backend.managed_credentials.get("password") if backend else None)
+        transport_options = app.config.get("broker_transport_options")
+        self._transport_options = transport_options if isinstance(transport_options, dict) else None
+        objects = render_all(topo, secrets_ctx, replicas_of=self._replicas_for,
+                             broker_transport_options=self._transport_options)
+        chash = next((o["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH, "")
+                      for o in objects if o["kind"] == "ConfigMap"), "")
+        apply_errors: list[str] = []
+        for obj in objects:
+            try:
+                await self.client.apply(obj)
+            except ApiError as e:
+                apply_errors.append(f"{obj['kind']} {obj['metadata']['name']}: {e}")
+                log.warning("apply %s/%s failed: %s", obj["kind"], obj["metadata"]["name"], e)
+        await self._delete_stale(objects)
+        if broker.url is None and broker.managed_credentials:
+            broker.url = statuses.url_from_secret(objects, broker.ref)
+
+        await self._declare(topo, broker)
+        deployments = {d["metadata"]["name"]: d for d in await self.client.list(
+            "Deployment", self.namespace, f"{api.LABEL_APP}={self.name}")}
+        await statuses.write_all(self, topo, broker, backend, chash, deployments, apply_errors)
+        return True
+
+    def _parse(self, cls: Any, bodies: list[Body]) -> list[Any]:
+        """Typed views; an object the models cannot read is skipped (the schema should prevent it)."""
+        out = []
+        for b in bodies:
+            try:
+                out.append(cls.of(b))
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("skipping %s %s: %s", b.get("kind"), b["metadata"].get("name"), e)
+        return out
+
+    def _replicas_for(self, pool: CeleryWorkerPool) -> int:
+        if pool.autoscaling is None:
+            self.pools.pop(pool.meta.name, None)
+            return pool.replicas
+        st = self.pools.setdefault(pool.meta.name, PoolScale())
+        if st.desired is None:
+            st.desired = max(pool.autoscaling.min_replicas, min(pool.autoscaling.max_replicas, pool.replicas))
+        return st.desired
+
+    async def _delete_stale(self, objects: list[Body]) -> None:
+        """Delete Deployments we made for this app that the desired state no longer has (beat, old pools)."""
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        for d in await self.client.list("Deployment", self.namespace,
+                                        f"{api.LABEL_APP}={self.name},{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"):
+            if ("Deployment", d["metadata"]["name"]) not in wanted:
+                log.info("deleting %s/%s: no longer desired", self.namespace, d["metadata"]["name"])
+                await self.client.delete("Deployment", self.namespace, d["metadata"]["name"])
+                app_body = self._bodies.get((api.APP, self.name))
+                if app_body:
+                    await self.recorder.normal(app_body, "Deleted", f"Deployment {d['metadata']['name']} deleted")
+
+    async def _declare(self, topo: Topology, broker: Endpoint) -> None:
+        if broker.url is None:
+            return
+        h = hashlib.sha256(json.dumps(
+            [repr(topo.effective_exchanges), repr(topo.effective_queues)],
+        ).encode()).hexdigest()
+        if h == self._declared_hash and time.monotonic() - self._declared_at < REDECLARE_SECONDS:
+            return
+        try:
+            results = await asyncio.to_thread(_declare_sync, broker, topo, self._transport_options)
+        except BrokerError as e:
+            self._broker_up = False
+            self._poll_error = str(e)
+            return
+        self._declare_results = {}
+        for r in results:
+            kind = {"exchange": api.EXCHANGE, "queue": api.QUEUE, "binding": api.QUEUE}[r.kind]
+            prev = self._declare_results.get((kind, r.name))
+            if prev is not None and not prev[0]:
+                continue  # keep the first failure for this object
+            self._declare_results[(kind, r.name)] = (r.ok, r.message)
+        if all(r.ok for r in results):
+            self._declared_hash, self._declared_at = h, time.monotonic()
+
+    def declare_result(self, kind: str, celery_name: str) -> tuple[bool, str] | None:
+        return self._declare_results.get((kind, celery_name))
+
+    # ---- poll + autoscale ----------------------------------------------------------------------
+    async def poll(self) -> None:
+        topo, broker = self._topology, self._broker
+        if topo is None or broker is None:
+            return
+        names = topo.queue_names
+        count_in_flight = any(p.autoscaling and p.autoscaling.count_in_flight for p in topo.effective_pools)
+        t0 = time.monotonic()
+        report: DepthReport | None = None
+        error = None
+        if broker.url is None:
+            error = broker.problem or "broker URL unknown"
+        else:
+            try:
+                report = await asyncio.to_thread(_measure_sync, broker, names, count_in_flight,
+                                                 self._transport_options)
+            except BrokerUnreachable as e:
+                error = str(e)
+            except BrokerError as e:
+                error = str(e)
+        self.metrics.observe_poll(self.namespace, self.name, time.monotonic() - t0)
+        was_up = self._broker_up
+        self._broker_up = report is not None
+        self._depth = report
+        self._poll_error = error
+        self.metrics.set_broker_up(self.namespace, self.name, report is not None)
+        if report is not None:
+            for qname, d in report.queues.items():
+                self.metrics.observe_queue(self.namespace, self.name, qname, d.ready, d.in_flight, d.consumers)
+        app_body = self._bodies.get((api.APP, self.name))
+        if app_body is not None and was_up is not None and was_up != self._broker_up:
+            if self._broker_up:
+                await self.recorder.normal(app_body, "BrokerReachable", "the broker answers again")
+            else:
+                await self.recorder.warning(app_body, api.Reason.BROKER_UNREACHABLE, error or "")
+        await self._autoscale(topo, report)
+        await statuses.write_poll(self, topo, report, error)
+
+    async def _autoscale(self, topo: Topology, report: DepthReport | None) -> None:
+        now = time.time()
+        for pool in topo.effective_pools:
+            a = pool.autoscaling
+            if a is None:
+                continue
+            st = self.pools.setdefault(pool.meta.name, PoolScale())
+            current = st.desired if st.desired is not None else self._replicas_for(pool)
+            queues = topo.pool_queues(pool)
+            ready = report.ready(queues) if report is not None else None
+            in_flight = report.in_flight(queues) if report is not None else None
+            st.depth, st.in_flight = ready, in_flight
+            st.source = report.source if report is not None else st.source
+            decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
+                                        history=st.history)
+            st.history = decision.history
+            self.metrics.set_pool_bounds(self.namespace, self.name, pool.meta.name,
+                                         (a.min_replicas, a.max_replicas))
+            if not decision.changed:
+                continue
+            name = f"{self.name}-{pool.meta.name}"
+            try:
+                await self.client.patch("Deployment", self.namespace, name,
+                                        {"spec": {"replicas": decision.desired}}, sub="scale")
+            except ApiError as e:
+                log.warning("scaling %s failed: %s", name, e)
+                continue
+            direction: Literal["up", "down"] = "up" if decision.desired > current else "down"
+            st.desired = decision.desired
+            st.last_scale_time = conditions.now_iso()
+            self.metrics.count_scale_event(self.namespace, self.name, pool.meta.name, direction)
+            body = self._bodies.get((api.POOL, pool.meta.name))
+            if body is not None:
+                await self.recorder.emit(body, "Normal",
+                                         api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
+                                         f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
+
+
+def _open(broker: Endpoint, transport_options: dict[str, Any] | None) -> Broker:
+    assert broker.url is not None
+    return connect(broker.url, management_url=broker.management_url, transport_options=transport_options)
+
+
+def _declare_sync(broker: Endpoint, topo: Topology, opts: dict[str, Any] | None) -> list[Any]:
+    with _open(broker, opts) as b:
+        return b.declare(topo.effective_exchanges, topo.effective_queues)
+
+
+def _measure_sync(broker: Endpoint, names: list[str], count_in_flight: bool,
+                  opts: dict[str, Any] | None) -> DepthReport:
+    with _open(broker, opts) as b:
+        return b.measure(names, count_in_flight=count_in_flight)
