@@ -49,15 +49,15 @@ test: system-deps venv binaries lint ## everything CI runs: install, build, lint
 
 .PHONY: up
 up: system-deps venv binaries ## start the local control plane, RabbitMQ and Redis (state in .local/)
-	$(PY) -m localenv up
+	PYTHONPATH=dev $(PY) -m localenv up
 
 .PHONY: down
 down: ## stop what `make up` started
-	$(PY) -m localenv down
+	PYTHONPATH=dev $(PY) -m localenv down
 
 .PHONY: demo
 demo: up ## run the operator against the local servers with the sample topology
-	$(PY) -m localenv demo
+	PYTHONPATH=dev $(PY) -m localenv demo
 
 .PHONY: bench
 bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline measured in the same run)

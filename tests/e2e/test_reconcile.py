@@ -1,0 +1,202 @@
+"""What the operator creates and keeps true, observed on the real API server and broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from celery_operator import api
+from localenv.controlplane import ControlPlane
+from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.operator import (
+    OperatorFactory,
+    OperatorProcess,
+    apply,
+    condition,
+    get,
+    sample_documents,
+    secret,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@dataclass
+class Seeded:
+    cp: ControlPlane
+    ns: str
+    operator: OperatorProcess
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return get(self.cp, self.ns, kind, name)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self.cp.kubectl(*args, "-n", self.ns, input=input, check=check).stdout
+
+    def config(self) -> dict[str, Any]:
+        cm = self.get("configmap", "proj-celery-config")
+        assert cm is not None
+        return dict(json.loads(cm["data"][api.CONFIG_JSON_KEY]))
+
+    def template_hash(self, deployment: str) -> str | None:
+        d = self.get("deployment", deployment)
+        return ((d or {}).get("spec", {}).get("template", {}).get("metadata", {})
+                .get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH))
+
+
+@pytest.fixture
+def seeded(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
+           rabbitmq_vhost: Vhost, redis_db: RedisDb) -> Iterator[Seeded]:
+    secret(control_plane, namespace, "broker", url=rabbitmq_vhost.url, managementUrl=rabbitmq_vhost.management_url)
+    secret(control_plane, namespace, "backend", url=redis_db.url)
+    op = operator_factory("--namespace", namespace, "--no-leader-election")
+    apply(control_plane, namespace, sample_documents())
+    wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
+    wait_for(lambda: get(control_plane, namespace, "deployment", "proj-low"), 30, "proj-low Deployment")
+    yield Seeded(control_plane, namespace, op)
+
+
+def test_every_child_has_an_owner_and_the_standard_labels(seeded: Seeded) -> None:
+    out = json.loads(seeded.kubectl("get", "deployments,configmaps", "-l",
+                                    f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}", "-o", "json"))
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in out["items"]}
+    assert {("Deployment", "proj-default"), ("Deployment", "proj-high"), ("Deployment", "proj-low"),
+            ("Deployment", "proj-beat"), ("ConfigMap", "proj-celery-config")} <= kinds
+    for o in out["items"]:
+        labels = o["metadata"]["labels"]
+        assert labels[api.LABEL_PART_OF] == "proj" and labels[api.LABEL_APP] == "proj"
+        assert {api.LABEL_NAME, api.LABEL_INSTANCE, api.LABEL_COMPONENT} <= labels.keys()
+        refs = o["metadata"]["ownerReferences"]
+        assert len(refs) == 1 and refs[0]["controller"] is True
+        assert refs[0]["apiVersion"] == api.API_VERSION
+
+
+def test_broker_urls_reach_pods_only_through_secret_references(seeded: Seeded) -> None:
+    d = seeded.get("deployment", "proj-low")
+    assert d is not None
+    env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[api.ENV_BROKER_URL]["valueFrom"]["secretKeyRef"] == {"name": "broker", "key": "url"}
+    assert env[api.ENV_RESULT_BACKEND]["valueFrom"]["secretKeyRef"] == {"name": "backend", "key": "url"}
+    assert "amqp://" not in json.dumps(seeded.get("configmap", "proj-celery-config"))
+    app = seeded.get("celeryapp", "proj")
+    assert app is not None and app["status"]["brokerSecretRef"] == {"name": "broker", "key": "url"}
+
+
+def test_changing_a_routing_key_updates_the_config_and_rolls_the_pools(seeded: Seeded) -> None:
+    before = seeded.template_hash("proj-low")
+    assert before
+    seeded.kubectl("patch", "celeryqueue", "low-queue", "--type=merge", "-p",
+                   json.dumps({"spec": {"routingKey": "low_task_v2"}}))
+
+    def rolled() -> bool:
+        keys = {q["name"]: q["routing_key"] for q in seeded.config()["task_queues"]}
+        return keys.get("low_queue") == "low_task_v2" and seeded.template_hash("proj-low") != before
+
+    wait_for(rolled, 60, "config updated and pod template annotation changed")
+    assert seeded.template_hash("proj-default") == seeded.template_hash("proj-low")
+
+
+def test_deleting_a_pool_deletes_its_deployment(seeded: Seeded) -> None:
+    seeded.kubectl("delete", "celeryworkerpool", "high")
+    wait_for(lambda: seeded.get("deployment", "proj-high") is None, 60, "proj-high deleted")
+
+
+def test_a_hand_deleted_deployment_comes_back(seeded: Seeded) -> None:
+    uid = seeded.get("deployment", "proj-default")["metadata"]["uid"]  # type: ignore[index]
+    seeded.kubectl("delete", "deployment", "proj-default")
+    wait_for(lambda: (seeded.get("deployment", "proj-default") or {}).get("metadata", {}).get("uid")
+             not in (None, uid), 60, "proj-default recreated")
+
+
+def test_a_hand_edited_deployment_is_restored(seeded: Seeded) -> None:
+    seeded.kubectl("set", "image", "deployment/proj-default", "worker=evil:latest")
+    d0 = seeded.get("deployment", "proj-default")
+    assert d0 is not None
+    want = "ghcr.io/celery-operator/sample-tasks:0.1.0"
+
+    def restored() -> bool:
+        d = seeded.get("deployment", "proj-default") or {}
+        return bool(d["spec"]["template"]["spec"]["containers"][0]["image"] == want)
+
+    wait_for(restored, 90, "image restored")
+
+
+def test_beat_serves_every_schedule_of_an_app_from_one_deployment(seeded: Seeded) -> None:
+    second = {"apiVersion": api.API_VERSION, "kind": "CeleryBeatSchedule", "metadata": {"name": "extra"},
+              "spec": {"appRef": {"name": "proj"}, "entries": [
+                  {"name": "add-every-2s", "task": "sample_tasks.tasks.add", "everySeconds": 2, "args": [1, 1]}]}}
+    apply(seeded.cp, seeded.ns, [second])
+    wait_for(lambda: "add-every-2s" in seeded.config()["beat_schedule"], 60, "entry merged")
+    assert "add-every-30s" in seeded.config()["beat_schedule"]
+    beats = json.loads(seeded.kubectl("get", "deployments", "-l", f"{api.LABEL_COMPONENT}={api.COMPONENT_BEAT}",
+                                      "-o", "json"))["items"]
+    assert [b["metadata"]["name"] for b in beats] == ["proj-beat"]
+    assert beats[0]["spec"]["replicas"] == 1 and beats[0]["spec"]["strategy"]["type"] == "Recreate"
+
+    clash = {**second, "metadata": {"name": "clash"}}
+    apply(seeded.cp, seeded.ns, [clash])
+
+    def duplicate_reported() -> bool:
+        c = condition(seeded.get("celerybeatschedule", "clash"))
+        return bool(c and c["status"] == "False" and c["reason"] == api.Reason.DUPLICATE_ENTRY)
+
+    wait_for(duplicate_reported, 60, "DuplicateEntry on the later schedule")
+    assert condition(seeded.get("celerybeatschedule", "extra"))["status"] == "True"  # type: ignore[index]
+
+    for name in ("proj", "extra", "clash"):
+        seeded.kubectl("delete", "celerybeatschedule", name)
+    wait_for(lambda: seeded.get("deployment", "proj-beat") is None, 60, "beat removed with the last schedule")
+
+
+def test_cross_object_problems_become_conditions_and_events(seeded: Seeded) -> None:
+    docs = [
+        {"apiVersion": api.API_VERSION, "kind": "CeleryWorkerPool", "metadata": {"name": "lost"},
+         "spec": {"appRef": {"name": "proj"}, "queues": ["no_such_queue"]}},
+        {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "stray"},
+         "spec": {"appRef": {"name": "proj"}, "exchange": "no_such_exchange"}},
+        {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "low-again"},
+         "spec": {"appRef": {"name": "proj"}, "name": "low_queue", "exchange": "task"}},
+        {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "orphan"},
+         "spec": {"appRef": {"name": "nobody"}}},
+    ]
+    apply(seeded.cp, seeded.ns, docs)
+    expected = {("celeryworkerpool", "lost"): api.Reason.QUEUE_NOT_FOUND,
+                ("celeryqueue", "stray"): api.Reason.EXCHANGE_NOT_FOUND,
+                ("celeryqueue", "low-again"): api.Reason.DUPLICATE_QUEUE,
+                ("celeryqueue", "orphan"): api.Reason.APP_NOT_FOUND}
+    for (kind, name), reason in expected.items():
+        def reported(kind: str = kind, name: str = name, reason: str = reason) -> bool:
+            c = condition(seeded.get(kind, name))
+            return bool(c and c["status"] == "False" and c["reason"] == reason)
+
+        wait_for(reported, 60, f"{kind}/{name} {reason}")
+    events = json.loads(seeded.kubectl("get", "events", "-o", "json"))["items"]
+    reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
+    assert ("lost", api.Reason.QUEUE_NOT_FOUND) in reasons
+    assert ("orphan", api.Reason.APP_NOT_FOUND) in reasons
+    # The original low_queue keeps working; the operator is still healthy.
+    assert condition(seeded.get("celeryqueue", "low-queue"))["status"] == "True"  # type: ignore[index]
+    assert seeded.operator.get("/healthz")[0] == 200
+
+
+def test_deleting_the_app_then_its_queues_leaves_nothing_terminating(seeded: Seeded) -> None:
+    seeded.kubectl("patch", "celeryqueue", "high-queue", "--type=merge", "-p",
+                   json.dumps({"spec": {"deletionPolicy": "Delete"}}))
+    wait_for(lambda: api.GROUP + "/finalizer" in
+             (seeded.get("celeryqueue", "high-queue") or {}).get("metadata", {}).get("finalizers", []),
+             30, "finalizer added for deletionPolicy Delete")
+    seeded.kubectl("delete", "celeryapp", "proj", "--wait=false")
+    seeded.kubectl("delete", "celeryqueues,celeryexchanges,celeryworkerpools,celerybeatschedules", "--all",
+                   "--wait=false")
+
+    def all_gone() -> bool:
+        left = seeded.kubectl("get", "celery", "-o", "name").split()
+        return not left
+
+    wait_for(all_gone, 120, "every CR deleted")
