@@ -1,0 +1,286 @@
+"""RabbitMQ side effects: declares over AMQP (py-amqp), depth from the management HTTP API.
+
+Depth costs ONE HTTP request per vhost per poll, whatever the number of queues:
+`GET /api/queues/<vhost>?columns=name,messages_ready,messages_unacknowledged,consumers` with
+`disable_stats=true&enable_queue_totals=true`. That mode (RabbitMQ 3.8+) reads the message totals
+live from the queues and skips the statistics database, so the counts are fresh and cheap; its
+price is that it has no consumer counts (`consumers` is None). `stats="full"` drops
+`disable_stats` to get consumer counts from the statistics database, which lag by up to
+`collect_statistics_interval` (5 s by default) and cost the broker more.
+
+When the management API cannot be reached but AMQP can, depth falls back to one passive
+`queue.declare` per queue over one connection: ready and consumers are live, in-flight is unknown.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import amqp
+import amqp.exceptions
+
+from celery_operator.brokers.base import (
+    CONNECT_TIMEOUT_SECONDS,
+    IO_TIMEOUT_SECONDS,
+    BrokerError,
+    BrokerUnreachable,
+    DeclareResult,
+    DepthReport,
+    QueueDepth,
+    queue_arguments,
+    queue_exchange,
+)
+from celery_operator.brokers.urls import (
+    ManagementUrl,
+    management_for,
+    parse_amqp,
+    parse_management,
+    redact,
+)
+from celery_operator.models import CeleryExchange, CeleryQueue
+
+PRECONDITION_FAILED = 406
+NOT_FOUND = 404
+QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
+
+# Errors that mean "the network or the broker went away", as opposed to a refused operation.
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
+)
+
+
+class RabbitMQBroker:
+    """`url` is the AMQP URL (its vhost is the one used); `management_url` is the management API
+    (http(s)://user:pass@host:port), derived from the AMQP URL when not given."""
+
+    def __init__(self, url: str, management_url: str | None = None, *,
+                 stats: Literal["totals", "full"] = "totals",
+                 connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+                 io_timeout: float = IO_TIMEOUT_SECONDS) -> None:
+        self.url = parse_amqp(url)
+        self.management: ManagementUrl = (parse_management(management_url) if management_url
+                                          else management_for(self.url))
+        self.stats = stats
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self._where = redact(url)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({self._where!r})"
+
+    # -- AMQP -------------------------------------------------------------------------------------
+
+    def _open(self) -> amqp.Connection:
+        conn = amqp.Connection(
+            host=f"{self.url.host}:{self.url.port}", userid=self.url.username,
+            password=self.url.password, virtual_host=self.url.vhost,
+            ssl=ssl.create_default_context() if self.url.tls else False,
+            connect_timeout=self.connect_timeout, read_timeout=self.io_timeout,
+            write_timeout=self.io_timeout,
+            client_properties={"connection_name": "celery-operator"},
+        )
+        try:
+            conn.connect()
+        except (OSError, amqp.exceptions.AMQPError) as e:  # refused, timed out, bad login, no vhost
+            with contextlib.suppress(Exception):
+                conn.collect()
+            raise BrokerUnreachable(f"cannot connect to {self._where}: {_describe(e)}") from None
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[amqp.Connection]:
+        conn = self._open()
+        try:
+            yield conn
+        except _NETWORK_ERRORS as e:
+            raise BrokerUnreachable(f"lost connection to {self._where}: {_describe(e)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+            with contextlib.suppress(Exception):
+                conn.collect()
+
+    def declare(self, exchanges: Sequence[CeleryExchange],
+                queues: Sequence[CeleryQueue]) -> list[DeclareResult]:
+        results: list[DeclareResult] = []
+        declared_exchanges = {x.name for x in exchanges}
+        with self._connection() as conn:
+            ch = _Channel(conn)
+            for x in exchanges:
+                results.append(ch.run("exchange", x.name, lambda c, x=x: c.exchange_declare(
+                    x.name, x.type, durable=x.durable, auto_delete=x.auto_delete,
+                    arguments=dict(x.arguments))))
+            for q in queues:
+                if q.exchange is None and q.name not in declared_exchanges:
+                    # Celery's implicit exchange, declared as kombu's Exchange(name) would be.
+                    declared_exchanges.add(q.name)
+                    results.append(ch.run("exchange", q.name, lambda c, q=q: c.exchange_declare(
+                        q.name, "direct", durable=True, auto_delete=False)))
+                results.append(ch.run("queue", q.name, lambda c, q=q: c.queue_declare(
+                    q.name, durable=q.durable, auto_delete=q.auto_delete,
+                    arguments=queue_arguments(q))))
+            for q in queues:
+                ex = queue_exchange(q)
+                if not ex:
+                    results.append(_default_exchange_binding(q))
+                    continue
+                results.append(ch.run("binding", q.name, lambda c, q=q, ex=ex: c.queue_bind(
+                    q.name, ex, q.routing_key), exchange=ex, routing_key=q.routing_key))
+        return results
+
+    def delete_queue(self, name: str) -> None:
+        with self._connection() as conn:
+            result = _Channel(conn).run("queue", name, lambda c: c.queue_delete(name))
+        if not result.ok and NOT_FOUND_TEXT not in result.message:
+            raise BrokerError(f"deleting queue {name!r}: {result.message}")
+
+    def delete_exchange(self, name: str) -> None:
+        with self._connection() as conn:
+            result = _Channel(conn).run("exchange", name, lambda c: c.exchange_delete(name))
+        if not result.ok and NOT_FOUND_TEXT not in result.message:
+            raise BrokerError(f"deleting exchange {name!r}: {result.message}")
+
+    # -- depth ------------------------------------------------------------------------------------
+
+    def measure(self, queue_names: Sequence[str], count_in_flight: bool = False) -> DepthReport:
+        """Depth from the management API; passive declares when it cannot be reached.
+        `count_in_flight` is accepted for the interface: RabbitMQ reports in-flight for free."""
+        try:
+            rows = self.list_queues()
+        except BrokerError as e:
+            return self.measure_passive(queue_names, note=f"management API unavailable: {e}")
+        by_name = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+        depths: dict[str, QueueDepth] = {}
+        missing: list[str] = []
+        for name in dict.fromkeys(queue_names):
+            row = by_name.get(name)
+            if row is None:
+                missing.append(name)
+                continue
+            depths[name] = QueueDepth(
+                name=name,
+                ready=int(row.get("messages_ready") or 0),
+                in_flight=_int_or_none(row.get("messages_unacknowledged")),
+                consumers=_int_or_none(row.get("consumers")),
+            )
+        return DepthReport(source="management", queues=depths, missing=tuple(missing))
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        """ONE request to the management API for every queue of the vhost."""
+        params = {"columns": QUEUE_COLUMNS}
+        if self.stats == "totals":
+            params.update(disable_stats="true", enable_queue_totals="true")
+        vhost = urllib.parse.quote(self.url.vhost, safe="")
+        url = f"{self.management.base}/api/queues/{vhost}?{urllib.parse.urlencode(params)}"
+        token = base64.b64encode(
+            f"{self.management.username}:{self.management.password}".encode()).decode()
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}",
+                                                   "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.connect_timeout) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            raise BrokerError(f"GET {self.management.base}/api/queues/{vhost}: HTTP {e.code}") from None
+        except (OSError, ValueError) as e:
+            raise BrokerUnreachable(
+                f"management API {self.management.base}: {_describe(e)}") from None
+        if not isinstance(data, list):
+            raise BrokerError(f"management API {self.management.base} answered {type(data).__name__}")
+        return data
+
+    def measure_passive(self, queue_names: Sequence[str], note: str = "") -> DepthReport:
+        """One passive queue.declare per queue over one AMQP connection (no in-flight counts)."""
+        depths: dict[str, QueueDepth] = {}
+        missing: list[str] = []
+        with self._connection() as conn:
+            ch = _Channel(conn)
+            for name in dict.fromkeys(queue_names):
+                ok = ch.call(lambda c, name=name: c.queue_declare(name, passive=True))
+                if isinstance(ok, DeclareError):
+                    if ok.code == NOT_FOUND:
+                        missing.append(name)
+                        continue
+                    raise BrokerError(f"passive declare of {name!r}: {ok.text}")
+                depths[name] = QueueDepth(name=name, ready=int(ok.message_count), in_flight=None,
+                                          consumers=int(ok.consumer_count))
+        return DepthReport(source="passive", queues=depths, missing=tuple(missing), note=note)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Nothing to close: every call opens and closes its own connection."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+NOT_FOUND_TEXT = "NOT_FOUND"
+
+
+class DeclareError:
+    """A channel-level refusal (the broker closed the channel)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.code = code
+        self.text = text
+
+
+class _Channel:
+    """One channel that is reopened after the broker closes it for a refused operation."""
+
+    def __init__(self, conn: amqp.Connection) -> None:
+        self.conn = conn
+        self.ch: amqp.Channel | None = None
+
+    def call(self, op: Any) -> Any:
+        if self.ch is None or not self.ch.is_open:
+            self.ch = self.conn.channel()
+        try:
+            return op(self.ch)
+        except amqp.exceptions.ChannelError as e:
+            self.ch = None  # the broker closed it; the next call opens a fresh one
+            return DeclareError(int(getattr(e, "reply_code", 0) or 0), _describe(e))
+
+    def run(self, kind: Any, name: str, op: Any, *, exchange: str | None = None,
+            routing_key: str | None = None) -> DeclareResult:
+        out = self.call(op)
+        if isinstance(out, DeclareError):
+            return DeclareResult(kind=kind, name=name, ok=False,
+                                 conflict=out.code == PRECONDITION_FAILED, message=out.text,
+                                 exchange=exchange, routing_key=routing_key)
+        return DeclareResult(kind=kind, name=name, ok=True, exchange=exchange,
+                             routing_key=routing_key)
+
+
+def _default_exchange_binding(q: CeleryQueue) -> DeclareResult:
+    return DeclareResult(kind="binding", name=q.name, ok=True, exchange="", routing_key=q.name,
+                         message="the default exchange routes by queue name; nothing to bind")
+
+
+def _int_or_none(v: object) -> int | None:
+    return int(v) if isinstance(v, int | float) else None
+
+
+def _describe(e: BaseException) -> str:
+    text = getattr(e, "reply_text", None)
+    if text:
+        return str(text)
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(e, urllib.error.URLError):
+        return str(e.reason)
+    return str(e) or type(e).__name__

@@ -1,0 +1,97 @@
+"""The generated Celery config: plain JSON data the bootstrap module turns into Celery settings.
+
+Keys are Celery setting names, except `exchanges` (the exchange declarations `task_queues` refer
+to by name). The user's `spec.config` is the base; the operator's keys override it, and
+`broker_url`/`result_backend` are dropped from it (they come from Secrets through the environment).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from celery_operator.config.bootstrap import bootstrap_source
+from celery_operator.models import BeatEntry
+from celery_operator.topology import ExchangeDecl, QueueDecl, Topology, parse_cron
+
+Config = dict[str, Any]
+
+# Settings whose values reach pods through Secrets, never through the ConfigMap.
+SECRET_SETTINGS = ("broker_url", "result_backend", "broker_read_url", "broker_write_url")
+
+
+def exchange_data(e: ExchangeDecl) -> dict[str, Any]:
+    return {"name": e.name, "type": e.type, "durable": e.durable, "auto_delete": e.auto_delete,
+            "arguments": dict(e.arguments)}
+
+
+def queue_data(q: QueueDecl) -> dict[str, Any]:
+    return {"name": q.name, "exchange": q.exchange.name, "exchange_type": q.exchange.type,
+            "routing_key": q.routing_key, "durable": q.durable, "auto_delete": q.auto_delete,
+            "queue_arguments": dict(q.arguments)}
+
+
+def beat_entry_data(entry: BeatEntry) -> dict[str, Any]:
+    if entry.cron is not None:
+        fields = parse_cron(entry.cron)
+        if fields is None:  # Topology.beat_entries never lets one through
+            raise ValueError(f"entry {entry.name!r}: bad cron {entry.cron!r}")
+        schedule: dict[str, Any] = {"cron": {
+            "minute": fields.minute, "hour": fields.hour, "day_of_month": fields.day_of_month,
+            "month_of_year": fields.month_of_year, "day_of_week": fields.day_of_week}}
+    else:
+        schedule = {"every_seconds": entry.every_seconds}
+    options: dict[str, Any] = {}
+    if entry.queue is not None:
+        options["queue"] = entry.queue
+    if entry.priority is not None:
+        options["priority"] = entry.priority
+    if entry.expires_seconds is not None:
+        options["expires"] = entry.expires_seconds
+    return {"task": entry.task, "schedule": schedule, "args": list(entry.args),
+            "kwargs": dict(entry.kwargs), "options": options}
+
+
+def celery_config(topology: Topology, broker_transport_options: dict[str, Any] | None = None) -> Config:
+    """The JSON-serialisable Celery config of one app."""
+    app = topology.app
+    config: Config = {k: v for k, v in copy.deepcopy(app.config).items() if k not in SECRET_SETTINGS}
+    if broker_transport_options:
+        config["broker_transport_options"] = {**config.get("broker_transport_options", {}),
+                                              **broker_transport_options}
+    given_routes = config.get("task_routes")
+    user_routes: dict[str, Any] = given_routes if isinstance(given_routes, dict) else {}
+    default = topology.declared_queue(app.default_queue)
+    assert default is not None  # the default queue is always declared
+    config.update({
+        "imports": list(app.imports),
+        "task_default_queue": app.default_queue,
+        "task_default_exchange": default.exchange.name,
+        "task_default_exchange_type": default.exchange.type,
+        "task_default_routing_key": default.routing_key,
+        "exchanges": [exchange_data(e) for e in topology.declared_exchanges],
+        "task_queues": [queue_data(q) for q in topology.declared_queues],
+        "task_routes": {**user_routes,
+                        **{pattern: {"queue": q} for pattern, q in topology.task_routes().items()}},
+        "beat_schedule": {entry.name: beat_entry_data(entry) for _, entry in topology.beat_entries},
+        "timezone": topology.timezone,
+        "broker_connection_retry_on_startup": True,
+    })
+    return config
+
+
+def config_json(config: Config) -> str:
+    """The ConfigMap text of a config: canonical (sorted keys) so equal configs are equal bytes."""
+    return json.dumps(config, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def config_hash(config: Config) -> str:
+    """sha256 of the canonical config and the bootstrap source: changes when pods must restart."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256()
+    digest.update(canonical.encode())
+    digest.update(b"\0")
+    digest.update(bootstrap_source().encode())
+    return digest.hexdigest()

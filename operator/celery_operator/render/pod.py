@@ -1,0 +1,159 @@
+"""The pod parts workers and beat share: env, volumes, security defaults, user overrides.
+
+Security follows the `restricted` Pod Security Standard by default (non-root uid 1000, no
+privilege escalation, all capabilities dropped, RuntimeDefault seccomp, read-only root filesystem
+with an emptyDir at /tmp). A user's podTemplate (the app's, then the pool's) is merged on top:
+labels, annotations, nodeSelector and both security contexts key by key; lists (tolerations,
+imagePullSecrets) and other values replace what came before when set.
+
+`PYTHONPATH` is set to the config mount (where the bootstrap module lives), which hides an image's
+own `ENV PYTHONPATH`: an image that needs one should also name it in the CeleryApp's env, whose
+value is appended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from celery_operator import api
+from celery_operator.models import Body, PodTemplate, SecretKeyRef
+from celery_operator.render import names
+from celery_operator.topology import Topology
+
+CONFIG_VOLUME = "celery-config"
+TMP_VOLUME = "tmp"
+TMP_PATH = "/tmp"
+
+DEFAULT_POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+DEFAULT_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+
+# Env the operator sets and users cannot override (their entries of these names are dropped).
+OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP)
+
+
+def merge_templates(*templates: PodTemplate) -> PodTemplate:
+    """Later templates override earlier ones (maps key-wise, lists and scalars when set)."""
+    out = PodTemplate(security_context=dict(DEFAULT_POD_SECURITY_CONTEXT),
+                      container_security_context=dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
+    for t in templates:
+        out = dataclasses.replace(
+            out,
+            labels={**out.labels, **t.labels},
+            annotations={**out.annotations, **t.annotations},
+            node_selector={**out.node_selector, **t.node_selector},
+            tolerations=list(t.tolerations) or out.tolerations,
+            affinity=t.affinity if t.affinity is not None else out.affinity,
+            service_account_name=t.service_account_name or out.service_account_name,
+            priority_class_name=t.priority_class_name or out.priority_class_name,
+            security_context={**(out.security_context or {}), **(t.security_context or {})},
+            container_security_context={**(out.container_security_context or {}),
+                                        **(t.container_security_context or {})},
+            image_pull_secrets=list(t.image_pull_secrets) or out.image_pull_secrets,
+        )
+    return out
+
+
+def secret_env(name: str, ref: SecretKeyRef) -> Body:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def merge_env(*lists: list[Body]) -> list[Body]:
+    """Env lists merged by name: a later entry replaces an earlier one in its place."""
+    out: dict[str, Body] = {}
+    for env in lists:
+        for e in env:
+            out[e["name"]] = e
+    return list(out.values())
+
+
+def celery_env(topology: Topology, broker_ref: SecretKeyRef, backend_ref: SecretKeyRef | None,
+               pool_env: list[Body] | None = None) -> list[Body]:
+    """Operator env (URLs from Secrets, never literal), then the app's env, then the pool's."""
+    fixed = [secret_env(api.ENV_BROKER_URL, broker_ref)]
+    if backend_ref is not None:
+        fixed.append(secret_env(api.ENV_RESULT_BACKEND, backend_ref))
+    fixed.append({"name": api.ENV_APP, "value": topology.app.app})
+    defaults = [{"name": "HOME", "value": TMP_PATH}]
+    user = [e for e in merge_env(topology.app.env, pool_env or []) if e["name"] not in OPERATOR_ENV]
+    pythonpath = api.CONFIG_MOUNT_PATH
+    for e in user:
+        if e["name"] == "PYTHONPATH" and "value" in e:
+            pythonpath = f"{api.CONFIG_MOUNT_PATH}:{e['value']}" if e["value"] else pythonpath
+    user = [e for e in user if e["name"] != "PYTHONPATH"]
+    return fixed + merge_env(defaults, [{"name": "PYTHONPATH", "value": pythonpath}], user)
+
+
+def volumes(app_name: str) -> list[Body]:
+    return [
+        {"name": CONFIG_VOLUME, "configMap": {"name": names.config_map(app_name)}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+
+
+def volume_mounts() -> list[Body]:
+    return [
+        {"name": CONFIG_VOLUME, "mountPath": api.CONFIG_MOUNT_PATH, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": TMP_PATH},
+    ]
+
+
+def celery_container(topology: Topology, name: str, image: str, command: list[str], env: list[Body],
+                     template: PodTemplate, resources: Body | None = None) -> Body:
+    """A container running `celery -A <bootstrap>` with the config mounted."""
+    app = topology.app
+    c: Body = {"name": name, "image": image, "command": command, "env": env}
+    if app.image_pull_policy:
+        c["imagePullPolicy"] = app.image_pull_policy
+    if app.env_from:
+        c["envFrom"] = list(app.env_from)
+    if resources:
+        c["resources"] = dict(resources)
+    c["volumeMounts"] = volume_mounts()
+    c["securityContext"] = dict(template.container_security_context or {})
+    return c
+
+
+def pod_spec(topology: Topology, container: Body, template: PodTemplate,
+             termination_grace_period_seconds: int | None = None) -> Body:
+    """Pod spec around one celery container, with the user's template applied."""
+    spec: Body = {"containers": [container], "volumes": volumes(topology.app.meta.name),
+                  "enableServiceLinks": False,
+                  "automountServiceAccountToken": template.service_account_name is not None,
+                  "securityContext": dict(template.security_context or {})}
+    if template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    if termination_grace_period_seconds is not None:
+        spec["terminationGracePeriodSeconds"] = termination_grace_period_seconds
+    if template.node_selector:
+        spec["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        spec["tolerations"] = list(template.tolerations)
+    if template.affinity is not None:
+        spec["affinity"] = template.affinity
+    if template.priority_class_name:
+        spec["priorityClassName"] = template.priority_class_name
+    if template.image_pull_secrets:
+        spec["imagePullSecrets"] = list(template.image_pull_secrets)
+    return spec
+
+
+def template_metadata(own_labels: dict[str, str], template: PodTemplate,
+                      annotations: dict[str, str]) -> Body:
+    """Pod template metadata: the user's labels/annotations, ours winning on the same key."""
+    meta: Body = {"labels": {**template.labels, **own_labels}}
+    merged = {**template.annotations, **annotations}
+    if merged:
+        meta["annotations"] = merged
+    return meta

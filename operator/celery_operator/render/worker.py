@@ -1,0 +1,89 @@
+"""One worker Deployment per CeleryWorkerPool, named `<app>-<pool>` (see `names.worker`).
+
+Liveness is a file age check, not `celery inspect ping` (which costs a broker round trip and a
+Python start per probe): the bootstrap module touches `api.HEARTBEAT_FILE` on `worker_ready` and
+on every `heartbeat_sent` (about every 2 s, from the worker's main loop, events on or off).
+A `solo` pool runs tasks in that loop, so its heartbeat may stall for a whole task: its allowed
+age is stretched to cover the pool's time limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery_operator import api
+from celery_operator.models import Body, CeleryWorkerPool, SecretKeyRef
+from celery_operator.render import labels as lbl
+from celery_operator.render import names, pod
+from celery_operator.topology import Topology
+
+CONTAINER = "worker"
+SOLO_DEFAULT_TASK_SECONDS = 3600
+
+
+def heartbeat_max_age(pool: CeleryWorkerPool) -> int:
+    if pool.pool != "solo":
+        return api.HEARTBEAT_MAX_AGE_SECONDS
+    longest = pool.time_limit_seconds or pool.soft_time_limit_seconds or SOLO_DEFAULT_TASK_SECONDS
+    return max(api.HEARTBEAT_MAX_AGE_SECONDS, longest + api.HEARTBEAT_MAX_AGE_SECONDS)
+
+
+def heartbeat_check(max_age_seconds: int, path: str = api.HEARTBEAT_FILE) -> list[str]:
+    """Exec probe command: exits non-zero when the heartbeat file is missing or too old."""
+    script = (f"import os,sys,time; "
+              f"sys.exit(time.time() - os.path.getmtime({path!r}) > {max_age_seconds})")
+    return ["python3", "-c", script]
+
+
+def worker_command(topology: Topology, pool: CeleryWorkerPool) -> list[str]:
+    cmd = ["celery", "-A", api.BOOTSTRAP_MODULE, "worker",
+           "-Q", ",".join(topology.pool_queues(pool)),
+           "-n", f"{pool.meta.name}@%h",
+           "--pool", pool.pool,
+           "--concurrency", str(pool.concurrency),
+           "--prefetch-multiplier", str(pool.prefetch_multiplier),
+           "--loglevel", "INFO",
+           "--without-gossip", "--without-mingle"]
+    optional = [
+        ("--max-tasks-per-child", pool.max_tasks_per_child),
+        ("--max-memory-per-child", pool.max_memory_per_child_kib),
+        ("--time-limit", pool.time_limit_seconds),
+        ("--soft-time-limit", pool.soft_time_limit_seconds),
+    ]
+    for flag, value in optional:
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd + list(pool.extra_args)
+
+
+def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKeyRef,
+               backend_ref: SecretKeyRef | None, config_hash: str, owner: dict[str, Any] | None,
+               replicas: int | None) -> Body:
+    """The pool's worker Deployment. `replicas=None` leaves `spec.replicas` unset (not owned)."""
+    app = topology.app
+    app_name, ns = app.meta.name, app.meta.namespace
+    name = names.worker(app_name, pool.meta.name)
+    own = lbl.labels(app_name, api.COMPONENT_WORKER, instance=name, pool=pool.meta.name)
+    template = pod.merge_templates(app.pod_template, pool.pod_template)
+    check = heartbeat_check(heartbeat_max_age(pool))
+    container = pod.celery_container(
+        topology, CONTAINER, pool.image or app.image, worker_command(topology, pool),
+        pod.celery_env(topology, broker_ref, backend_ref, pool.env), template, pool.resources)
+    container["startupProbe"] = {"exec": {"command": check}, "periodSeconds": 10,
+                                 "timeoutSeconds": 10, "failureThreshold": 30}
+    container["livenessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
+                                  "timeoutSeconds": 10, "failureThreshold": 3}
+    container["readinessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
+                                   "timeoutSeconds": 10, "failureThreshold": 2}
+    spec: Body = {
+        "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_WORKER, pool=pool.meta.name)},
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash}),
+            "spec": pod.pod_spec(topology, container, template, pool.termination_grace_period_seconds),
+        },
+    }
+    if replicas is not None:
+        spec = {"replicas": replicas, **spec}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": lbl.metadata(name, ns, own, owner), "spec": spec}

@@ -1,0 +1,342 @@
+"""The pure cross-object model of one CeleryApp: which objects are in effect and what is wrong.
+
+A CRD schema checks one object at a time; this module checks what only the whole set can show:
+references to exchanges and queues that do not exist, two objects claiming one Celery name, two
+schedules claiming one beat entry. Rules:
+
+- Objects are ordered oldest first (creationTimestamp, then metadata.name). Of two queues (or
+  exchanges) with one Celery name the older wins; the later gets `DuplicateQueue`
+  (`DuplicateExchange`) and is left out of the config.
+- The app's default exchange is always declared (Celery declares it with the default queue), as a
+  direct exchange unless a CeleryExchange declares it. A queue without `exchange` uses Celery's
+  implicit direct exchange named like the queue. A queue naming any other undeclared exchange gets
+  `ExchangeNotFound` and is left out.
+- The app's default queue always exists (Celery declares it), from a CeleryQueue if one declares it.
+  A pool naming an unknown queue gets `QueueNotFound`; it consumes the queues it can. A pool with no
+  known queue is not in effect (no worker Deployment).
+- A beat entry name already used by an older schedule gets `DuplicateEntry` on the later schedule,
+  and that entry (only that one) is dropped. An entry routed to an unknown queue gets `QueueNotFound`
+  and is dropped; an entry whose cron does not parse gets `InvalidSpec` and is dropped.
+- Celery has one timezone per app: the app's `config.timezone` if set, else the oldest schedule's.
+  A schedule with another timezone gets `TimezoneConflict`; its entries run in the app's timezone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol, TypeVar
+
+from celery_operator import api
+from celery_operator.models import (
+    BeatEntry,
+    CeleryApp,
+    CeleryBeatSchedule,
+    CeleryExchange,
+    CeleryQueue,
+    CeleryWorkerPool,
+    Meta,
+)
+
+Key = tuple[str, str]  # (kind, metadata.name)
+
+DEFAULT_TIMEZONE = "UTC"
+
+# Standard cron macros -> the five fields.
+_CRON_MACROS: dict[str, str] = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_CRON_CHARS = frozenset("0123456789*/,-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass(frozen=True)
+class CronFields:
+    minute: str
+    hour: str
+    day_of_month: str
+    month_of_year: str
+    day_of_week: str
+
+
+def parse_cron(expr: str) -> CronFields | None:
+    """The five fields of a cron expression (or macro), or None when it is not one."""
+    text = _CRON_MACROS.get(expr.strip().lower(), expr)
+    parts = text.split()
+    if len(parts) != 5 or any(not set(p) <= _CRON_CHARS for p in parts):
+        return None
+    return CronFields(*parts)
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str  # one of api.Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class ExchangeDecl:
+    """An exchange as Celery and the broker see it; `source` is None when it is implicit."""
+
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    source: CeleryExchange | None = None
+
+
+@dataclass(frozen=True)
+class QueueDecl:
+    """A queue as Celery and the broker see it; `source` is None for the implicit default queue."""
+
+    name: str
+    exchange: ExchangeDecl
+    routing_key: str
+    durable: bool = True
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)  # x-* queue arguments
+    source: CeleryQueue | None = None
+
+
+def queue_arguments(q: CeleryQueue) -> dict[str, Any]:
+    """The AMQP `x-*` arguments a CeleryQueue asks for (names as RabbitMQ spells them)."""
+    args: dict[str, Any] = {}
+    if q.max_priority is not None:
+        args["x-max-priority"] = q.max_priority
+    if q.message_ttl_seconds is not None:
+        args["x-message-ttl"] = round(q.message_ttl_seconds * 1000)
+    if q.max_length is not None:
+        args["x-max-length"] = q.max_length
+    if q.dead_letter is not None:
+        args["x-dead-letter-exchange"] = q.dead_letter.exchange
+        if q.dead_letter.routing_key is not None:
+            args["x-dead-letter-routing-key"] = q.dead_letter.routing_key
+    if q.queue_type != "classic":
+        args["x-queue-type"] = q.queue_type
+    return args
+
+
+class _HasMeta(Protocol):
+    @property
+    def meta(self) -> Meta: ...
+
+
+_M = TypeVar("_M", bound=_HasMeta)
+
+
+def oldest_first(objs: Iterable[_M]) -> list[_M]:
+    """Objects in precedence order: older creationTimestamp first, then metadata.name."""
+    return sorted(objs, key=lambda o: (o.meta.creation_timestamp, o.meta.name))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """One app and the objects that name it (others are dropped by `of`)."""
+
+    app: CeleryApp
+    exchanges: Sequence[CeleryExchange] = ()
+    queues: Sequence[CeleryQueue] = ()
+    pools: Sequence[CeleryWorkerPool] = ()
+    schedules: Sequence[CeleryBeatSchedule] = ()
+
+    @classmethod
+    def of(
+        cls,
+        app: CeleryApp,
+        exchanges: Iterable[CeleryExchange] = (),
+        queues: Iterable[CeleryQueue] = (),
+        pools: Iterable[CeleryWorkerPool] = (),
+        schedules: Iterable[CeleryBeatSchedule] = (),
+    ) -> Topology:
+        """Keep only the objects in the app's namespace whose appRef names it, oldest first."""
+        name, ns = app.meta.name, app.meta.namespace
+
+        def mine(objs: Iterable[Any]) -> list[Any]:
+            return oldest_first(o for o in objs if o.app_name == name and o.meta.namespace == ns)
+
+        return cls(app, tuple(mine(exchanges)), tuple(mine(queues)), tuple(mine(pools)),
+                   tuple(mine(schedules)))
+
+    # -- analysis (computed once; the dataclass is frozen) --------------------------------------
+
+    @cached_property
+    def _found(self) -> dict[Key, list[Problem]]:
+        """Problems recorded by the analysis properties (each runs once and adds its own kinds)."""
+        return {}
+
+    def _add(self, kind: str, name: str, reason: str, message: str) -> None:
+        self._found.setdefault((kind, name), []).append(Problem(reason, message))
+
+    @property
+    def _problems(self) -> dict[Key, list[Problem]]:
+        _ = self.effective_exchanges, self.effective_queues, self.effective_pools, self.beat_entries
+        return self._found
+
+    def problems(self) -> dict[Key, list[Problem]]:
+        """Problems per object, keyed by (kind, metadata.name); objects without problems absent."""
+        return {k: list(v) for k, v in self._problems.items()}
+
+    def problems_of(self, kind: str, name: str) -> list[Problem]:
+        return list(self._problems.get((kind, name), []))
+
+    @cached_property
+    def effective_exchanges(self) -> list[CeleryExchange]:
+        """The CeleryExchanges in effect: the oldest of each Celery name."""
+        winners: dict[str, CeleryExchange] = {}
+        for ex in self.exchanges:
+            first = winners.get(ex.name)
+            if first is None:
+                winners[ex.name] = ex
+                continue
+            self._add(api.EXCHANGE, ex.meta.name, api.Reason.DUPLICATE_EXCHANGE,
+                      f"exchange {ex.name!r} is already declared by CeleryExchange {first.meta.name!r}")
+        return list(winners.values())
+
+    @cached_property
+    def _exchange_decls(self) -> dict[str, ExchangeDecl]:
+        decls = {
+            ex.name: ExchangeDecl(ex.name, ex.type, ex.durable, ex.auto_delete, dict(ex.arguments), ex)
+            for ex in self.effective_exchanges
+        }
+        if self.app.default_exchange not in decls:
+            decls[self.app.default_exchange] = ExchangeDecl(self.app.default_exchange, "direct")
+        return decls
+
+    @cached_property
+    def effective_queues(self) -> list[CeleryQueue]:
+        """The CeleryQueues in effect: the oldest of each Celery name, if its exchange exists."""
+        winners: dict[str, CeleryQueue] = {}
+        for q in self.queues:
+            first = winners.get(q.name)
+            if first is not None:
+                self._add(api.QUEUE, q.meta.name, api.Reason.DUPLICATE_QUEUE,
+                          f"queue {q.name!r} is already declared by CeleryQueue {first.meta.name!r}")
+                continue
+            winners[q.name] = q
+        known = self._exchange_decls
+        effective = []
+        for q in winners.values():
+            if q.exchange is not None and q.exchange not in known:
+                self._add(api.QUEUE, q.meta.name, api.Reason.EXCHANGE_NOT_FOUND,
+                          f"exchange {q.exchange!r} is not declared by any CeleryExchange of app "
+                          f"{self.app.meta.name!r}")
+                continue
+            effective.append(q)
+        return effective
+
+    @cached_property
+    def declared_queues(self) -> list[QueueDecl]:
+        """Every queue Celery declares for this app, the default queue first."""
+        decls: dict[str, QueueDecl] = {}
+        app = self.app
+        by_name = {q.name: q for q in self.effective_queues}
+        if app.default_queue not in by_name:
+            decls[app.default_queue] = QueueDecl(
+                app.default_queue, self._exchange_decls[app.default_exchange], app.default_routing_key)
+        for q in self.effective_queues:
+            implicit = q.exchange is None
+            exchange = ExchangeDecl(q.name, "direct") if implicit else self._exchange_decls[str(q.exchange)]
+            decls[q.name] = QueueDecl(q.name, exchange, q.routing_key, q.durable, q.auto_delete,
+                                      queue_arguments(q), q)
+        if app.default_queue in decls:  # default queue first, whichever way it was declared
+            decls = {app.default_queue: decls[app.default_queue],
+                     **{k: v for k, v in decls.items() if k != app.default_queue}}
+        return list(decls.values())
+
+    @cached_property
+    def declared_exchanges(self) -> list[ExchangeDecl]:
+        """Every exchange Celery declares: CeleryExchanges, the default one, implicit per-queue ones."""
+        decls = dict(self._exchange_decls)
+        for q in self.declared_queues:
+            decls.setdefault(q.exchange.name, q.exchange)
+        return list(decls.values())
+
+    @cached_property
+    def queue_names(self) -> list[str]:
+        """Names of the queues that exist for Celery (the default queue included)."""
+        return [q.name for q in self.declared_queues]
+
+    def declared_queue(self, name: str) -> QueueDecl | None:
+        return next((q for q in self.declared_queues if q.name == name), None)
+
+    def pool_queues(self, pool: CeleryWorkerPool) -> list[str]:
+        """The queues a pool's workers consume: the known ones it names, in its order."""
+        known = set(self.queue_names)
+        return [q for q in dict.fromkeys(pool.queues) if q in known]
+
+    @cached_property
+    def effective_pools(self) -> list[CeleryWorkerPool]:
+        """Pools that get a worker Deployment: those naming at least one known queue."""
+        known = set(self.queue_names)
+        effective = []
+        for pool in self.pools:
+            missing = [q for q in dict.fromkeys(pool.queues) if q not in known]
+            if missing:
+                self._add(api.POOL, pool.meta.name, api.Reason.QUEUE_NOT_FOUND,
+                          f"queue(s) {', '.join(missing)} not declared in app {self.app.meta.name!r}")
+            if self.pool_queues(pool):
+                effective.append(pool)
+        return effective
+
+    def pools_for_queue(self, queue: str) -> list[CeleryWorkerPool]:
+        """Effective pools whose workers consume `queue`."""
+        return [p for p in self.effective_pools if queue in self.pool_queues(p)]
+
+    @cached_property
+    def timezone(self) -> str:
+        configured = self.app.config.get("timezone")
+        if isinstance(configured, str) and configured:
+            return configured
+        return self.schedules[0].timezone if self.schedules else DEFAULT_TIMEZONE
+
+    @cached_property
+    def beat_entries(self) -> list[tuple[CeleryBeatSchedule, BeatEntry]]:
+        """The beat entries in effect, with their schedule, oldest schedule first."""
+        known = set(self.queue_names)
+        owner: dict[str, str] = {}
+        kept: list[tuple[CeleryBeatSchedule, BeatEntry]] = []
+        for sched in self.schedules:
+            if sched.timezone != self.timezone:
+                self._add(api.SCHEDULE, sched.meta.name, api.Reason.TIMEZONE_CONFLICT,
+                          f"timezone {sched.timezone!r} differs from the app's {self.timezone!r}; "
+                          "entries run in the app's timezone")
+            for entry in sched.entries:
+                if entry.name in owner:
+                    self._add(api.SCHEDULE, sched.meta.name, api.Reason.DUPLICATE_ENTRY,
+                              f"entry {entry.name!r} is already defined by CeleryBeatSchedule "
+                              f"{owner[entry.name]!r}; this one is ignored")
+                    continue
+                if entry.queue is not None and entry.queue not in known:
+                    self._add(api.SCHEDULE, sched.meta.name, api.Reason.QUEUE_NOT_FOUND,
+                              f"entry {entry.name!r} routes to queue {entry.queue!r}, not declared in "
+                              f"app {self.app.meta.name!r}; the entry is ignored")
+                    continue
+                if (entry.cron is None) == (entry.every_seconds is None) or (
+                        entry.cron is not None and parse_cron(entry.cron) is None):
+                    self._add(api.SCHEDULE, sched.meta.name, api.Reason.INVALID_SPEC,
+                              f"entry {entry.name!r} needs exactly one of a 5-field cron or "
+                              "everySeconds; the entry is ignored")
+                    continue
+                owner[entry.name] = sched.meta.name
+                kept.append((sched, entry))
+        return kept
+
+    @property
+    def has_beat(self) -> bool:
+        """One beat runs per app, when at least one schedule entry is in effect."""
+        return bool(self.beat_entries)
+
+    def task_routes(self) -> dict[str, str]:
+        """Task name (glob) -> queue, from the effective queues' `tasks` (first claim wins)."""
+        routes: dict[str, str] = {}
+        for q in self.effective_queues:
+            for pattern in q.tasks:
+                routes.setdefault(pattern, q.name)
+        return routes

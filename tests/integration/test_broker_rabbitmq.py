@@ -1,0 +1,297 @@
+"""RabbitMQBroker against a real RabbitMQ 3.10 (one per session, a fresh vhost per test)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import amqp
+import pytest
+
+from celery_operator.brokers import BrokerUnreachable, QueueDepth, connect
+from celery_operator.brokers.rabbitmq import RabbitMQBroker
+from localenv.brokers import RabbitMQ, free_port
+from tests.fixtures.brokers import Vhost, exchange_model, queue_model
+
+pytestmark = pytest.mark.integration
+
+
+def _api(vhost: Vhost, path: str) -> Any:
+    return vhost.server.api("GET", path.replace("{vhost}", urllib.parse.quote(vhost.name, safe="")))
+
+
+def _channel(vhost: Vhost) -> tuple[amqp.Connection, amqp.Channel]:
+    conn = amqp.Connection(host=f"127.0.0.1:{vhost.server.amqp_port}", userid=vhost.server.user,
+                           password=vhost.server.password, virtual_host=vhost.name,
+                           connect_timeout=5)
+    conn.connect()
+    return conn, conn.channel()
+
+
+def _publish(ch: amqp.Channel, exchange: str, routing_key: str, n: int) -> None:
+    for i in range(n):
+        ch.basic_publish(amqp.Message(f"m{i}", delivery_mode=2), exchange, routing_key)
+
+
+class CountingProxy:
+    """A real HTTP proxy in front of the management API that counts the requests it forwards."""
+
+    def __init__(self, target_port: int) -> None:
+        self.requests: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                proxy.requests.append(self.path)
+                req = urllib.request.Request(f"http://127.0.0.1:{target_port}{self.path}",
+                                             headers={"Authorization": self.headers["Authorization"]})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    body = resp.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(rabbitmq: RabbitMQ) -> Iterator[CountingProxy]:
+    p = CountingProxy(rabbitmq.management_port)
+    yield p
+    p.close()
+
+
+def test_declare_creates_exchanges_queues_and_bindings_with_their_arguments(rabbitmq_vhost: Vhost) -> None:
+    exchanges = [exchange_model("events", "topic"),
+                 exchange_model("broadcast", "fanout", durable=False, autoDelete=True),
+                 exchange_model("dlx", "direct")]
+    queues = [
+        queue_model("orders", exchange="events", routingKey="orders.#", maxPriority=9,
+                    messageTTLSeconds=60, maxLength=1000,
+                    deadLetter={"exchange": "dlx", "routingKey": "dead"}),
+        queue_model("fanned", exchange="broadcast", durable=False, autoDelete=True),
+        queue_model("plain"),
+        queue_model("safe", queueType="quorum"),
+    ]
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+
+    results = broker.declare(exchanges, queues)
+
+    assert [(r.kind, r.name) for r in results if not r.ok] == []
+    assert {(r.kind, r.name) for r in results} >= {
+        ("exchange", "events"), ("exchange", "plain"), ("queue", "orders"), ("binding", "plain")}
+    ex = {x["name"]: x for x in _api(rabbitmq_vhost, "/api/exchanges/{vhost}")}
+    assert (ex["events"]["type"], ex["events"]["durable"], ex["events"]["auto_delete"]) == ("topic", True, False)
+    assert (ex["broadcast"]["type"], ex["broadcast"]["durable"], ex["broadcast"]["auto_delete"]) == (
+        "fanout", False, True)
+    assert ex["plain"]["type"] == "direct"  # Celery's implicit exchange, named like the queue
+    q = {x["name"]: x for x in _api(rabbitmq_vhost, "/api/queues/{vhost}")}
+    assert q["orders"]["arguments"] == {
+        "x-max-priority": 9, "x-message-ttl": 60000, "x-max-length": 1000,
+        "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead"}
+    assert q["orders"]["durable"] is True
+    assert (q["fanned"]["durable"], q["fanned"]["auto_delete"]) == (False, True)
+    assert q["safe"]["type"] == "quorum"
+    bindings = {(b["source"], b["destination"], b["routing_key"])
+                for b in _api(rabbitmq_vhost, "/api/bindings/{vhost}") if b["source"]}
+    assert bindings == {("events", "orders", "orders.#"), ("broadcast", "fanned", "fanned"),
+                        ("plain", "plain", "plain"), ("safe", "safe", "safe")}
+    listed = rabbitmq_vhost.server.rabbitmqctl("list_queues", "-p", rabbitmq_vhost.name, "name",
+                                               "arguments", "--no-table-headers", "--quiet")
+    orders_line = next(line for line in listed.splitlines() if line.startswith("orders\t"))
+    assert '"x-max-priority",9' in orders_line.replace(" ", "")
+
+
+def test_published_message_reaches_queue_through_declared_topic_binding(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([exchange_model("events", "topic")],
+                   [queue_model("orders", exchange="events", routingKey="orders.#")])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "events", "orders.eu.created", 2)
+        _publish(ch, "events", "invoices.eu", 1)
+    finally:
+        conn.close()
+    assert broker.measure_passive(["orders"]).queues["orders"].ready == 2
+
+
+def test_conflicting_redeclare_is_reported_and_the_rest_still_declare(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    assert all(r.ok for r in broker.declare([], [queue_model("jobs", maxPriority=5)]))
+
+    results = broker.declare(
+        [exchange_model("work", "direct")],
+        [queue_model("jobs", maxPriority=9), queue_model("after", exchange="work")])
+
+    by_key = {(r.kind, r.name): r for r in results}
+    conflict = by_key[("queue", "jobs")]
+    assert conflict.conflict
+    assert not conflict.ok
+    assert "PRECONDITION_FAILED" in conflict.message
+    assert "x-max-priority" in conflict.message
+    assert by_key[("queue", "after")].ok
+    assert by_key[("binding", "after")].ok
+    assert by_key[("exchange", "work")].ok
+    assert [r for r in results if not r.ok] == [conflict]
+    queues = {q["name"]: q for q in _api(rabbitmq_vhost, "/api/queues/{vhost}")}
+    assert queues["jobs"]["arguments"] == {"x-max-priority": 5}  # the broker kept the original
+    assert "after" in queues
+
+
+def test_binding_to_a_missing_exchange_fails_only_that_binding(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    results = broker.declare([], [queue_model("lost", exchange="nowhere"), queue_model("fine")])
+    failed = [r for r in results if not r.ok]
+    assert [(r.kind, r.name, r.conflict) for r in failed] == [("binding", "lost", False)]
+    assert "NOT_FOUND" in failed[0].message
+
+
+def test_delete_removes_queue_and_exchange_and_tolerates_absent_ones(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([exchange_model("events", "topic")], [queue_model("orders", exchange="events")])
+
+    broker.delete_queue("orders")
+    broker.delete_exchange("events")
+    broker.delete_queue("orders")
+    broker.delete_exchange("events")
+
+    assert "orders" not in {q["name"] for q in _api(rabbitmq_vhost, "/api/queues/{vhost}")}
+    assert "events" not in {x["name"] for x in _api(rabbitmq_vhost, "/api/exchanges/{vhost}")}
+
+
+def test_measure_reports_true_ready_and_unacked_counts_in_one_request(
+        rabbitmq_vhost: Vhost, proxy: CountingProxy) -> None:
+    mgmt = f"http://{rabbitmq_vhost.server.user}:{rabbitmq_vhost.server.password}@127.0.0.1:{proxy.port}"
+    broker = RabbitMQBroker(rabbitmq_vhost.url, mgmt)
+    broker.declare([], [queue_model(f"q{i}") for i in range(5)])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "q0", 10)
+        _publish(ch, "", "q1", 4)
+        consumer_ch = conn.channel()
+        consumer_ch.basic_qos(0, 3, False)
+        consumer_ch.basic_consume("q0", callback=lambda m: None)  # never acks
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            report = broker.measure(["q0", "q1", "q2", "absent"])
+            if report.queues["q0"].in_flight == 3:
+                break
+            time.sleep(0.1)
+        proxy.requests.clear()
+
+        report = broker.measure(["q0", "q1", "q2", "absent"])
+    finally:
+        conn.close()
+
+    assert len(proxy.requests) == 1
+    assert proxy.requests[0].startswith(f"/api/queues/{rabbitmq_vhost.name}?")
+    assert report.source == "management"
+    assert (report.queues["q0"].ready, report.queues["q0"].in_flight) == (7, 3)
+    assert (report.queues["q1"].ready, report.queues["q1"].in_flight) == (4, 0)
+    assert report.queues["q2"].ready == 0
+    assert report.missing == ("absent",)
+    assert set(report.queues) == {"q0", "q1", "q2"}
+    assert report.ready() == 11
+    assert report.in_flight() == 3
+
+
+def test_measure_with_full_stats_reports_consumers(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")
+    broker.declare([], [queue_model("watched")])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        ch.basic_consume("watched", callback=lambda m: None)
+        conn.channel().basic_consume("watched", callback=lambda m: None)
+        deadline = time.monotonic() + 30  # the statistics database lags by its collect interval
+        consumers = None
+        while time.monotonic() < deadline and consumers != 2:
+            consumers = broker.measure(["watched"]).queues["watched"].consumers
+            time.sleep(0.5)
+    finally:
+        conn.close()
+    assert consumers == 2
+
+
+def test_measure_falls_back_to_passive_declares_when_management_is_unreachable(
+        rabbitmq_vhost: Vhost) -> None:
+    wrong = f"http://{rabbitmq_vhost.server.user}:{rabbitmq_vhost.server.password}@127.0.0.1:{free_port()}"
+    broker = RabbitMQBroker(rabbitmq_vhost.url, wrong)
+    broker.declare([], [queue_model("jobs"), queue_model("idle")])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "jobs", 6)
+        ch.basic_consume("idle", callback=lambda m: None)
+        report = broker.measure(["jobs", "idle", "absent"])
+    finally:
+        conn.close()
+    assert report.source == "passive"
+    assert report.queues["jobs"] == QueueDepth("jobs", ready=6, in_flight=None, consumers=0)
+    assert report.queues["idle"].consumers == 1
+    assert report.missing == ("absent",)
+    assert "management API unavailable" in report.note
+    assert report.in_flight() is None
+
+
+def test_unreachable_broker_raises_broker_unreachable_instead_of_zero_depth(rabbitmq: RabbitMQ) -> None:
+    closed = free_port()
+    broker = connect(f"amqp://u:p@127.0.0.1:{closed}/", management_url=f"http://u:p@127.0.0.1:{closed}")
+    with pytest.raises(BrokerUnreachable):
+        broker.measure(["jobs"])
+    with pytest.raises(BrokerUnreachable):
+        broker.declare([], [queue_model("jobs")])
+    bad_password = rabbitmq.url("/").replace(rabbitmq.password, "wrong")
+    with pytest.raises(BrokerUnreachable) as e:
+        RabbitMQBroker(bad_password, f"http://127.0.0.1:{closed}").measure(["jobs"])
+    assert "wrong" not in str(e.value)
+    assert rabbitmq.password not in str(e.value)
+
+
+def test_measure_raises_while_broker_is_stopped_and_recovers_after_restart(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([], [queue_model("durable-jobs")])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "durable-jobs", 3)
+    finally:
+        conn.close()
+    ports = (rabbitmq_vhost.server.amqp_port, rabbitmq_vhost.server.management_port)
+
+    rabbitmq_vhost.server.stop()
+    try:
+        with pytest.raises(BrokerUnreachable):
+            broker.measure(["durable-jobs"])
+    finally:
+        rabbitmq_vhost.server.start()
+
+    assert (rabbitmq_vhost.server.amqp_port, rabbitmq_vhost.server.management_port) == ports
+    assert broker.measure(["durable-jobs"]).queues["durable-jobs"].ready == 3
+
+
+def test_queue_on_the_default_exchange_needs_no_binding(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    results = broker.declare([], [queue_model("by-name", exchange="")])
+    assert all(r.ok for r in results)
+    assert [r.exchange for r in results if r.kind == "binding"] == [""]
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "by-name", 2)
+    finally:
+        conn.close()
+    assert broker.measure_passive(["by-name"]).queues["by-name"].ready == 2

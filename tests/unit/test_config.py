@@ -1,0 +1,115 @@
+"""The generated Celery config (JSON data) of a topology."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celery_operator.config import celery_config, config_hash, config_json
+from celery_operator.topology import Topology
+from tests.unit import crs
+
+
+def test_task_queues_carry_exchange_routing_key_and_arguments() -> None:
+    config = celery_config(crs.seed())
+    assert config["task_queues"] == [
+        {"name": "default", "exchange": "default", "exchange_type": "direct", "routing_key": "default",
+         "durable": True, "auto_delete": False, "queue_arguments": {}},
+        {"name": "high_queue", "exchange": "task", "exchange_type": "topic", "routing_key": "high_task",
+         "durable": True, "auto_delete": False, "queue_arguments": {"x-max-priority": 10}},
+        {"name": "low_queue", "exchange": "task", "exchange_type": "topic", "routing_key": "low_task",
+         "durable": True, "auto_delete": False, "queue_arguments": {"x-message-ttl": 60000}},
+    ]
+    assert config["exchanges"] == [
+        {"name": "default", "type": "direct", "durable": True, "auto_delete": False, "arguments": {}},
+        {"name": "task", "type": "topic", "durable": True, "auto_delete": False, "arguments": {}},
+    ]
+
+
+def test_defaults_routes_beat_and_timezone() -> None:
+    config = celery_config(crs.seed())
+    assert (config["task_default_queue"], config["task_default_exchange"],
+            config["task_default_exchange_type"], config["task_default_routing_key"]) == (
+        "default", "default", "direct", "default")
+    assert config["task_routes"] == {"sample_tasks.tasks.add": {"queue": "high_queue"},
+                                     "sample_tasks.tasks.slow*": {"queue": "low_queue"}}
+    assert config["beat_schedule"] == {
+        "add-every-minute": {
+            "task": "sample_tasks.tasks.add",
+            "schedule": {"cron": {"minute": "*", "hour": "*", "day_of_month": "*",
+                                  "month_of_year": "*", "day_of_week": "*"}},
+            "args": [1, 2], "kwargs": {}, "options": {"queue": "high_queue", "priority": 5}},
+        "slow-every-30s": {
+            "task": "sample_tasks.tasks.slow", "schedule": {"every_seconds": 30},
+            "args": [], "kwargs": {"seconds": 0.1}, "options": {"expires": 25}},
+    }
+    assert config["timezone"] == "UTC"
+    assert config["broker_connection_retry_on_startup"] is True
+
+
+def test_user_config_is_kept_but_cannot_override_operator_keys_or_carry_urls() -> None:
+    topo = Topology.of(crs.app(
+        imports=["proj.tasks"],
+        config={"task_acks_late": True, "task_default_queue": "mine", "broker_url": "amqp://leak",
+                "result_backend": "redis://leak", "task_routes": {"other.*": {"queue": "celery"}}}))
+    config = celery_config(topo)
+    assert config["task_acks_late"] is True
+    assert config["task_default_queue"] == "celery"
+    assert "broker_url" not in config
+    assert "result_backend" not in config
+    assert config["imports"] == ["proj.tasks"]
+    assert config["task_routes"] == {"other.*": {"queue": "celery"}}
+
+
+def test_broker_transport_options_merge_over_the_users() -> None:
+    topo = Topology.of(crs.app(config={"broker_transport_options": {"a": 1, "b": 1}}))
+    config = celery_config(topo, {"b": 2, "c": 3})
+    assert config["broker_transport_options"] == {"a": 1, "b": 2, "c": 3}
+
+
+def test_config_is_json_serialisable_and_round_trips() -> None:
+    config = celery_config(crs.seed())
+    assert json.loads(config_json(config)) == config
+
+
+def test_config_hash_changes_with_the_config() -> None:
+    base = celery_config(crs.seed())
+    changed = {**base, "timezone": "Europe/Paris"}
+    assert config_hash(base) != config_hash(changed)
+    assert len(config_hash(base)) == 64
+
+
+def _shuffled(value: Any, rng: random.Random) -> Any:
+    """The same JSON value with every object's keys in another order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {k: _shuffled(v, rng) for k, v in items}
+    if isinstance(value, list):
+        return [_shuffled(v, rng) for v in value]
+    return value
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(config=st.dictionaries(st.text(), json_values, max_size=8), seed=st.integers())
+def test_config_hash_is_stable_across_key_orderings(config: dict[str, Any], seed: int) -> None:
+    other = _shuffled(config, random.Random(seed))
+    assert config_hash(other) == config_hash(config)
+    assert config_json(other) == config_json(config)
+
+
+def test_seed_config_hash_is_the_same_for_objects_listed_in_another_order() -> None:
+    topo = crs.seed()
+    reordered = Topology.of(topo.app, exchanges=reversed(topo.exchanges), queues=reversed(topo.queues),
+                            pools=reversed(topo.pools), schedules=reversed(topo.schedules))
+    assert config_hash(celery_config(reordered)) == config_hash(celery_config(topo))

@@ -1,0 +1,204 @@
+"""Cross-object checks of one app's topology (what a CRD schema cannot see)."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_operator import api
+from celery_operator.models import CeleryQueue
+from celery_operator.topology import Problem, Topology, parse_cron
+from tests.unit import crs
+
+R = api.Reason
+OLD, NEW = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
+
+
+def test_seed_topology_has_no_problems() -> None:
+    assert crs.seed().problems() == {}
+
+
+def test_objects_of_other_apps_and_namespaces_are_left_out() -> None:
+    spec = {"appRef": {"name": crs.APP}, "durable": True, "autoDelete": False, "queueType": "classic",
+            "deletionPolicy": "Retain"}
+    other_ns = CeleryQueue.of(crs.body(api.QUEUE, "elsewhere", spec, namespace="other"))
+    topo = Topology.of(crs.app(), queues=[crs.queue("mine"), crs.queue("theirs", app_name="other"),
+                                          other_ns])
+    assert [q.meta.name for q in topo.queues] == ["mine"]
+
+
+@pytest.mark.parametrize(
+    ("topology", "expected"),
+    [
+        pytest.param(
+            Topology.of(crs.app(), queues=[crs.queue("q", exchange="nope")]),
+            {(api.QUEUE, "q"): [R.EXCHANGE_NOT_FOUND]},
+            id="queue-names-undeclared-exchange",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), queues=[crs.queue("q")]),
+            {},
+            id="queue-without-exchange-uses-implicit-one",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), queues=[crs.queue("q", exchange="celery")]),
+            {},
+            id="default-exchange-is-implicitly-declared",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), pools=[crs.pool("p", ["celery"])]),
+            {},
+            id="default-queue-is-known-without-a-cr",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), pools=[crs.pool("p", ["celery", "ghost"])]),
+            {(api.POOL, "p"): [R.QUEUE_NOT_FOUND]},
+            id="pool-names-unknown-queue",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs"), crs.queue("a", OLD, name="jobs")]),
+            {(api.QUEUE, "b"): [R.DUPLICATE_QUEUE]},
+            id="later-of-two-queues-with-one-name-is-duplicate",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), queues=[crs.queue("b", OLD, name="jobs"), crs.queue("a", OLD, name="jobs")]),
+            {(api.QUEUE, "b"): [R.DUPLICATE_QUEUE]},
+            id="same-age-duplicates-ordered-by-name",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), exchanges=[crs.exchange("x2", NEW, name="x"), crs.exchange("x1", OLD, name="x")]),
+            {(api.EXCHANGE, "x2"): [R.DUPLICATE_EXCHANGE]},
+            id="later-of-two-exchanges-with-one-name-is-duplicate",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), schedules=[
+                crs.schedule("s2", [{"name": "e", "task": "t", "everySeconds": 5}], NEW),
+                crs.schedule("s1", [{"name": "e", "task": "t", "everySeconds": 9}], OLD)]),
+            {(api.SCHEDULE, "s2"): [R.DUPLICATE_ENTRY]},
+            id="entry-name-used-by-two-schedules",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), schedules=[
+                crs.schedule("s", [{"name": "e", "task": "t", "everySeconds": 5, "queue": "ghost"}])]),
+            {(api.SCHEDULE, "s"): [R.QUEUE_NOT_FOUND]},
+            id="entry-routed-to-unknown-queue",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), schedules=[
+                crs.schedule("s", [{"name": "e", "task": "t", "cron": "every tuesday"}])]),
+            {(api.SCHEDULE, "s"): [R.INVALID_SPEC]},
+            id="entry-with-unparsable-cron",
+        ),
+        pytest.param(
+            Topology.of(crs.app(), schedules=[
+                crs.schedule("s1", [], OLD, timezone="Europe/Paris"), crs.schedule("s2", [], NEW)]),
+            {(api.SCHEDULE, "s2"): [R.TIMEZONE_CONFLICT]},
+            id="schedule-timezone-differs-from-the-apps",
+        ),
+    ],
+)
+def test_problems_name_the_object_and_reason(topology: Topology, expected: dict[tuple[str, str], list[str]]) -> None:
+    got = {key: [p.reason for p in problems] for key, problems in topology.problems().items()}
+    assert got == expected
+
+
+def test_problem_messages_name_the_missing_thing() -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["ghost", "celery"])])
+    [problem] = topo.problems_of(api.POOL, "p")
+    assert problem == Problem(R.QUEUE_NOT_FOUND, "queue(s) ghost not declared in app 'proj'")
+
+
+def test_duplicate_queue_leaves_the_older_in_effect() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs", maxLength=5),
+                                          crs.queue("a", OLD, name="jobs", maxLength=7)])
+    assert [q.meta.name for q in topo.effective_queues] == ["a"]
+    decl = topo.declared_queue("jobs")
+    assert decl is not None
+    assert decl.arguments == {"x-max-length": 7}
+
+
+def test_queue_with_unknown_exchange_is_not_declared_and_pools_cannot_use_it() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("q", exchange="nope")], pools=[crs.pool("p", ["q"])])
+    assert topo.queue_names == ["celery"]
+    assert topo.effective_pools == []
+    assert topo.problems_of(api.POOL, "p")[0].reason == R.QUEUE_NOT_FOUND
+
+
+def test_pool_consumes_only_its_known_queues_in_its_order() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("a"), crs.queue("b")],
+                       pools=[crs.pool("p", ["b", "ghost", "celery", "a", "b"])])
+    [pool] = topo.effective_pools
+    assert topo.pool_queues(pool) == ["b", "celery", "a"]
+
+
+def test_pools_for_queue_lists_effective_consumers() -> None:
+    topo = crs.seed()
+    assert [p.meta.name for p in topo.pools_for_queue("high_queue")] == ["high"]
+    assert topo.pools_for_queue("nobody") == []
+
+
+def test_duplicate_entry_drops_only_that_entry_of_the_later_schedule() -> None:
+    topo = Topology.of(crs.app(), schedules=[
+        crs.schedule("late", [{"name": "e", "task": "t2", "everySeconds": 5},
+                              {"name": "f", "task": "t3", "everySeconds": 5}], NEW),
+        crs.schedule("early", [{"name": "e", "task": "t1", "everySeconds": 5}], OLD)])
+    assert [(s.meta.name, e.name, e.task) for s, e in topo.beat_entries] == [
+        ("early", "e", "t1"), ("late", "f", "t3")]
+    assert topo.has_beat
+
+
+def test_no_schedule_entries_means_no_beat() -> None:
+    assert not Topology.of(crs.app(), schedules=[crs.schedule("s", [])]).has_beat
+
+
+def test_default_queue_declared_by_a_cr_uses_its_exchange_and_comes_first() -> None:
+    topo = crs.seed()
+    first = topo.declared_queues[0]
+    assert (first.name, first.exchange.name, first.routing_key) == ("default", "default", "default")
+    assert first.source is not None
+
+
+def test_implicit_default_queue_uses_the_apps_default_exchange_and_key() -> None:
+    topo = Topology.of(crs.app(defaultQueue="dq", defaultExchange="dx", defaultRoutingKey="dk"))
+    [q] = topo.declared_queues
+    assert (q.name, q.exchange.name, q.exchange.type, q.routing_key, q.source) == ("dq", "dx", "direct", "dk", None)
+    assert [e.name for e in topo.declared_exchanges] == ["dx"]
+
+
+def test_queue_arguments_use_rabbitmq_names_and_milliseconds() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue(
+        "q", maxPriority=10, messageTTLSeconds=1.5, maxLength=100, queueType="quorum",
+        deadLetter={"exchange": "dlx", "routingKey": "dead"})])
+    decl = topo.declared_queue("q")
+    assert decl is not None
+    assert decl.arguments == {"x-max-priority": 10, "x-message-ttl": 1500, "x-max-length": 100,
+                              "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead",
+                              "x-queue-type": "quorum"}
+
+
+def test_app_config_timezone_wins_over_schedules() -> None:
+    topo = Topology.of(crs.app(config={"timezone": "Asia/Tokyo"}), schedules=[crs.schedule("s", [])])
+    assert topo.timezone == "Asia/Tokyo"
+    assert topo.problems_of(api.SCHEDULE, "s")[0].reason == R.TIMEZONE_CONFLICT
+
+
+def test_task_routes_first_queue_claiming_a_pattern_wins() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("a", OLD, tasks=["x.*"]),
+                                          crs.queue("b", NEW, tasks=["x.*", "y"])])
+    assert topo.task_routes() == {"x.*": "a", "y": "b"}
+
+
+@pytest.mark.parametrize(
+    ("expr", "fields"),
+    [
+        ("*/5 * * * *", ("*/5", "*", "*", "*", "*")),
+        ("0 3 * * mon-fri", ("0", "3", "*", "*", "mon-fri")),
+        ("@daily", ("0", "0", "*", "*", "*")),
+        ("  1  2 3 4 5 ", ("1", "2", "3", "4", "5")),
+        ("* * * *", None),
+        ("* * * * * *", None),
+        ("* * * * ?", None),
+    ],
+)
+def test_parse_cron(expr: str, fields: tuple[str, ...] | None) -> None:
+    got = parse_cron(expr)
+    assert (None if got is None else tuple(got.__dict__.values())) == fields
