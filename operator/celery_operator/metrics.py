@@ -1,0 +1,231 @@
+"""Every Prometheus metric the operator exports: names, labels and the calls that set them.
+
+Queue metrics reuse celery-exporter's names (`celery_queue_length`, `celery_active_consumer_count`,
+label `queue_name`) so existing celery-mixin dashboards and alerts work unchanged; everything about
+the operator itself is prefixed `celery_operator_`. No pod or hostname labels: series identity is
+the Kubernetes object (namespace, app, pool/queue), so a restarted operator continues the same series.
+
+`OperatorMetrics` owns a `CollectorRegistry` (tests make fresh ones); `DEFAULT` is the operator's,
+and the module-level functions are its bound methods. The HTTP server serves `exposition()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.process_collector import ProcessCollector
+
+from celery_operator import __version__
+
+M = TypeVar("M", bound=MetricWrapperBase)
+Direction = Literal["up", "down"]
+ReconcileResult = Literal["success", "error", "retry"]
+DepthSource = Literal["management", "passive", "redis"]
+
+# Metric names (without the `_total` / `_bucket` / `_sum` / `_count` suffixes Prometheus adds).
+QUEUE_LENGTH: Final = "celery_queue_length"
+QUEUE_CONSUMERS: Final = "celery_active_consumer_count"
+QUEUE_IN_FLIGHT: Final = "celery_queue_messages_in_flight"
+DEPTH_SOURCE: Final = "celery_operator_queue_depth_source_info"
+POOL_REPLICAS: Final = "celery_operator_pool_replicas"
+POOL_MIN_REPLICAS: Final = "celery_operator_pool_min_replicas"
+POOL_MAX_REPLICAS: Final = "celery_operator_pool_max_replicas"
+SCALE_EVENTS: Final = "celery_operator_scale_events_total"
+BROKER_UP: Final = "celery_operator_broker_up"
+BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
+RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
+RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
+BUILD_INFO: Final = "celery_operator_build_info"
+
+ALL_METRIC_NAMES: Final[tuple[str, ...]] = (
+    QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
+    POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
+    BROKER_UP, BROKER_POLL_DURATION, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+)
+COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL})
+HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
+
+QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
+POOL_LABELS: Final = ("namespace", "app", "pool")
+APP_LABELS: Final = ("namespace", "app")
+REPLICA_KINDS: Final = ("desired", "current", "ready")
+
+POLL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RECONCILE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _base(name: str) -> str:
+    """prometheus-client wants counters named without `_total`."""
+    return name.removesuffix("_total")
+
+
+class OperatorMetrics:
+    """The operator's metrics in one registry, with typed setters and series clean-up."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = False) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.queue_length = Gauge(
+            QUEUE_LENGTH, "Messages ready in the queue (not yet delivered to a worker).", QUEUE_LABELS,
+            registry=r)
+        self.queue_consumers = Gauge(
+            QUEUE_CONSUMERS, "Consumers (worker channels) attached to the queue.", QUEUE_LABELS, registry=r)
+        self.queue_in_flight = Gauge(
+            QUEUE_IN_FLIGHT, "Messages delivered to workers and not yet acknowledged.", QUEUE_LABELS,
+            registry=r)
+        self.depth_source = Gauge(
+            DEPTH_SOURCE, "Where the app's queue depths come from (1 for the source in use).",
+            (*APP_LABELS, "source"), registry=r)
+        self.pool_replicas = Gauge(
+            POOL_REPLICAS, "Worker pool replicas: desired by the operator, current and ready in the Deployment.",
+            (*POOL_LABELS, "kind"), registry=r)
+        self.pool_min_replicas = Gauge(
+            POOL_MIN_REPLICAS, "Autoscaled worker pool's minReplicas.", POOL_LABELS, registry=r)
+        self.pool_max_replicas = Gauge(
+            POOL_MAX_REPLICAS, "Autoscaled worker pool's maxReplicas.", POOL_LABELS, registry=r)
+        self.scale_events = Counter(
+            _base(SCALE_EVENTS), "Autoscaler changes of a worker pool's replica count.",
+            (*POOL_LABELS, "direction"), registry=r)
+        self.broker_up = Gauge(
+            BROKER_UP, "1 when the app's last broker poll succeeded, 0 when it failed.", APP_LABELS, registry=r)
+        self.broker_poll_duration = Histogram(
+            BROKER_POLL_DURATION, "Time to read the queue depths of one app from its broker.", APP_LABELS,
+            buckets=POLL_BUCKETS, registry=r)
+        self.reconcile_count = Counter(
+            _base(RECONCILE_TOTAL), "Reconciliations by kind and result (success, error, retry).",
+            ("kind", "result"), registry=r)
+        self.reconcile_duration = Histogram(
+            RECONCILE_DURATION, "Time spent in one reconciliation.", ("kind",), buckets=RECONCILE_BUCKETS,
+            registry=r)
+        self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
+        self.build_info.labels(__version__).set(1)
+        # Label values of every series set, per metric: lets forget_* remove by partial labels.
+        self._series: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
+
+    def _child(self, metric: M, *values: str) -> M:
+        self._series.setdefault(metric, set()).add(values)
+        return metric.labels(*values)
+
+    def _remove(self, metric: MetricWrapperBase, **match: str) -> None:
+        names = metric._labelnames  # the order labels were declared in
+        positions = {names.index(k): v for k, v in match.items()}
+        known = self._series.get(metric, set())
+        for values in [v for v in known if all(v[i] == want for i, want in positions.items())]:
+            with contextlib.suppress(KeyError):  # already gone (e.g. cleared by a test)
+                metric.remove(*values)
+            known.discard(values)
+
+    # --- queues ---------------------------------------------------------------------------------
+
+    def observe_queue(self, namespace: str, app: str, queue: str, ready: int, in_flight: int | None,
+                      consumers: int | None) -> None:
+        """One queue's depth. An unknown in-flight or consumer count removes that series."""
+        self._child(self.queue_length, namespace, app, queue).set(ready)
+        for metric, value in ((self.queue_in_flight, in_flight), (self.queue_consumers, consumers)):
+            if value is None:
+                self._remove(metric, namespace=namespace, app=app, queue_name=queue)
+            else:
+                self._child(metric, namespace, app, queue).set(value)
+
+    def set_depth_source(self, namespace: str, app: str, source: DepthSource) -> None:
+        self._remove(self.depth_source, namespace=namespace, app=app)
+        self._child(self.depth_source, namespace, app, source).set(1)
+
+    def forget_queue(self, namespace: str, app: str, queue: str) -> None:
+        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers):
+            self._remove(metric, namespace=namespace, app=app, queue_name=queue)
+
+    # --- pools ----------------------------------------------------------------------------------
+
+    def set_pool_replicas(self, namespace: str, app: str, pool: str, desired: int, current: int,
+                          ready: int) -> None:
+        for kind, value in zip(REPLICA_KINDS, (desired, current, ready), strict=True):
+            self._child(self.pool_replicas, namespace, app, pool, kind).set(value)
+
+    def set_pool_bounds(self, namespace: str, app: str, pool: str, bounds: tuple[int, int] | None) -> None:
+        """(minReplicas, maxReplicas) of an autoscaled pool; None (not autoscaled) removes them."""
+        if bounds is None:
+            self._remove(self.pool_min_replicas, namespace=namespace, app=app, pool=pool)
+            self._remove(self.pool_max_replicas, namespace=namespace, app=app, pool=pool)
+            return
+        self._child(self.pool_min_replicas, namespace, app, pool).set(bounds[0])
+        self._child(self.pool_max_replicas, namespace, app, pool).set(bounds[1])
+
+    def count_scale_event(self, namespace: str, app: str, pool: str, direction: Direction) -> None:
+        self._child(self.scale_events, namespace, app, pool, direction).inc()
+
+    def forget_pool(self, namespace: str, app: str, pool: str) -> None:
+        for metric in (self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
+                       self.scale_events):
+            self._remove(metric, namespace=namespace, app=app, pool=pool)
+
+    # --- brokers --------------------------------------------------------------------------------
+
+    def set_broker_up(self, namespace: str, app: str, up: bool) -> None:
+        self._child(self.broker_up, namespace, app).set(1 if up else 0)
+
+    def observe_poll(self, namespace: str, app: str, seconds: float) -> None:
+        self._child(self.broker_poll_duration, namespace, app).observe(seconds)
+
+    def forget_app(self, namespace: str, app: str) -> None:
+        """Remove every series of a deleted CeleryApp (its queues and pools included)."""
+        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.depth_source,
+                       self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
+                       self.scale_events, self.broker_up, self.broker_poll_duration):
+            self._remove(metric, namespace=namespace, app=app)
+
+    # --- reconciliation -------------------------------------------------------------------------
+
+    def count_reconcile(self, kind: str, result: ReconcileResult) -> None:
+        self.reconcile_count.labels(kind, result).inc()
+
+    def observe_reconcile(self, kind: str, seconds: float) -> None:
+        self.reconcile_duration.labels(kind).observe(seconds)
+
+    @contextmanager
+    def reconciling(self, kind: str) -> Iterator[None]:
+        """Time a reconciliation and count it: success, or error when the block raises an Exception
+        (a cancellation is timed but not counted)."""
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.count_reconcile(kind, "error")
+            raise
+        else:
+            self.count_reconcile(kind, "success")
+        finally:
+            self.observe_reconcile(kind, time.perf_counter() - start)
+
+    def exposition(self) -> bytes:
+        return exposition(self.registry)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format, for `/metrics`."""
+    return generate_latest(registry)
+
+
+DEFAULT: Final = OperatorMetrics(process_metrics=True)
+REGISTRY: Final = DEFAULT.registry
+observe_queue = DEFAULT.observe_queue
+set_depth_source = DEFAULT.set_depth_source
+forget_queue = DEFAULT.forget_queue
+set_pool_replicas = DEFAULT.set_pool_replicas
+set_pool_bounds = DEFAULT.set_pool_bounds
+count_scale_event = DEFAULT.count_scale_event
+forget_pool = DEFAULT.forget_pool
+set_broker_up = DEFAULT.set_broker_up
+observe_poll = DEFAULT.observe_poll
+forget_app = DEFAULT.forget_app
+count_reconcile = DEFAULT.count_reconcile
+observe_reconcile = DEFAULT.observe_reconcile
+reconciling = DEFAULT.reconciling
