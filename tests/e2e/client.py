@@ -22,9 +22,10 @@ def main(what: str) -> None:
         r = add.delay(1, 2)
         out = {"id": r.id, "result": r.get(timeout=60)}
     elif what.startswith("publish:"):
-        _, queue, n = what.split(":")
+        _, queue, n, seconds = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]
-        ids = [slow.apply_async((0.01,), queue=queue).id for _ in range(int(n))]
+        with app.producer_or_acquire() as producer:
+            ids = [slow.apply_async((float(seconds),), queue=queue, producer=producer).id for _ in range(int(n))]
         out = {"ids": ids}
     print(json.dumps(out))
 

@@ -7,7 +7,7 @@ timeout on every network call; the operator calls it from a thread.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from celery_operator.brokers.base import (
     Broker,
@@ -35,7 +35,8 @@ __all__ = [
 
 
 def connect(url: str, *, management_url: str | None = None,
-            transport_options: Mapping[str, Any] | None = None) -> Broker:
+            transport_options: Mapping[str, Any] | None = None,
+            rabbitmq_stats: Literal["totals", "full"] = "full") -> Broker:
     """A broker client for `url` (amqp://, amqps://, pyamqp://, redis://, rediss://).
 
     `management_url` is the RabbitMQ management API (resolved by the caller from
@@ -45,7 +46,7 @@ def connect(url: str, *, management_url: str | None = None,
     if broker_kind(url) == "rabbitmq":
         from celery_operator.brokers.rabbitmq import RabbitMQBroker
 
-        return RabbitMQBroker(url, management_url)
+        return RabbitMQBroker(url, management_url, stats=rabbitmq_stats)
     from celery_operator.brokers.redis import RedisBroker
 
     return RedisBroker(url, transport_options)

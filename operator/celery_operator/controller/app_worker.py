@@ -154,6 +154,7 @@ class AppWorker:
             app,
             self._parse(CeleryExchange, live[api.EXCHANGE]), self._parse(CeleryQueue, live[api.QUEUE]),
             self._parse(CeleryWorkerPool, live[api.POOL]), self._parse(CeleryBeatSchedule, live[api.SCHEDULE]))
+        self._forget_gone(topo)
         self._topology = topo
 
         broker = await resolve(self.client, app, app.broker, "broker")
@@ -186,6 +187,20 @@ class AppWorker:
             "Deployment", self.namespace, f"{api.LABEL_APP}={self.name}")}
         await statuses.write_all(self, topo, broker, backend, chash, deployments, apply_errors)
         return True
+
+    def _forget_gone(self, topo: Topology) -> None:
+        """Drop the metric series of pools and queues that left the app (bounded cardinality)."""
+        old = self._topology
+        if old is None:
+            return
+        for q in set(old.queue_names) - set(topo.queue_names):
+            self.metrics.forget_queue(self.namespace, self.name, q)
+        for gone in {p.meta.name for p in old.pools} - {p.meta.name for p in topo.pools}:
+            self.metrics.forget_pool(self.namespace, self.name, gone)
+            self.pools.pop(gone, None)
+        for pool in topo.pools:
+            if pool.autoscaling is None:
+                self.metrics.set_pool_bounds(self.namespace, self.name, pool.meta.name, None)
 
     def _parse(self, cls: Any, bodies: list[Body]) -> list[Any]:
         """Typed views; an object the models cannot read is skipped (the schema should prevent it)."""
@@ -272,6 +287,7 @@ class AppWorker:
         self._poll_error = error
         self.metrics.set_broker_up(self.namespace, self.name, report is not None)
         if report is not None:
+            self.metrics.set_depth_source(self.namespace, self.name, report.source)
             for qname, d in report.queues.items():
                 self.metrics.observe_queue(self.namespace, self.name, qname, d.ready, d.in_flight, d.consumers)
         app_body = self._bodies.get((api.APP, self.name))

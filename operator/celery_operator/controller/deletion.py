@@ -44,7 +44,10 @@ async def delete_from_broker(runtime: Runtime, kind: str, body: dict[str, Any]) 
         await runtime.recorder.warning(body, api.Reason.RETAINED_ON_BROKER,
                                        f"{what} left on the broker: CeleryApp {obj.app_name} is gone")
         return
-    endpoint = await resolve(runtime.client, CeleryApp.of(app_body), CeleryApp.of(app_body).broker, "broker")
+    app = CeleryApp.of(app_body)
+    endpoint = await resolve(runtime.client, app, app.broker, "broker")
+    opts = app.config.get("broker_transport_options")
+    transport_options = opts if isinstance(opts, dict) else None
     if endpoint.url is None:
         await runtime.recorder.warning(body, api.Reason.RETAINED_ON_BROKER,
                                        f"{what} left on the broker: {endpoint.problem}")
@@ -52,7 +55,7 @@ async def delete_from_broker(runtime: Runtime, kind: str, body: dict[str, Any]) 
     url, mgmt = endpoint.url, endpoint.management_url
 
     def run() -> None:
-        with connect(url, management_url=mgmt) as b:
+        with connect(url, management_url=mgmt, transport_options=transport_options) as b:
             if kind == api.QUEUE:
                 b.delete_queue(obj.name)
             else:

@@ -58,10 +58,16 @@ async def patch_status(worker: AppWorker, kind: str, body: Body, status: Body, c
             await worker.recorder.warning(body, ready.reason, ready.message)
 
 
+# Problems that are worth saying but leave the object working.
+WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT})
+
+
 def _problem_conditions(topo: Topology, kind: str, name: str) -> list[Condition] | None:
     problems = topo.problems_of(kind, name)
     if not problems:
         return None
+    if all(p.reason in WARNINGS for p in problems):
+        return conditions.ready(problems[0].reason, "; ".join(p.message for p in problems))
     return conditions.not_ready(problems[0].reason, "; ".join(p.message for p in problems))
 
 

@@ -1,0 +1,548 @@
+"""The spec and status schema, printer columns and subresources of each of the five kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_operator import api
+from celery_operator.schema.builders import (
+    Rule,
+    Schema,
+    any_value,
+    array,
+    boolean,
+    free_object,
+    integer,
+    number,
+    obj,
+    string,
+)
+from celery_operator.schema.common import (
+    AMQP_NAME_MAX,
+    CELERY_NAME_PATTERN,
+    PYTHON_DOTTED_PATTERN,
+    app_ref,
+    celery_name,
+    deletion_policy,
+    env,
+    env_from,
+    k8s_name,
+    pod_template,
+    resources,
+    secret_key_ref,
+    status,
+    storage,
+)
+
+RESERVED_CONFIG_KEYS: dict[str, tuple[list[str], str]] = {
+    "broker": (["broker_url", "broker_read_url", "broker_write_url"], "spec.broker"),
+    "result_backend": (["result_backend"], "spec.resultBackend"),
+    "queues": (["task_queues", "task_routes"], "CeleryQueue resources (spec.tasks routes tasks)"),
+    "beat": (["beat_schedule"], "a CeleryBeatSchedule resource"),
+    "defaults": (["task_default_queue", "task_default_exchange", "task_default_routing_key"],
+                 "spec.defaultQueue, spec.defaultExchange and spec.defaultRoutingKey"),
+    "imports": (["imports"], "spec.imports"),
+}
+
+
+def _exactly_one(names: list[str], where: str) -> Rule:
+    count = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names)
+    return Rule(f"{count} == 1", f"{where} must set exactly one of {', '.join(names)}")
+
+
+def _condition_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+         "description": "Status of the Ready condition."},
+        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+         "description": "Reason of the Ready condition."},
+    ]
+
+
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def _col(name: str, typ: str, path: str, desc: str, priority: int = 0) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "type": typ, "jsonPath": path, "description": desc}
+    if priority:
+        c["priority"] = priority
+    return c
+
+
+# ---------------------------------------------------------------------------------------- CeleryApp
+
+def _managed_redis(what: str) -> Schema:
+    return obj(
+        f"Run Redis as the {what} (a StatefulSet and Service the operator owns).",
+        {
+            "image": string("Redis image.", default="redis:7.2", min_length=1, max_length=512),
+            "storage": storage("Persist Redis data (appendonly) on a PersistentVolumeClaim. Omit for "
+                               "an in-memory Redis whose data is lost on restart."),
+            "resources": resources("Compute resources of the Redis container."),
+        },
+    )
+
+
+def _broker() -> Schema:
+    names = ["rabbitmq", "redis", "external", "rabbitmqClusterRef"]
+    return obj(
+        "Where Celery sends task messages. Set exactly one of rabbitmq, redis (the operator runs the "
+        "broker), external (a URL in a Secret) or rabbitmqClusterRef (a RabbitmqCluster of the "
+        "RabbitMQ cluster operator).",
+        {
+            "rabbitmq": obj(
+                "Run RabbitMQ as the broker (a StatefulSet and Service the operator owns).",
+                {
+                    "image": string("RabbitMQ image; it must include the management plugin (queue depth "
+                                    "for autoscaling is read from its API).",
+                                    default="rabbitmq:3.13-management", min_length=1, max_length=512),
+                    "storage": storage("PersistentVolumeClaim for RabbitMQ's data directory.", default={}),
+                    "resources": resources("Compute resources of the RabbitMQ container."),
+                },
+            ),
+            "redis": _managed_redis("broker"),
+            "external": obj(
+                "Use a broker the operator does not run.",
+                {
+                    "urlSecretRef": secret_key_ref("Secret key holding the broker URL (amqp://... or "
+                                                   "redis://...).", "url"),
+                    "managementUrlSecretRef": secret_key_ref(
+                        "Secret key holding the RabbitMQ management API URL (http://user:pass@host:15672), "
+                        "used to read queue depth including unacknowledged messages. Without it depth "
+                        "comes from a passive queue declare (ready messages only).", "managementUrl"),
+                },
+                required=["urlSecretRef"],
+            ),
+            "rabbitmqClusterRef": obj(
+                "Use a RabbitmqCluster (rabbitmq.com/v1beta1) in the same namespace; the operator reads its "
+                "default-user Secret.",
+                {"name": k8s_name("metadata.name of the RabbitmqCluster.")},
+                required=["name"],
+            ),
+        },
+        rules=[_exactly_one(names, "spec.broker")],
+    )
+
+
+def _result_backend() -> Schema:
+    return obj(
+        "Where task results are stored. Omit to run without a result backend. Set exactly one of "
+        "redis or external.",
+        {
+            "redis": _managed_redis("result backend"),
+            "external": obj(
+                "Use a result backend the operator does not run.",
+                {"urlSecretRef": secret_key_ref("Secret key holding the result backend URL "
+                                                "(redis://..., db+postgresql://..., rpc://).", "url")},
+                required=["urlSecretRef"],
+            ),
+        },
+        rules=[_exactly_one(["redis", "external"], "spec.resultBackend")],
+    )
+
+
+def _config() -> Schema:
+    """A free-form map of Celery settings whose values may be any JSON.
+
+    CEL cannot iterate the keys of a map whose values are untyped (the API server gives such a
+    node no CEL type), so each reserved key is declared as a property instead, typed
+    int-or-string only to make it visible (CEL type `dyn`) to the `!has(...)` rules: a string or
+    number gets the rule's message, an object or list a type error on that key. Lowercase key
+    names are documented, not enforced, by the API server.
+    """
+    props: dict[str, Schema] = {}
+    rules = []
+    for keys, use in RESERVED_CONFIG_KEYS.values():
+        for k in keys:
+            props[k] = {"x-kubernetes-int-or-string": True,
+                        "description": f"Reserved: the operator generates {k}; use {use}."}
+        rules.append(Rule(" && ".join(f"!has(self.{k})" for k in keys),
+                          f"spec.config must not set {' or '.join(keys)}: the operator generates it; "
+                          f"use {use} instead"))
+    return {
+        "type": "object",
+        "description": "Extra Celery settings, merged into the generated config: lowercase setting names "
+                       "(e.g. task_acks_late, broker_transport_options) to any JSON value. Settings the "
+                       "operator derives from the resources (broker_url, result_backend, task_queues, "
+                       "task_routes, beat_schedule, imports, task_default_*) are rejected.",
+        "maxProperties": 128,
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": props,
+        "x-kubernetes-validations": [r.render() for r in rules],
+    }
+
+
+def app_spec() -> Schema:
+    return obj(
+        "Desired state of a Celery application: its code image, broker, result backend and settings.",
+        {
+            "image": string("Container image holding the Celery application code (used by workers and "
+                            "beat unless a pool overrides it).", min_length=1, max_length=512),
+            "imagePullPolicy": string("Pull policy of the image.", enum=["Always", "IfNotPresent", "Never"]),
+            "app": string("The Celery app to load, as given to `celery -A` (module or module:attribute), "
+                          "e.g. sample_tasks.app.",
+                          pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                                  r"(:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)?$",
+                          max_length=253),
+            "imports": array("Extra modules the workers import to register tasks (Celery's `imports`).",
+                             string("A dotted Python module name.", pattern=PYTHON_DOTTED_PATTERN,
+                                    max_length=253),
+                             max_items=64, list_type="set"),
+            "broker": _broker(),
+            "resultBackend": _result_backend(),
+            "defaultQueue": string("Queue for tasks no CeleryQueue routes (task_default_queue).",
+                                   default="celery", pattern=CELERY_NAME_PATTERN, max_length=AMQP_NAME_MAX),
+            "defaultExchange": string("Exchange of the default queue (task_default_exchange).",
+                                      default="celery", pattern=CELERY_NAME_PATTERN,
+                                      max_length=AMQP_NAME_MAX),
+            "defaultRoutingKey": string("Routing key of tasks sent to the default queue "
+                                        "(task_default_routing_key).", default="celery",
+                                        max_length=AMQP_NAME_MAX),
+            "config": _config(),
+            "env": env(),
+            "envFrom": env_from(),
+            "podTemplate": pod_template("every worker and beat pod of this app"),
+        },
+        required=["image", "app", "broker"],
+    )
+
+
+def app_status() -> Schema:
+    ref = {"name": k8s_name("Name of the Secret."), "key": string("Key in the Secret.", max_length=253)}
+    return status("CeleryApp", {
+        "brokerSecretRef": obj("Secret key the workers read the broker URL from.", ref),
+        "resultBackendSecretRef": obj("Secret key the workers read the result backend URL from.", ref),
+        "configMapName": k8s_name("ConfigMap holding the generated Celery config."),
+        "configHash": string("Hash of the generated config; pods roll when it changes.", max_length=128),
+        "beat": boolean("True when a beat Deployment runs for this app (a CeleryBeatSchedule exists)."),
+        "workerPools": integer("Number of CeleryWorkerPools that reference this app.", minimum=0),
+    })
+
+
+# ------------------------------------------------------------------------------------ CeleryExchange
+
+def exchange_spec() -> Schema:
+    return obj(
+        "Desired state of an exchange declared on the app's broker.",
+        {
+            "appRef": app_ref(),
+            "name": celery_name("exchange"),
+            "type": string("Exchange type.", enum=["direct", "topic", "fanout", "headers"], default="direct"),
+            "durable": boolean("Survive a broker restart.", default=True),
+            "autoDelete": boolean("Delete the exchange when its last binding is removed.", default=False),
+            "arguments": free_object("Extra declare arguments (x-* keys), e.g. alternate-exchange."),
+            "deletionPolicy": deletion_policy("exchange"),
+        },
+        required=["appRef"],
+    )
+
+
+def exchange_status() -> Schema:
+    return status("CeleryExchange", {"declared": boolean("True once the exchange is declared on the broker.")})
+
+
+# --------------------------------------------------------------------------------------- CeleryQueue
+
+def queue_spec() -> Schema:
+    quorum_rules = [
+        Rule("!(self.queueType == 'quorum' && self.autoDelete)",
+             "spec.autoDelete must be false when spec.queueType is quorum: RabbitMQ quorum queues cannot be "
+             "auto-delete; set autoDelete: false or use queueType: classic", ".autoDelete"),
+        Rule("!(self.queueType == 'quorum' && !self.durable)",
+             "spec.durable must be true when spec.queueType is quorum: RabbitMQ quorum queues are always "
+             "durable; set durable: true or use queueType: classic", ".durable"),
+        Rule("!(self.queueType == 'quorum' && has(self.maxPriority))",
+             "spec.maxPriority cannot be set when spec.queueType is quorum: RabbitMQ quorum queues have no "
+             "x-max-priority before 4.0; remove maxPriority or use queueType: classic", ".maxPriority"),
+    ]
+    return obj(
+        "Desired state of a queue declared on the app's broker, its binding, and the tasks Celery routes to it.",
+        {
+            "appRef": app_ref(),
+            "name": celery_name("queue"),
+            "exchange": string("Celery name of the exchange the queue is bound to (a CeleryExchange's "
+                               "spec.name, or metadata.name when that is unset). Omitted: Celery's implicit "
+                               "direct exchange named like the queue.",
+                               pattern=CELERY_NAME_PATTERN, max_length=AMQP_NAME_MAX),
+            "routingKey": string("Binding (and routing) key. Defaults to the queue's name.",
+                                 max_length=AMQP_NAME_MAX),
+            "tasks": array("Task names routed to this queue (task_routes); '*' globs allowed, e.g. "
+                           "'proj.reports.*'.",
+                           string("A task name or glob.", min_length=1, max_length=253),
+                           max_items=256, list_type="set"),
+            "durable": boolean("Survive a broker restart.", default=True),
+            "autoDelete": boolean("Delete the queue when its last consumer goes.", default=False),
+            "maxPriority": integer("Enable message priorities 0..maxPriority (x-max-priority). Classic "
+                                   "queues only.", minimum=1, maximum=255),
+            "messageTTLSeconds": number("Discard messages older than this (x-message-ttl).", minimum=0,
+                                        exclusive_minimum=True),
+            "maxLength": integer("Maximum number of ready messages (x-max-length).", minimum=1,
+                                 fmt="int64"),
+            "deadLetter": obj(
+                "Where rejected and expired messages go (x-dead-letter-exchange / -routing-key).",
+                {
+                    "exchange": string("Celery name of the dead-letter exchange.", pattern=CELERY_NAME_PATTERN,
+                                       min_length=1, max_length=AMQP_NAME_MAX),
+                    "routingKey": string("Routing key for dead-lettered messages; their original key when "
+                                         "omitted.", max_length=AMQP_NAME_MAX),
+                },
+                required=["exchange"],
+            ),
+            "queueType": string("RabbitMQ queue type (x-queue-type).", enum=["classic", "quorum"],
+                                default="classic"),
+            "deletionPolicy": deletion_policy("queue"),
+        },
+        required=["appRef"],
+        rules=quorum_rules,
+    )
+
+
+def queue_status() -> Schema:
+    return status("CeleryQueue", {
+        "declared": boolean("True once the queue and its binding are declared on the broker."),
+        "messagesReady": integer("Messages waiting to be delivered, last measured.", minimum=0, fmt="int64"),
+        "messagesInFlight": integer("Messages delivered but not yet acknowledged, last measured.",
+                                    minimum=0, fmt="int64"),
+        "consumers": integer("Consumers attached to the queue, last measured.", minimum=0),
+    })
+
+
+# ---------------------------------------------------------------------------------- CeleryWorkerPool
+
+# (short flag, long flag, what to use instead)
+FORBIDDEN_WORKER_ARGS: list[tuple[str, str, str]] = [
+    ("-Q", "--queues", "list the queues in spec.queues"),
+    ("-n", "--hostname", "the operator gives every pod a unique hostname"),
+    ("-A", "--app", "set spec.app on the CeleryApp"),
+    ("-c", "--concurrency", "set spec.concurrency"),
+    ("-P", "--pool", "set spec.pool"),
+    ("-B", "--beat", "beat runs once per app from a CeleryBeatSchedule"),
+]
+
+
+def _forbid_arg(short: str, long: str, use: str) -> Rule:
+    cel = (f"!self.exists(a, a.startsWith('{short}') || a == '{long}' || a.startsWith('{long}='))")
+    return Rule(cel, f"spec.extraArgs must not contain {short}/{long}: {use}")
+
+
+def autoscaling() -> Schema:
+    return obj(
+        "Scale the pool's replicas on its queues' depth. When set, the operator owns spec.replicas.",
+        {
+            "minReplicas": integer("Fewest replicas; 0 lets an idle pool scale to zero.", minimum=0, default=1),
+            "maxReplicas": integer("Most replicas.", minimum=1),
+            "targetMessagesPerReplica": integer("Desired replicas = ceil(messages / this).", minimum=1,
+                                                default=10),
+            "activationMessages": integer("Scale up from zero only when more than this many messages wait.",
+                                          minimum=0, default=0),
+            "pollIntervalSeconds": integer("How often queue depth is measured.", minimum=1, maximum=3600,
+                                           default=10),
+            "scaleUpStabilizationSeconds": integer("Scale up to the lowest recommendation of this window.",
+                                                   minimum=0, default=0),
+            "scaleDownStabilizationSeconds": integer("Scale down to the highest recommendation of this window.",
+                                                     minimum=0, default=300),
+            "countInFlight": boolean("Count unacknowledged (running and prefetched) messages as well as "
+                                     "ready ones.", default=True),
+        },
+        required=["maxReplicas"],
+        rules=[Rule("self.minReplicas <= self.maxReplicas",
+                    "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas; lower minReplicas "
+                    "or raise maxReplicas", ".minReplicas")],
+    )
+
+
+def pool_spec() -> Schema:
+    rules = [
+        Rule("!has(self.softTimeLimitSeconds) || !has(self.timeLimitSeconds) || "
+             "self.softTimeLimitSeconds < self.timeLimitSeconds",
+             "spec.softTimeLimitSeconds must be less than spec.timeLimitSeconds so the task sees "
+             "SoftTimeLimitExceeded before it is killed; lower softTimeLimitSeconds or raise timeLimitSeconds",
+             ".softTimeLimitSeconds"),
+        Rule("!has(self.timeLimitSeconds) || self.terminationGracePeriodSeconds >= self.timeLimitSeconds",
+             "spec.terminationGracePeriodSeconds must be >= spec.timeLimitSeconds so a warm shutdown can "
+             "finish the running task; raise terminationGracePeriodSeconds or lower timeLimitSeconds",
+             ".terminationGracePeriodSeconds"),
+        Rule("self.pool != 'solo' || self.concurrency == 1",
+             "spec.concurrency must be 1 when spec.pool is solo (it runs one task at a time); set "
+             "concurrency: 1 or choose another pool", ".concurrency"),
+    ]
+    return obj(
+        "Desired state of a group of identical Celery workers (one Deployment) consuming some queues.",
+        {
+            "appRef": app_ref(),
+            "queues": array("Celery names of the queues the workers consume (-Q).",
+                            string("A queue's Celery name (CeleryQueue spec.name, or its metadata.name).",
+                                   pattern=CELERY_NAME_PATTERN, min_length=1, max_length=AMQP_NAME_MAX),
+                            min_items=1, max_items=64, list_type="set"),
+            "replicas": integer("Number of worker pods. Managed by the operator when autoscaling is set.",
+                                minimum=0, default=1),
+            "concurrency": integer("Child processes or threads per worker (-c).", minimum=1, default=2),
+            "pool": string("Execution pool (-P).", enum=["prefork", "threads", "gevent", "eventlet", "solo"],
+                           default="prefork"),
+            "prefetchMultiplier": integer("Messages each process reserves ahead (worker_prefetch_multiplier); "
+                                          "0 means unlimited.", minimum=0, default=1),
+            "maxTasksPerChild": integer("Replace a child process after this many tasks.", minimum=1),
+            "maxMemoryPerChildKiB": integer("Replace a child process once its resident memory exceeds this "
+                                            "many KiB.", minimum=1),
+            "timeLimitSeconds": integer("Hard time limit of a task: its process is killed after this.",
+                                        minimum=1),
+            "softTimeLimitSeconds": integer("Soft time limit: SoftTimeLimitExceeded is raised in the task.",
+                                            minimum=1),
+            "terminationGracePeriodSeconds": integer("Time a worker pod gets to finish running tasks (warm "
+                                                     "shutdown) before it is killed.", minimum=1, default=60,
+                                                     fmt="int64"),
+            "resources": resources("Compute resources of each worker container."),
+            "image": string("Image for this pool's workers, overriding the app's.", min_length=1, max_length=512),
+            "extraArgs": array("Extra `celery worker` arguments. Options the operator sets from fields "
+                               "(-Q, -n, -A, -c, -P, -B) are rejected.",
+                               string("One argument.", max_length=256),
+                               max_items=64, list_type="atomic",
+                               rules=[_forbid_arg(*a) for a in FORBIDDEN_WORKER_ARGS]),
+            "env": env(),
+            "podTemplate": pod_template("this pool's pods (merged over the app's podTemplate)"),
+            "autoscaling": autoscaling(),
+        },
+        required=["appRef", "queues"],
+        rules=rules,
+    )
+
+
+def pool_status() -> Schema:
+    return status("CeleryWorkerPool", {
+        "replicas": integer("Worker pods that exist.", minimum=0),
+        "readyReplicas": integer("Worker pods that are ready.", minimum=0),
+        "desiredReplicas": integer("Replicas the autoscaler last asked for.", minimum=0),
+        "selector": string("Label selector of the pool's pods (for the scale subresource).", max_length=1024),
+        "queueDepth": integer("Ready messages in the pool's queues, last measured.", minimum=0, fmt="int64"),
+        "messagesInFlight": integer("Unacknowledged messages in the pool's queues, last measured.", minimum=0,
+                                    fmt="int64"),
+        "depthSource": string("How depth was measured: the RabbitMQ management API, a passive queue "
+                              "declare, or Redis list length.", enum=["management", "passive", "redis"]),
+        "lastScaleTime": string("When the autoscaler last changed replicas.", fmt="date-time"),
+    })
+
+
+# -------------------------------------------------------------------------------- CeleryBeatSchedule
+
+CRON_REGEX = "^[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4}$"
+
+
+def schedule_spec() -> Schema:
+    entry = obj(
+        "One periodic task. Set exactly one of cron or everySeconds.",
+        {
+            "name": string("Unique name of the entry (the beat_schedule key).", min_length=1, max_length=200),
+            "task": string("Name of the task to send, e.g. sample_tasks.tasks.add.", min_length=1,
+                           max_length=253),
+            "cron": string("Five-field crontab 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'.",
+                           max_length=128,
+                           rules=[Rule(f"self.matches('{CRON_REGEX}')",
+                                       "cron must be a five-field crontab 'minute hour day-of-month month "
+                                       "day-of-week', e.g. '*/5 * * * *'")]),
+            "everySeconds": number("Send the task every this many seconds.", minimum=0, exclusive_minimum=True),
+            "args": array("Positional arguments of the task (any JSON values).",
+                          any_value("One argument."), max_items=64, list_type="atomic"),
+            "kwargs": free_object("Keyword arguments of the task."),
+            "queue": string("Queue to send to, overriding task routing.", pattern=CELERY_NAME_PATTERN,
+                            max_length=AMQP_NAME_MAX),
+            "priority": integer("Message priority (needs a queue with maxPriority).", minimum=0, maximum=255),
+            "expiresSeconds": number("Discard the message if no worker starts it within this many seconds.",
+                                     minimum=0, exclusive_minimum=True),
+        },
+        required=["name", "task"],
+        rules=[Rule("has(self.cron) != has(self.everySeconds)",
+                    "each spec.entries item must set exactly one of cron or everySeconds")],
+    )
+    return obj(
+        "Periodic tasks sent by the app's beat (one beat per app serves all its schedules).",
+        {
+            "appRef": app_ref(),
+            "timezone": string("IANA time zone the cron entries are read in.", default="UTC",
+                               pattern=r"^[A-Za-z0-9_+\-/]+$", max_length=64),
+            "entries": array("The periodic tasks, keyed by name.", entry, min_items=1, max_items=256,
+                             list_type="map", map_keys=["name"]),
+        },
+        required=["appRef", "entries"],
+    )
+
+
+def schedule_status() -> Schema:
+    return status("CeleryBeatSchedule", {
+        "entries": integer("Entries the beat currently serves from this schedule.", minimum=0),
+    })
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+@dataclass(frozen=True)
+class KindDef:
+    kind: str
+    description: str
+    spec: Callable[[], Schema]
+    status: Callable[[], Schema]
+    columns: list[dict[str, Any]]
+    root_rules: list[Rule] = field(default_factory=list)
+    scale: bool = False
+
+
+def _dns_label_name(why: str) -> Rule:
+    return Rule("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                f"metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-', starting "
+                f"with a letter): {why}; choose a shorter name")
+
+
+KIND_DEFS: dict[str, KindDef] = {
+    api.APP: KindDef(
+        api.APP,
+        "A Celery application: its code image, its broker and result backend, and settings shared by all its "
+        "workers and its beat.",
+        app_spec, app_status,
+        [_col("Image", "string", ".spec.image", "Application image.", priority=1),
+         _col("Pools", "integer", ".status.workerPools", "Worker pools of the app."),
+         _col("Beat", "boolean", ".status.beat", "Whether a beat runs for the app.")],
+        root_rules=[_dns_label_name("it names the app's Services and labels its pods")],
+    ),
+    api.EXCHANGE: KindDef(
+        api.EXCHANGE,
+        "An exchange declared on a CeleryApp's broker.",
+        exchange_spec, exchange_status,
+        [_col("Exchange", "string", ".spec.name", "Name on the broker (metadata.name when empty)."),
+         _col("Type", "string", ".spec.type", "Exchange type."),
+         _col("Declared", "boolean", ".status.declared", "Declared on the broker.")],
+    ),
+    api.QUEUE: KindDef(
+        api.QUEUE,
+        "A queue declared on a CeleryApp's broker, bound to an exchange, with the tasks routed to it.",
+        queue_spec, queue_status,
+        [_col("Queue", "string", ".spec.name", "Name on the broker (metadata.name when empty)."),
+         _col("Exchange", "string", ".spec.exchange", "Exchange the queue is bound to."),
+         _col("Routing-Key", "string", ".spec.routingKey", "Binding key.", priority=1),
+         _col("Messages", "integer", ".status.messagesReady", "Ready messages."),
+         _col("In-Flight", "integer", ".status.messagesInFlight", "Unacknowledged messages."),
+         _col("Consumers", "integer", ".status.consumers", "Consumers.")],
+    ),
+    api.POOL: KindDef(
+        api.POOL,
+        "A pool of identical Celery workers (a Deployment) consuming some queues, optionally autoscaled on "
+        "their depth.",
+        pool_spec, pool_status,
+        [_col("Queues", "string", ".spec.queues", "Queues consumed."),
+         _col("Desired", "integer", ".spec.replicas", "Desired replicas."),
+         _col("Current", "integer", ".status.replicas", "Existing replicas."),
+         _col("Available", "integer", ".status.readyReplicas", "Ready replicas."),
+         _col("Depth", "integer", ".status.queueDepth", "Ready messages in the pool's queues."),
+         _col("Pool", "string", ".spec.pool", "Execution pool.", priority=1),
+         _col("Concurrency", "integer", ".spec.concurrency", "Processes per worker.", priority=1)],
+        root_rules=[_dns_label_name("it names the pool's Deployment and labels its pods")],
+        scale=True,
+    ),
+    api.SCHEDULE: KindDef(
+        api.SCHEDULE,
+        "Periodic tasks the app's beat sends.",
+        schedule_spec, schedule_status,
+        [_col("Entries", "integer", ".status.entries", "Entries served."),
+         _col("Timezone", "string", ".spec.timezone", "Time zone of cron entries.")],
+    ),
+}

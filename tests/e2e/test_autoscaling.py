@@ -1,0 +1,190 @@
+"""Pools follow the depth of their queues on real brokers; blind spots never scale down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_operator import api
+from localenv.brokers import Redis
+from localenv.controlplane import ControlPlane
+from localenv.podrunner import PodRunner
+from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.operator import (
+    OperatorFactory,
+    OperatorProcess,
+    apply,
+    celery_client_env,
+    condition,
+    get,
+    secret,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+CLIENT = Path(__file__).with_name("client.py")
+IMAGE = "ghcr.io/celery-operator/sample-tasks:0.1.0"
+
+
+def topology(autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "low") -> list[dict[str, Any]]:
+    v = api.API_VERSION
+    return [
+        {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": "proj"},
+         "spec": {"image": IMAGE, "app": "sample_tasks.app",
+                  "broker": {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
+                                          "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}},
+                  "resultBackend": {"external": {"urlSecretRef": {"name": "backend", "key": "url"}}}}},
+        {"apiVersion": v, "kind": "CeleryExchange", "metadata": {"name": "task"},
+         "spec": {"appRef": {"name": "proj"}}},
+        {"apiVersion": v, "kind": "CeleryQueue", "metadata": {"name": "low-queue"},
+         "spec": {"appRef": {"name": "proj"}, "name": "low_queue", "exchange": "task", "routingKey": "low_task"}},
+        {"apiVersion": v, "kind": "CeleryWorkerPool", "metadata": {"name": pool},
+         "spec": {"appRef": {"name": "proj"}, "queues": ["low_queue"], "concurrency": concurrency,
+                  "terminationGracePeriodSeconds": 30, "autoscaling": {"pollIntervalSeconds": 1, **autoscaling}}},
+    ]
+
+
+@dataclass
+class Scaled:
+    cp: ControlPlane
+    ns: str
+    operator: OperatorProcess
+    client_env: dict[str, str]
+
+    def replicas(self, deployment: str = "proj-low") -> int | None:
+        d = get(self.cp, self.ns, "deployment", deployment)
+        return None if d is None else int(d["spec"].get("replicas", 1))
+
+    def publish(self, n: int, seconds: float = 0.01) -> None:
+        out = subprocess.run([sys.executable, str(CLIENT), f"publish:low_queue:{n}:{seconds}"],
+                             env={**os.environ, **self.client_env}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    def pool(self, name: str = "low") -> dict[str, Any]:
+        p = get(self.cp, self.ns, "celeryworkerpool", name)
+        assert p is not None
+        return p
+
+
+def _setup(cp: ControlPlane, ns: str, factory: OperatorFactory, tmp: Path, broker_url: str, mgmt: str,
+           backend_url: str, autoscaling: dict[str, Any], **kw: Any) -> Scaled:
+    secret(cp, ns, "broker", url=broker_url, managementUrl=mgmt)
+    secret(cp, ns, "backend", url=backend_url)
+    op = factory("--namespace", ns, "--no-leader-election")
+    apply(cp, ns, topology(autoscaling, **kw))
+    wait_ready(cp, ns, "celeryqueue", "low-queue", 60)
+    cm = wait_for(lambda: get(cp, ns, "configmap", "proj-celery-config"), 30, "ConfigMap")
+    return Scaled(cp, ns, op, celery_client_env(tmp, cm, broker_url, backend_url))
+
+
+@pytest.fixture
+def rabbit_scaled(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
+                  rabbitmq_vhost: Vhost, redis_db: RedisDb, request: pytest.FixtureRequest) -> Scaled:
+    autoscaling = request.param
+    return _setup(control_plane, namespace, operator_factory, tmp_path, rabbitmq_vhost.url,
+                  rabbitmq_vhost.management_url, redis_db.url, autoscaling)
+
+
+@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
+                                            "scaleDownStabilizationSeconds": 5}], indirect=True)
+def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit_scaled: Scaled) -> None:
+    s = rabbit_scaled
+    wait_for(lambda: s.replicas() == 1, 30, "pool at its minimum")
+    s.publish(50)
+    wait_for(lambda: s.replicas() == 4, 60, "4 replicas for 50 messages / 10 per replica")
+    status = s.pool()["status"]
+    assert status["desiredReplicas"] == 4 and status["queueDepth"] >= 31
+    assert status["lastScaleTime"]
+    events = json.loads(s.cp.kubectl("get", "events", "-n", s.ns, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == api.Reason.SCALED_UP and e["involvedObject"]["name"] == "low" for e in events)
+    with PodRunner(s.cp.kubeconfig) as runner:
+        runner.run_deployment(s.ns, "proj-low")
+        wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 120, "workers drained the queue")
+        wait_for(lambda: s.replicas() == 1, 60, "back to minReplicas after the stabilization window")
+
+
+@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 4, "targetMessagesPerReplica": 10,
+                                            "activationMessages": 5}], indirect=True)
+def test_a_pool_at_zero_wakes_only_above_activation(rabbit_scaled: Scaled) -> None:
+    s = rabbit_scaled
+    wait_for(lambda: s.replicas() == 0, 30, "pool at zero")
+    s.publish(3)
+    wait_for(lambda: s.pool()["status"].get("queueDepth") == 3, 30, "3 messages measured")
+    time.sleep(3)  # three more polls
+    assert s.replicas() == 0
+    s.publish(3)
+    wait_for(lambda: s.replicas() == 1, 30, "6 messages > activation 5 wake the pool")
+
+
+@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 3, "targetMessagesPerReplica": 2,
+                                            "scaleDownStabilizationSeconds": 2, "countInFlight": True}],
+                         indirect=True)
+def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled: Scaled) -> None:
+    s = rabbit_scaled
+    s.publish(6, seconds=25)
+    wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 6 messages / 2 per replica")
+    with PodRunner(s.cp.kubeconfig) as runner:
+        runner.run_deployment(s.ns, "proj-low")
+
+        def all_in_flight() -> bool:
+            st = s.pool()["status"]
+            return st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6
+
+        wait_for(all_in_flight, 60, "every task taken by a worker")
+        time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
+        assert s.replicas() == 3
+
+
+def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, tmp_path: Path) -> None:
+    with Redis(tmp_path / "redis") as broker:
+        s = _setup(control_plane, namespace, operator_factory, tmp_path, broker.url(0), "", broker.url(1),
+                   {"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
+                    "scaleDownStabilizationSeconds": 0})
+        s.publish(25)
+        wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 25 messages")
+        broker.stop()
+
+        def degraded() -> bool:
+            c = condition(s.pool(), "Degraded")
+            return bool(c and c["status"] == "True" and c["reason"] == api.Reason.BROKER_UNREACHABLE)
+
+        wait_for(degraded, 60, "Degraded/BrokerUnreachable")
+        assert 'celery_operator_broker_up{app="proj",namespace="%s"} 0.0' % namespace in s.operator.get("/metrics")[1]
+        time.sleep(3)
+        assert s.replicas() == 3  # never scaled down on missing data
+        broker.start()
+
+        def recovered() -> bool:
+            c = condition(s.pool(), "Degraded")
+            return bool(c and c["status"] == "False")
+
+        wait_for(recovered, 60, "Degraded cleared")
+        assert 'celery_operator_broker_up{app="proj",namespace="%s"} 1.0' % namespace in s.operator.get("/metrics")[1]
+
+
+@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 2, "activationMessages": 100}],
+                         indirect=True)
+def test_prometheus_scrapes_the_true_backlog_from_the_operator(rabbit_scaled: Scaled, prometheus_factory: Any,
+                                                               promtool: Any) -> None:
+    s = rabbit_scaled
+    s.publish(7)
+    wait_for(lambda: s.pool()["status"].get("queueDepth") == 7, 30, "7 messages measured")
+    prom = prometheus_factory([f"127.0.0.1:{s.operator.port}"])
+    result = prom.wait_for(f'celery_queue_length{{queue_name="low_queue",namespace="{s.ns}"}}', 60)
+    assert float(result[0]["value"][1]) == 7
+    scrape = s.operator.get("/metrics")[1]
+    out = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True)
+    problems = [line for line in (out.stdout + out.stderr).splitlines()
+                if line.strip() and "celery_active_consumer_count" not in line]
+    assert problems == [], problems
+
