@@ -32,7 +32,7 @@ from celery_operator.models import (
     CeleryQueue,
     CeleryWorkerPool,
 )
-from celery_operator.render import render_all
+from celery_operator.render import names, render_all
 from celery_operator.render.broker import SecretsContext
 from celery_operator.topology import Topology
 
@@ -77,6 +77,7 @@ class AppWorker:
     _poll_error: str | None = None
     _bodies: dict[tuple[str, str], Body] = field(default_factory=dict)
     _transport_options: dict[str, Any] | None = None
+    _existing: dict[str, Body] = field(default_factory=dict)
     _declare_results: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -167,6 +168,8 @@ class AppWorker:
             result_backend_password=backend.managed_credentials.get("password") if backend else None)
         transport_options = app.config.get("broker_transport_options")
         self._transport_options = transport_options if isinstance(transport_options, dict) else None
+        self._existing = {d["metadata"]["name"]: d for d in await self.client.list(
+            "Deployment", self.namespace, f"{api.LABEL_APP}={self.name}")}
         objects = render_all(topo, secrets_ctx, replicas_of=self._replicas_for,
                              broker_transport_options=self._transport_options)
         chash = next((o["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH, "")
@@ -218,7 +221,10 @@ class AppWorker:
             return pool.replicas
         st = self.pools.setdefault(pool.meta.name, PoolScale())
         if st.desired is None:
-            st.desired = max(pool.autoscaling.min_replicas, min(pool.autoscaling.max_replicas, pool.replicas))
+            # A new pool starts at minReplicas; after an operator restart, the Deployment's count stands.
+            current = self._existing.get(names.worker(self.name, pool.meta.name), {}).get("spec", {}).get("replicas")
+            a = pool.autoscaling
+            st.desired = a.min_replicas if current is None else max(a.min_replicas, min(a.max_replicas, int(current)))
         return st.desired
 
     async def _delete_stale(self, objects: list[Body]) -> None:
