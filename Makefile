@@ -40,12 +40,17 @@ lint: venv ## ruff, mypy --strict, import contracts
 	$(VENV)/bin/lint-imports
 
 .PHONY: crds
-crds: venv ## regenerate crds/ and docs/crd-reference.md from the schema
+crds: venv binaries ## regenerate crds/, docs/crd-reference.md and the chart's copies and deploy/ from the schema
 	$(PY) -m celery_operator.schema
+	bash dev/gen-manifests.sh
 
 .PHONY: test
-test: system-deps venv binaries lint ## everything CI runs: install, build, lint, type check, all tests
+test: system-deps venv binaries checkov lint ## everything CI runs: install, build, lint, type check, all tests
 	$(VENV)/bin/pytest -q
+
+.PHONY: checkov
+checkov: ## checkov in its own venv (its pins clash with pytest's)
+	bash dev/install-checkov.sh >/dev/null
 
 .PHONY: up
 up: system-deps venv binaries ## start the local control plane, RabbitMQ and Redis (state in .local/)
