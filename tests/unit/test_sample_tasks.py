@@ -1,0 +1,45 @@
+"""The seed app: its tasks, and that broker and backend come only from configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from sample_tasks import create_app, tasks
+from sample_tasks.tasks import SampleTaskError
+
+
+def test_tasks_compute_when_called_in_process() -> None:
+    assert tasks.add(1, 2) == 3
+    assert tasks.echo({"a": [1]}) == {"a": [1]}
+    assert tasks.slow(0.01) == 0.01
+    with pytest.raises(SampleTaskError, match="boom"):
+        tasks.fail("boom")
+
+
+def test_every_app_the_factory_builds_knows_the_tasks_and_imports_them() -> None:
+    app = create_app()
+    assert {"sample_tasks.tasks.add", "sample_tasks.tasks.slow", "sample_tasks.tasks.fail",
+            "sample_tasks.tasks.echo"} <= set(app.tasks)
+    assert "sample_tasks.tasks" in app.conf.imports
+
+
+def test_no_broker_or_backend_is_hard_coded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    app = create_app()
+    assert app.conf.broker_url is None
+    assert app.conf.result_backend is None
+
+
+def test_celery_reads_broker_and_backend_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://u:p@broker:5672/v")
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "redis://backend:6379/2")
+    app = create_app()
+    assert app.conf.broker_url == "amqp://u:p@broker:5672/v"
+    assert app.conf.result_backend == "redis://backend:6379/2"
+
+
+def test_config_given_to_the_factory_overrides_defaults() -> None:
+    app = create_app({"task_default_queue": "jobs", "result_serializer": "msgpack"})
+    assert app.conf.task_default_queue == "jobs"
+    assert app.conf.result_serializer == "msgpack"
