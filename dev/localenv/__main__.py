@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from localenv.brokers import RabbitMQ, Redis
 from localenv.controlplane import ControlPlane
@@ -98,9 +97,9 @@ def down() -> int:
 
 def demo() -> int:
     import yaml
+    from tests.fixtures.operator import sample_documents
 
     from localenv.podrunner import PodRunner
-    from tests.fixtures.operator import sample_documents
 
     state = json.loads(STATE.read_text())
     env = {**os.environ, "KUBECONFIG": state["kubeconfig"],

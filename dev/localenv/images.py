@@ -24,6 +24,9 @@ ENV_DEFAULT_VENV = "LOCALENV_VENV"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+_PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 class UnknownImageError(LookupError):
     """The image has no local environment in the table."""
 
@@ -79,17 +82,19 @@ def default_images(environ: Mapping[str, str] | None = None) -> dict[str, ImageE
     environ = os.environ if environ is None else environ
     venv = _resolve(environ.get(ENV_DEFAULT_VENV, ".venv"))
     table = {
-        # Mirrors sample_tasks/Dockerfile.
+        # Each mirrors its Dockerfile's final stage (tests/unit/test_images_match_dockerfiles.py).
         SAMPLE_TASKS_IMAGE: ImageEnv(
             venv=venv,
             entrypoint=("celery",),
             cmd=("-A", "sample_tasks.app", "worker", "--loglevel=INFO"),
-            env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**_PYTHON_ENV, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            working_dir="/app",
         ),
         OPERATOR_IMAGE: ImageEnv(
             venv=venv,
-            entrypoint=("celery-operator",),
-            env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+            entrypoint=("celery-operator", "run"),
+            env={**_PYTHON_ENV, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HOME": "/tmp"},
+            working_dir="/tmp",
         ),
     }
     for entry in filter(None, (e.strip() for e in environ.get(ENV_IMAGE_VENVS, "").split(","))):

@@ -16,6 +16,8 @@ the host: its nearest existing ancestor is *shadowed* -- a tmpfs copy of that di
 entries are bind mounts of the originals is mounted over it (inside the namespace only), and the
 missing directories are made in the tmpfs. When that ancestor is ``/`` itself, the shadow becomes
 the process's root (``chroot``), since nothing can be mounted over a process's root directory.
+Volume sources and the staging tmpfs are held by O_PATH descriptors first, so a volume mounted
+over the host's /tmp (where they live) does not hide the ones mounted after it.
 """
 
 from __future__ import annotations

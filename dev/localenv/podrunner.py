@@ -32,12 +32,19 @@ What is faithful (what the kubelet and a container runtime would do):
   ``KUBERNETES_SERVICE_HOST``/``_PORT`` pointing at the local API server, so in-cluster config
   works. ``automountServiceAccountToken: false`` is honoured.
 - stop: SIGTERM to each container's main process, SIGKILL to its whole process group after the
-  pod's ``terminationGracePeriodSeconds`` (capped by ``max_grace_seconds``); when the main process
-  ends, the rest of its group is killed too, as when a container's PID 1 exits.
+  pod's ``terminationGracePeriodSeconds`` (capped by ``max_grace_seconds``); whatever a main
+  process that ended left in its group is killed then too, as when a container's PID 1 exits.
 - init containers run to completion, in order, before the containers start.
+- ``run_deployment`` again, ``scale`` or ``follow`` reconcile like a ReplicaSet controller: scale
+  down stops the newest pods; a changed template rolls out (RollingUpdate: new pods first; Recreate:
+  old pods first). Pod names are ``<deployment>-<template hash>-<5 random>``.
+- nothing outlives the runner: ``close()``/``with``/atexit stop pods gracefully; if the runner is
+  SIGKILLed its pods get SIGKILL too (PR_SET_PDEATHSIG), and the next runner removes the
+  temporary directory it left.
 
 What differs: processes run as the current user (root here), not ``runAsUser``: the venv's
-interpreter lives under ``/root`` (mode 0700), so another uid could not even start Python.
+interpreter lives under ``/root`` (mode 0700), so another uid could not even start Python; the
+rest of ``securityContext`` (readOnlyRootFilesystem, capabilities, seccomp) is not applied either.
 Network is the host's (pod IP 127.0.0.1; no service links other than ``KUBERNETES_*``).
 No probes, no restarts (``Pod.exit_codes`` tells a container that ended), no resource limits,
 no preStop hooks, no live update of mounted ConfigMaps. No Pod objects are written to the API
@@ -389,6 +396,17 @@ class PodRunner:
     def read_deployment(self, namespace: str, name: str) -> Body:
         return _raw(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
 
+    def wait_for_deployment(self, namespace: str, name: str, timeout_seconds: float = 60.0) -> Body:
+        """The Deployment, once it exists (an operator may not have written it yet)."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                return self.read_deployment(namespace, name)
+            except ApiException as e:
+                if e.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
     def run_deployment(self, namespace: str, name: str, replicas: int | None = None, *,
                        service_account: bool = False) -> list[Pod]:
         """Run the Deployment's pods: ``replicas`` of them, or ``spec.replicas`` (default 1).
@@ -412,12 +430,15 @@ class PodRunner:
         return self._reconcile(state)
 
     def follow(self, namespace: str, name: str, *, interval_seconds: float = 1.0,
-               service_account: bool = False) -> list[Pod]:
+               service_account: bool = False, wait_seconds: float = 0.0) -> list[Pod]:
         """Run the Deployment now and keep tracking its replicas and template in the background.
 
         This is what an autoscaler test wants: whatever writes ``spec.replicas`` is obeyed within
-        ``interval_seconds``. A deleted Deployment's pods are stopped.
+        ``interval_seconds`` (the first ``follow`` call's). A deleted Deployment's pods are stopped.
+        ``wait_seconds`` waits for a Deployment that does not exist yet.
         """
+        if wait_seconds:
+            self.wait_for_deployment(namespace, name, wait_seconds)
         pods = self.run_deployment(namespace, name, service_account=service_account)
         with self._lock:
             if self._follower is None:

@@ -159,7 +159,7 @@ def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
             return bool(c and c["status"] == "True" and c["reason"] == api.Reason.BROKER_UNREACHABLE)
 
         wait_for(degraded, 60, "Degraded/BrokerUnreachable")
-        assert 'celery_operator_broker_up{app="proj",namespace="%s"} 0.0' % namespace in s.operator.get("/metrics")[1]
+        assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 0.0' in s.operator.get("/metrics")[1]
         time.sleep(3)
         assert s.replicas() == 3  # never scaled down on missing data
         broker.start()
@@ -169,7 +169,7 @@ def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
             return bool(c and c["status"] == "False")
 
         wait_for(recovered, 60, "Degraded cleared")
-        assert 'celery_operator_broker_up{app="proj",namespace="%s"} 1.0' % namespace in s.operator.get("/metrics")[1]
+        assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 1.0' in s.operator.get("/metrics")[1]
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 2, "activationMessages": 100}],

@@ -59,7 +59,7 @@ def seeded(control_plane: ControlPlane, namespace: str, operator_factory: Operat
     apply(control_plane, namespace, sample_documents())
     wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
     wait_for(lambda: get(control_plane, namespace, "deployment", "proj-low"), 30, "proj-low Deployment")
-    yield Seeded(control_plane, namespace, op)
+    return Seeded(control_plane, namespace, op)
 
 
 def test_every_child_has_an_owner_and_the_standard_labels(seeded: Seeded) -> None:

@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localenv.images import SAMPLE_TASKS_IMAGE, UnknownImageError
+from localenv.images import SAMPLE_TASKS_IMAGE, UnknownImageError, image_env
 from localenv.podrunner import Pod, PodRunner, group_alive
 from localenv.podspec import PodSpecError
 
@@ -140,7 +141,7 @@ def test_pods_see_the_env_and_volumes_the_kubelet_would_give_them(kubectl: Any, 
         assert r["env"]["CFG_LEVEL"] == "debug"
         assert r["env"]["PATH"].split(":")[0] == str(Path(".venv/bin").resolve())
         # Nothing of the runner's environment leaks into the pod.
-        assert set(r["env"]) == {"HOSTNAME", "HOME", "PATH", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
+        assert set(r["env"]) == {"HOSTNAME", "HOME", *image_env(IMAGE).base_env(),
                                  "CFG_LEVEL", "CFG_celery.json", "CFG_app.conf", "POD_NAME", "POD_NAMESPACE",
                                  "POD_IP", "BROKER", "GREETING"}
         assert r["cwd"] == "/scratch"
@@ -243,10 +244,13 @@ def test_pods_do_not_outlive_the_runner_process(kubectl: Any, namespace: str, co
 
 def test_follow_obeys_replicas_and_template_written_to_the_deployment(kubectl: Any, namespace: str,
                                                                      runner: PodRunner) -> None:
-    apply(kubectl, namespace, deployment("scaled", replicas=1, pod_spec={
+    # Written a moment after follow() starts: follow waits for it, as for an operator's Deployment.
+    later = threading.Timer(1.0, apply, (kubectl, namespace, deployment("scaled", replicas=1, pod_spec={
         "terminationGracePeriodSeconds": 1,
-        "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "600"]}]}))
-    (first,) = runner.follow(namespace, "scaled", interval_seconds=0.5)
+        "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "600"]}]})))
+    later.start()
+    (first,) = runner.follow(namespace, "scaled", interval_seconds=0.5, wait_seconds=30)
+    later.join()
     kubectl("scale", "-n", namespace, "deployment/scaled", "--replicas=3")
     _wait(lambda: len(runner.pods(namespace, "scaled")) == 3, 30, "3 pods")
     assert first in runner.pods(namespace, "scaled"), "scaling up keeps the running pod"

@@ -85,7 +85,7 @@ def test_env_value_from_secret_configmap_and_fields() -> None:
 
 
 def test_missing_secret_key_fails_unless_optional() -> None:
-    missing = {"name": "B", "valueFrom": {"secretKeyRef": {"name": "broker", "key": "nope"}}}
+    missing: dict[str, Any] = {"name": "B", "valueFrom": {"secretKeyRef": {"name": "broker", "key": "nope"}}}
     c = {"name": "c", "env": [missing]}
     with pytest.raises(PodSpecError, match="nope"):
         container_env(c, pod([c]), lookup)
