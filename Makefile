@@ -23,7 +23,8 @@ system-deps: ## Debian packages: RabbitMQ, Redis, Prometheus (installed only whe
 $(VENV)/.installed: pyproject.toml sample_tasks/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' -e ./sample_tasks
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./sample_tasks
 	touch $@
 
 .PHONY: venv

@@ -135,11 +135,11 @@ def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled
     with PodRunner(s.cp.kubeconfig) as runner:
         runner.run_deployment(s.ns, "proj-low")
 
-        def all_in_flight() -> bool:
+        def all_in_flight() -> dict[str, Any] | None:
             st = s.pool()["status"]
-            return st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6
+            return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
 
-        wait_for(all_in_flight, 60, "every task taken by a worker")
+        wait_for(all_in_flight, 150, "every task taken by a worker")
         time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
         assert s.replicas() == 3
 
