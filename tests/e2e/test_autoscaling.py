@@ -100,7 +100,7 @@ def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit
     s = rabbit_scaled
     wait_for(lambda: s.replicas() == 1, 30, "pool at its minimum")
     s.publish(50)
-    wait_for(lambda: s.replicas() == 4, 60, "4 replicas for 50 messages / 10 per replica")
+    wait_for(lambda: s.replicas() == 4, 120, "4 replicas for 50 messages / 10 per replica")
     status = s.pool()["status"]
     assert status["desiredReplicas"] == 4 and status["queueDepth"] >= 31
     assert status["lastScaleTime"]
@@ -108,8 +108,8 @@ def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit
     assert any(e["reason"] == api.Reason.SCALED_UP and e["involvedObject"]["name"] == "low" for e in events)
     with PodRunner(s.cp.kubeconfig) as runner:
         runner.run_deployment(s.ns, "proj-low")
-        wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 120, "workers drained the queue")
-        wait_for(lambda: s.replicas() == 1, 60, "back to minReplicas after the stabilization window")
+        wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 240, "workers drained the queue")
+        wait_for(lambda: s.replicas() == 1, 120, "back to minReplicas after the stabilization window")
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 4, "targetMessagesPerReplica": 10,
@@ -123,25 +123,6 @@ def test_a_pool_at_zero_wakes_only_above_activation(rabbit_scaled: Scaled) -> No
     assert s.replicas() == 0
     s.publish(3)
     wait_for(lambda: s.replicas() == 1, 30, "6 messages > activation 5 wake the pool")
-
-
-@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 3, "targetMessagesPerReplica": 2,
-                                            "scaleDownStabilizationSeconds": 2, "countInFlight": True}],
-                         indirect=True)
-def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled: Scaled) -> None:
-    s = rabbit_scaled
-    s.publish(6, seconds=25)
-    wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 6 messages / 2 per replica")
-    with PodRunner(s.cp.kubeconfig) as runner:
-        runner.run_deployment(s.ns, "proj-low")
-
-        def all_in_flight() -> dict[str, Any] | None:
-            st = s.pool()["status"]
-            return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
-
-        wait_for(all_in_flight, 150, "every task taken by a worker")
-        time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
-        assert s.replicas() == 3
 
 
 def test_a_broker_outage_holds_replicas_and_recovers_by_itself(

@@ -6,6 +6,7 @@ depends on a generated client's version-specific call signatures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -83,6 +84,12 @@ class KubeClient:
             conn = kopf.login_with_service_account(settings=settings)
         except Exception:  # noqa: BLE001 - not in a cluster: fall back to the kubeconfig
             conn = None
+        else:
+            # In a pod, the API server is where the kubelet says (kopf assumes kubernetes.default.svc).
+            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+            if host and port:
+                host = f"[{host}]" if ":" in host else host
+                conn = dataclasses.replace(conn, server=f"https://{host}:{port}")
         if conn is None:
             conn = kopf.login_with_kubeconfig(settings=settings)
         if conn is None:
