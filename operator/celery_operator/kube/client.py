@@ -84,7 +84,7 @@ class KubeClient:
             conn = kopf.login_with_service_account(settings=settings)
         except Exception:  # noqa: BLE001 - not in a cluster: fall back to the kubeconfig
             conn = None
-        else:
+        if conn is not None:
             # In a pod, the API server is where the kubelet says (kopf assumes kubernetes.default.svc).
             host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
             if host and port:
