@@ -35,11 +35,12 @@ CLIENT = Path(__file__).with_name("client.py")
 IMAGE = "ghcr.io/celery-operator/sample-tasks:0.1.0"
 
 
-def topology(autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "low") -> list[dict[str, Any]]:
+def topology(autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "low",
+             app_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     v = api.API_VERSION
     return [
         {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": "proj"},
-         "spec": {"image": IMAGE, "app": "sample_tasks.app",
+         "spec": {"image": IMAGE, "app": "sample_tasks.app", "config": app_config or {},
                   "broker": {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
                                           "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}},
                   "resultBackend": {"external": {"urlSecretRef": {"name": "backend", "key": "url"}}}}},
@@ -89,9 +90,10 @@ def _setup(cp: ControlPlane, ns: str, factory: OperatorFactory, tmp: Path, broke
 @pytest.fixture
 def rabbit_scaled(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
                   rabbitmq_vhost: Vhost, redis_db: RedisDb, request: pytest.FixtureRequest) -> Scaled:
-    autoscaling = request.param
+    autoscaling = dict(request.param)
+    app_config = autoscaling.pop("_app_config", None)
     return _setup(control_plane, namespace, operator_factory, tmp_path, rabbitmq_vhost.url,
-                  rabbitmq_vhost.management_url, redis_db.url, autoscaling)
+                  rabbitmq_vhost.management_url, redis_db.url, autoscaling, app_config=app_config)
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
@@ -123,6 +125,27 @@ def test_a_pool_at_zero_wakes_only_above_activation(rabbit_scaled: Scaled) -> No
     assert s.replicas() == 0
     s.publish(3)
     wait_for(lambda: s.replicas() == 1, 30, "6 messages > activation 5 wake the pool")
+
+
+@pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 3, "targetMessagesPerReplica": 2,
+                                            "scaleDownStabilizationSeconds": 2, "countInFlight": True,
+                                            "_app_config": {"task_acks_late": True}}],
+                         indirect=True)
+def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled: Scaled) -> None:
+    """With acks_late (the README's advice for long tasks) running tasks stay unacknowledged: in flight."""
+    s = rabbit_scaled
+    s.publish(6, seconds=25)
+    wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 6 messages / 2 per replica")
+    with PodRunner(s.cp.kubeconfig) as runner:
+        runner.run_deployment(s.ns, "proj-low")
+
+        def all_in_flight() -> dict[str, Any] | None:
+            st = s.pool()["status"]
+            return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
+
+        wait_for(all_in_flight, 150, "every task taken by a worker")
+        time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
+        assert s.replicas() == 3
 
 
 def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
