@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -200,3 +201,88 @@ def test_deleting_the_app_then_its_queues_leaves_nothing_terminating(seeded: See
         return not left
 
     wait_for(all_gone, 120, "every CR deleted")
+
+
+def test_beat_entries_run_in_a_pool_worker(seeded: Seeded) -> None:
+    from localenv.podrunner import PodRunner
+
+    every2 = {"apiVersion": api.API_VERSION, "kind": "CeleryBeatSchedule", "metadata": {"name": "fast"},
+              "spec": {"appRef": {"name": "proj"}, "entries": [
+                  {"name": "add-every-2s", "task": "sample_tasks.tasks.add", "everySeconds": 2, "args": [20, 22]}]}}
+    apply(seeded.cp, seeded.ns, [every2])
+    wait_for(lambda: "add-every-2s" in seeded.config()["beat_schedule"], 60, "entry in the config")
+    wait_for(lambda: seeded.template_hash("proj-beat") == seeded.template_hash("proj-default"), 30, "rolled")
+    with PodRunner(seeded.cp.kubeconfig) as runner:
+        [worker] = runner.run_deployment(seeded.ns, "proj-default")
+        [beat] = runner.run_deployment(seeded.ns, "proj-beat")
+        worker.wait_for_log("ready", 90)
+
+        def executions() -> int:
+            return worker.logs().count("succeeded") if "42" in worker.logs() else 0
+
+        wait_for(lambda: executions() >= 2, 60, "two executions of the 2 s entry")
+        assert "Scheduler: Sending due task add-every-2s" in beat.logs()
+
+
+def test_the_operator_survives_every_invalid_object_the_api_server_admits(
+        seeded: Seeded) -> None:
+    from localenv.procs import REPO
+
+    admitted = 0
+    for f in sorted((REPO / "tests" / "invalid").glob("*.yaml")):
+        for doc in (d for d in f.read_text().split("\n---\n") if "kind:" in d):
+            r = seeded.cp.kubectl("apply", "-n", seeded.ns, "-f", "-", input=doc, check=False)
+            admitted += r.returncode == 0
+    assert admitted >= 2  # the corpus's multi-document files start with admitted objects
+    # Every admitted object is reconciled or reported; the operator keeps serving and working.
+    time.sleep(5)
+    assert seeded.operator.proc.poll() is None
+    assert seeded.operator.get("/healthz")[0] == 200
+    q = {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "after-corpus"},
+         "spec": {"appRef": {"name": "proj"}, "exchange": "task", "routingKey": "after"}}
+    apply(seeded.cp, seeded.ns, [q])
+    wait_ready(seeded.cp, seeded.ns, "celeryqueue", "after-corpus", 60)
+    assert "Traceback" not in seeded.operator.logs()
+
+
+def test_managed_brokers_get_credentials_once_and_keep_them_across_restarts(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory) -> None:
+    app = {"apiVersion": api.API_VERSION, "kind": "CeleryApp", "metadata": {"name": "managed"},
+           "spec": {"image": "ghcr.io/celery-operator/sample-tasks:0.1.0", "app": "sample_tasks.app",
+                    "broker": {"rabbitmq": {}}, "resultBackend": {"redis": {"storage": {"size": "1Gi"}}}}}
+    op = operator_factory("--namespace", namespace, "--no-leader-election")
+    apply(control_plane, namespace, [app])
+
+    def children() -> dict[str, Any] | None:
+        out = {}
+        for kind, name in (("statefulset", "managed-rabbitmq"), ("statefulset", "managed-result-backend"),
+                           ("service", "managed-rabbitmq"), ("service", "managed-result-backend"),
+                           ("secret", "managed-broker"), ("secret", "managed-result-backend")):
+            obj = get(control_plane, namespace, kind, name)
+            if obj is None:
+                return None
+            out[f"{kind}/{name}"] = obj
+        return out
+
+    found = wait_for(children, 60, "managed broker and result backend objects")
+    rabbit = found["statefulset/managed-rabbitmq"]
+    assert rabbit["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    container = rabbit["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]
+    assert any("secretKeyRef" in (e.get("valueFrom") or {}) for e in container["env"])
+    broker_secret = found["secret/managed-broker"]
+    assert {"username", "password", "url"} <= broker_secret["data"].keys()
+    password = broker_secret["data"]["password"]
+    assert password not in json.dumps(rabbit)
+    status = wait_for(lambda: (get(control_plane, namespace, "celeryapp", "managed") or {}).get("status"), 30,
+                      "app status")
+    assert status["brokerSecretRef"]["name"] == "managed-broker"
+
+    op.stop(10)
+    operator_factory("--namespace", namespace, "--no-leader-election", name="restarted")
+    control_plane.kubectl("annotate", "celeryapp", "managed", "-n", namespace, "touch=1")
+    time.sleep(5)
+    after = children()
+    assert after is not None
+    assert after["secret/managed-broker"]["data"] == broker_secret["data"]
+    assert after["secret/managed-result-backend"]["data"] == found["secret/managed-result-backend"]["data"]

@@ -49,8 +49,8 @@ async def managed_credentials(client: KubeClient, namespace: str, secret_name: s
     """The credentials of a managed server: those in its Secret if it exists, else new random ones."""
     existing = await client.get("Secret", namespace, secret_name)
     user, password = _decode(existing, "username"), _decode(existing, "password")
-    if user and password:
-        return {"username": user, "password": password}
+    if password:  # Redis Secrets carry no username
+        return {"username": user or USERNAME, "password": password}
     return {"username": USERNAME, "password": secrets.token_urlsafe(24)}
 
 
