@@ -28,20 +28,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from localenv.procs import ServerError, free_port, tail
+
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 20.0
-
-
-class ServerError(RuntimeError):
-    """A server failed to start or stop; the message carries the tail of its logs."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -50,13 +41,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def ensure_installed(*binaries: str) -> None:
@@ -193,7 +177,7 @@ class Redis(_Server):
             self._proc = None
 
     def logs(self) -> str:
-        return _tail(self.logfile)
+        return tail(self.logfile)
 
 
 class RabbitMQ(_Server):
@@ -321,8 +305,8 @@ class RabbitMQ(_Server):
             self._epmd = None
 
     def logs(self) -> str:
-        parts = [_tail(self.workdir / "server.out", 20),
-                 _tail(self.log_dir / f"{self.nodename}.log", 40)]
+        parts = [tail(self.workdir / "server.out", 20),
+                 tail(self.log_dir / f"{self.nodename}.log", 40)]
         return "\n".join(parts)
 
     # -- administration ---------------------------------------------------------------------------

@@ -38,9 +38,13 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
 
 
 def tail(log: Path | None, lines: int = 40) -> str:
-    if log is None or not log.exists():
+    """The last lines of a server's log, for error messages."""
+    if log is None:
         return ""
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {log})"
 
 
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None,

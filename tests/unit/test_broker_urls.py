@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from celery_operator.brokers.base import queue_arguments
 from celery_operator.brokers.redis import RedisBroker, topic_pattern
 from celery_operator.brokers.urls import (
     InvalidBrokerUrl,
@@ -16,6 +15,7 @@ from celery_operator.brokers.urls import (
     redact,
 )
 from celery_operator.models import CeleryQueue
+from celery_operator.topology import queue_arguments
 
 
 @pytest.mark.parametrize(("url", "vhost"), [

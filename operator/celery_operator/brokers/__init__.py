@@ -16,7 +16,6 @@ from celery_operator.brokers.base import (
     DeclareResult,
     DepthReport,
     QueueDepth,
-    queue_arguments,
 )
 from celery_operator.brokers.urls import InvalidBrokerUrl, broker_kind, redact
 
@@ -29,7 +28,6 @@ __all__ = [
     "InvalidBrokerUrl",
     "QueueDepth",
     "connect",
-    "queue_arguments",
     "redact",
 ]
 

@@ -81,28 +81,6 @@ class DepthReport:
         return sum(d.in_flight or 0 for d in picked) + (self.unattributed_in_flight or 0)
 
 
-def queue_arguments(q: CeleryQueue) -> dict[str, object]:
-    """The x-arguments a queue is declared with (the same ones Celery's kombu Queue must use).
-
-    `x-queue-type` is only sent for quorum queues: classic is the default, and RabbitMQ 3.10
-    treats an explicit `classic` as different from an absent one on redeclare.
-    """
-    args: dict[str, object] = {}
-    if q.max_priority is not None:
-        args["x-max-priority"] = q.max_priority
-    if q.message_ttl_seconds is not None:
-        args["x-message-ttl"] = round(q.message_ttl_seconds * 1000)
-    if q.max_length is not None:
-        args["x-max-length"] = q.max_length
-    if q.dead_letter is not None:
-        args["x-dead-letter-exchange"] = q.dead_letter.exchange
-        if q.dead_letter.routing_key is not None:
-            args["x-dead-letter-routing-key"] = q.dead_letter.routing_key
-    if q.queue_type != "classic":
-        args["x-queue-type"] = q.queue_type
-    return args
-
-
 def queue_exchange(q: CeleryQueue) -> str:
     """The exchange a queue is bound to: Celery's implicit direct exchange is named like the queue."""
     return q.exchange if q.exchange is not None else q.name

@@ -37,7 +37,6 @@ from celery_operator.brokers.base import (
     DeclareResult,
     DepthReport,
     QueueDepth,
-    queue_arguments,
     queue_exchange,
 )
 from celery_operator.brokers.urls import (
@@ -48,6 +47,7 @@ from celery_operator.brokers.urls import (
     redact,
 )
 from celery_operator.models import CeleryExchange, CeleryQueue
+from celery_operator.topology import queue_arguments
 
 PRECONDITION_FAILED = 406
 NOT_FOUND = 404
