@@ -1,5 +1,16 @@
 """Shared pytest configuration. Fixtures live in plugin modules, one per kind of server."""
 
+import signal
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (a CI timeout, a killed make) becomes KeyboardInterrupt, so pytest still runs the
+    # fixtures' teardown and stops every server it started.
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, _terminate)
+
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.prometheus",
