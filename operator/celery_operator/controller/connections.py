@@ -10,6 +10,7 @@ import base64
 import secrets
 from dataclasses import dataclass, field
 
+from celery_operator import api
 from celery_operator.kube.client import KubeClient
 from celery_operator.models import BrokerSpec, CeleryApp, SecretKeyRef
 from celery_operator.render.broker import broker_url_ref, result_backend_url_ref
@@ -25,6 +26,7 @@ class Endpoint:
     url: str | None = None
     management_url: str | None = None
     problem: str | None = None  # why `url` is None
+    problem_reason: str = api.Reason.SECRET_NOT_FOUND  # condition reason for `problem`
     managed_credentials: dict[str, str] = field(default_factory=dict)  # managed servers only
 
 
@@ -79,4 +81,5 @@ async def resolve(client: KubeClient, app: CeleryApp, spec: BrokerSpec, role: st
     ep.url = existing  # None until the Secret has been applied once; the next cycle reads it
     if existing is None:
         ep.problem = f"Secret {secret_name} is being created"
+        ep.problem_reason = api.Reason.APP_NOT_READY
     return ep

@@ -73,10 +73,8 @@ def _problem_conditions(topo: Topology, kind: str, name: str) -> list[Condition]
 
 def _broker_conditions(worker: AppWorker, broker: Endpoint) -> list[Condition] | None:
     if broker.url is None:
-        reason = api.Reason.SECRET_NOT_FOUND if "not found" in (broker.problem or "") or "no key" in (
-            broker.problem or "") else api.Reason.APP_NOT_READY
-        return conditions.not_ready(reason, broker.problem or "broker URL unknown",
-                                    progressing=reason == api.Reason.APP_NOT_READY)
+        return conditions.not_ready(broker.problem_reason, broker.problem or "broker URL unknown",
+                                    progressing=broker.problem_reason == api.Reason.APP_NOT_READY)
     if worker._broker_up is False:
         return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, worker._poll_error or "broker unreachable",
                                     progressing=True)
