@@ -149,12 +149,20 @@ def setup_and_exec(spec: dict[str, Any]) -> None:
     mount("tmpfs", spec["stage"], "tmpfs", 0, "mode=0700")
     fs = Filesystem(_pin(spec["stage"]))
     sources = [(_pin(m["source"]), m) for m in spec["mounts"]]
+    image = [(_pin(p), p) for p in spec.get("image_paths", []) if os.path.isdir(p)]
+    targets: list[str] = []
     for source, m in sources:
         target = fs.ensure(m["target"], directory=os.path.isdir(source))
         mount(source, target, None, MS_BIND | MS_REC)
         if m.get("read_only"):
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         fs.owned.append(target)
+        targets.append(target)
+    # The image's files live in a real container's own root, never under a volume: put back any a
+    # volume covered (only inside this namespace; the directory is made in the volume's scratch).
+    for pinned, path in image:
+        if any(_under(path, t) for t in targets):
+            mount(pinned, fs.ensure(path, directory=True), None, MS_BIND | MS_REC)
     os.chdir(fs.ensure(spec["working_dir"], directory=True))
     argv: list[str] = spec["argv"]
     env: dict[str, str] = spec["env"]

@@ -682,6 +682,9 @@ class PodRunner:
         spawn_spec = {
             "parent_pid": os.getpid(), "hostname": pod.hostname, "stage": str(stage), "mounts": mounts,
             "working_dir": c.get("workingDir") or image.working_dir, "argv": argv, "env": env,
+            # What the image would carry in its own root filesystem: a volume (e.g. an emptyDir on
+            # /tmp) must not hide it when the checkout happens to live under that mountPath.
+            "image_paths": [str(image.venv), str(images_mod.REPO_ROOT)],
         }
         spec_path = pod.directory / f"{_SAFE.sub('_', c['name'])}.spawn.json"
         spec_path.write_text(json.dumps(spawn_spec))
