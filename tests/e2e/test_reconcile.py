@@ -140,17 +140,18 @@ def test_beat_serves_every_schedule_of_an_app_from_one_deployment(seeded: Seeded
     assert [b["metadata"]["name"] for b in beats] == ["proj-beat"]
     assert beats[0]["spec"]["replicas"] == 1 and beats[0]["spec"]["strategy"]["type"] == "Recreate"
 
-    clash = {**second, "metadata": {"name": "clash"}}
+    # Older wins; within one second of creationTimestamp the name decides ("extra" < "later").
+    clash = {**second, "metadata": {"name": "later"}}
     apply(seeded.cp, seeded.ns, [clash])
 
     def duplicate_reported() -> bool:
-        c = condition(seeded.get("celerybeatschedule", "clash"))
+        c = condition(seeded.get("celerybeatschedule", "later"))
         return bool(c and c["status"] == "False" and c["reason"] == api.Reason.DUPLICATE_ENTRY)
 
     wait_for(duplicate_reported, 60, "DuplicateEntry on the later schedule")
     assert condition(seeded.get("celerybeatschedule", "extra"))["status"] == "True"  # type: ignore[index]
 
-    for name in ("proj", "extra", "clash"):
+    for name in ("proj", "extra", "later"):
         seeded.kubectl("delete", "celerybeatschedule", name)
     wait_for(lambda: seeded.get("deployment", "proj-beat") is None, 60, "beat removed with the last schedule")
 
