@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if not args.verbose:  # kopf logs every handled watch event at INFO: our handlers only route
+            logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         from celery_operator.runner import RunOptions, run
 
         return run(RunOptions(

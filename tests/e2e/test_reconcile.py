@@ -287,3 +287,34 @@ def test_managed_brokers_get_credentials_once_and_keep_them_across_restarts(
     assert after is not None
     assert after["secret/managed-broker"]["data"] == broker_secret["data"]
     assert after["secret/managed-result-backend"]["data"] == found["secret/managed-result-backend"]["data"]
+
+
+def test_a_queue_that_differs_on_the_broker_is_a_condition_not_a_crash_loop(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
+        rabbitmq_vhost: Vhost, redis_db: RedisDb) -> None:
+    from kombu import Connection
+
+    with Connection(rabbitmq_vhost.url) as conn:  # someone declared it before, with other arguments
+        conn.channel().queue_declare("low_queue", durable=True, auto_delete=False,
+                                     arguments={"x-max-priority": 5})
+    secret(control_plane, namespace, "broker", url=rabbitmq_vhost.url, managementUrl=rabbitmq_vhost.management_url)
+    secret(control_plane, namespace, "backend", url=redis_db.url)
+    op = operator_factory("--namespace", namespace, "--no-leader-election")
+    docs = sample_documents()
+    for d in docs:
+        if d["kind"] == "CeleryQueue" and d["metadata"]["name"] == "low-queue":
+            d["spec"]["maxPriority"] = 10
+    apply(control_plane, namespace, docs)
+
+    def conflict() -> bool:
+        c = condition(get(control_plane, namespace, "celeryqueue", "low-queue"))
+        return bool(c and c["status"] == "False" and c["reason"] == api.Reason.BROKER_CONFLICT
+                    and "x-max-priority" in c["message"])
+
+    try:
+        wait_for(conflict, 60, "BrokerConflict on low-queue")
+    except AssertionError as e:
+        q = get(control_plane, namespace, "celeryqueue", "low-queue")
+        raise AssertionError(f"{e}: {json.dumps((q or {}).get('status'))}") from None
+    wait_ready(control_plane, namespace, "celeryqueue", "high-queue", 30)  # the rest still declared
+    assert op.proc.poll() is None and "Traceback" not in op.logs()
