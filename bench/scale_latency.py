@@ -3,8 +3,8 @@
 Starts its own local control plane, RabbitMQ and the operator (as a process), then for each poll
 interval (1 s and 5 s) publishes 30 messages to an autoscaled pool's queue N times, measuring
 publish → `spec.replicas` changed, purging the queue in between. Prints the median and the ratio
-to the baseline measured in the same run: publish → the backlog visible in RabbitMQ's management API
-(the floor for any depth-based scaler).
+to the baseline measured in the same run: publish → the backlog visible in RabbitMQ's live queue
+totals, polled every 20 ms (the floor for any depth-based scaler).
 
     python bench/scale_latency.py [--runs 10]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -58,7 +59,8 @@ def measure(cp: ControlPlane, rabbit: RabbitMQ, poll: int, runs: int, tmp: Path)
     visible: list[float] = []
 
     def backlog() -> bool:
-        q = rabbit.api("GET", f"/api/queues/{vhost}/low_queue")
+        qs = rabbit.api("GET", f"/api/queues/{vhost}?disable_stats=true&enable_queue_totals=true")
+        q = next((q for q in qs if q["name"] == "low_queue"), {})
         return int(q.get("messages_ready") or 0) + int(q.get("messages_unacknowledged") or 0) >= 30
 
     try:
@@ -68,7 +70,10 @@ def measure(cp: ControlPlane, rabbit: RabbitMQ, poll: int, runs: int, tmp: Path)
         wait_for(lambda: replicas(cp, ns) == 1, 60, "at minimum")
         with Connection(rabbit.url(vhost)) as conn:
             producer = Producer(conn.channel())
+            rng = random.Random(poll)
             for _ in range(runs):
+                # Scale-down just happened on a poll: publish at a random phase of the poll cycle.
+                time.sleep(rng.uniform(0, poll))
                 t0 = time.monotonic()
                 for i in range(30):
                     producer.publish({"i": i}, exchange=Exchange("task", "direct"), routing_key="low_task")

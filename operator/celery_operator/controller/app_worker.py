@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,6 +43,10 @@ DEBOUNCE_SECONDS = 0.3
 RESYNC_SECONDS = 60.0  # a full reconcile at least this often: restores hand-edited children
 DEFAULT_POLL_SECONDS = 15.0  # queue metrics for apps without autoscaled pools
 REDECLARE_SECONDS = 300.0
+# RabbitMQ's live message totals carry no consumer counts; the statistics listing that does lags by
+# the broker's statistics interval (5 s by default). Depth comes live every poll; consumer counts
+# are refreshed from the statistics listing at most this often (still one request per poll).
+CONSUMERS_REFRESH_SECONDS = 30.0
 
 Body = dict[str, Any]
 
@@ -78,6 +83,8 @@ class AppWorker:
     _bodies: dict[tuple[str, str], Body] = field(default_factory=dict)
     _transport_options: dict[str, Any] | None = None
     _existing: dict[str, Body] = field(default_factory=dict)
+    _consumers: dict[str, int | None] = field(default_factory=dict)
+    _consumers_at: float = -CONSUMERS_REFRESH_SECONDS
     _declare_results: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -280,8 +287,10 @@ class AppWorker:
             error = broker.problem or "broker URL unknown"
         else:
             try:
+                full = time.monotonic() - self._consumers_at >= CONSUMERS_REFRESH_SECONDS
                 report = await asyncio.to_thread(_measure_sync, broker, names, count_in_flight,
-                                                 self._transport_options)
+                                                 self._transport_options, "full" if full else "totals")
+                report = self._with_consumers(report, full)
             except BrokerUnreachable as e:
                 error = str(e)
             except BrokerError as e:
@@ -304,6 +313,16 @@ class AppWorker:
                 await self.recorder.warning(app_body, api.Reason.BROKER_UNREACHABLE, error or "")
         await self._autoscale(topo, report)
         await statuses.write_poll(self, topo, report, error)
+
+    def _with_consumers(self, report: DepthReport, fresh: bool) -> DepthReport:
+        """Consumer counts from the last statistics listing where this poll's totals have none."""
+        if fresh:
+            self._consumers_at = time.monotonic()
+            self._consumers = {n: d.consumers for n, d in report.queues.items()}
+            return report
+        queues = {n: d if d.consumers is not None else dataclasses.replace(d, consumers=self._consumers.get(n))
+                  for n, d in report.queues.items()}
+        return dataclasses.replace(report, queues=queues)
 
     async def _autoscale(self, topo: Topology, report: DepthReport | None) -> None:
         now = time.time()
@@ -343,9 +362,11 @@ class AppWorker:
                                          f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
 
 
-def _open(broker: Endpoint, transport_options: dict[str, Any] | None) -> Broker:
+def _open(broker: Endpoint, transport_options: dict[str, Any] | None,
+          rabbitmq_stats: Literal["totals", "full"] = "full") -> Broker:
     assert broker.url is not None
-    return connect(broker.url, management_url=broker.management_url, transport_options=transport_options)
+    return connect(broker.url, management_url=broker.management_url, transport_options=transport_options,
+                   rabbitmq_stats=rabbitmq_stats)
 
 
 def _declare_sync(broker: Endpoint, topo: Topology, opts: dict[str, Any] | None) -> list[Any]:
@@ -354,6 +375,6 @@ def _declare_sync(broker: Endpoint, topo: Topology, opts: dict[str, Any] | None)
 
 
 def _measure_sync(broker: Endpoint, names: list[str], count_in_flight: bool,
-                  opts: dict[str, Any] | None) -> DepthReport:
-    with _open(broker, opts) as b:
+                  opts: dict[str, Any] | None, stats: Literal["totals", "full"]) -> DepthReport:
+    with _open(broker, opts, stats) as b:
         return b.measure(names, count_in_flight=count_in_flight)
