@@ -8,21 +8,27 @@ import time
 
 import pytest
 
+from celery_operator import api
 from localenv.controlplane import ControlPlane
-from tests.fixtures.operator import OperatorFactory, wait_for
+from tests.fixtures.operator import OperatorFactory, condition, get, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
-        operator_factory: OperatorFactory, namespace: str) -> None:
-    op = operator_factory("--namespace", namespace, "--lease-name", f"probe-{namespace}",
-                          lease_namespace=namespace)
+        control_plane: ControlPlane, operator_factory: OperatorFactory, namespace: str) -> None:
+    op = operator_factory("--all-namespaces", "--lease-name", f"probe-{namespace}", lease_namespace=namespace)
     assert op.get("/healthz")[0] == 200
     wait_for(lambda: op.get("/readyz")[0] == 200, 60, "readiness")
     status, text = op.get("/metrics")
     assert status == 200
     assert "celery_operator_build_info" in text
+    # All namespaces are watched: an object in a namespace nobody named gets reconciled.
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+        "apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "stray"},
+        "spec": {"appRef": {"name": "missing"}}}))
+    wait_for(lambda: (condition(get(control_plane, namespace, "celeryqueue", "stray")) or {}).get("reason")
+             == api.Reason.APP_NOT_FOUND, 30, "AppNotFound set by the all-namespaces operator")
     op.proc.send_signal(signal.SIGTERM)
     assert op.proc.wait(30) == 0
     assert "stopped (exit 0)" in op.logs()
