@@ -182,9 +182,12 @@ class AppWorker:
         chash = next((o["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH, "")
                       for o in objects if o["kind"] == "ConfigMap"), "")
         apply_errors: list[str] = []
+        deployments: dict[str, Body] = {}  # as applied: the server's answer carries their status
         for obj in objects:
             try:
-                await self.client.apply(obj)
+                applied = await self.client.apply(obj)
+                if obj["kind"] == "Deployment":
+                    deployments[obj["metadata"]["name"]] = applied
             except ApiError as e:
                 apply_errors.append(f"{obj['kind']} {obj['metadata']['name']}: {e}")
                 log.warning("apply %s/%s failed: %s", obj["kind"], obj["metadata"]["name"], e)
@@ -193,8 +196,6 @@ class AppWorker:
             broker.url = statuses.url_from_secret(objects, broker.ref)
 
         await self._declare(topo, broker)
-        deployments = {d["metadata"]["name"]: d for d in await self.client.list(
-            "Deployment", self.namespace, f"{api.LABEL_APP}={self.name}")}
         await statuses.write_all(self, topo, broker, backend, chash, deployments, apply_errors)
         return True
 
@@ -236,15 +237,15 @@ class AppWorker:
 
     async def _delete_stale(self, objects: list[Body]) -> None:
         """Delete Deployments we made for this app that the desired state no longer has (beat, old pools)."""
-        wanted = {(o["kind"], o["metadata"]["name"]) for o in objects}
-        for d in await self.client.list("Deployment", self.namespace,
-                                        f"{api.LABEL_APP}={self.name},{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"):
-            if ("Deployment", d["metadata"]["name"]) not in wanted:
-                log.info("deleting %s/%s: no longer desired", self.namespace, d["metadata"]["name"])
-                await self.client.delete("Deployment", self.namespace, d["metadata"]["name"])
-                app_body = self._bodies.get((api.APP, self.name))
-                if app_body:
-                    await self.recorder.normal(app_body, "Deleted", f"Deployment {d['metadata']['name']} deleted")
+        wanted = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+        for name, d in self._existing.items():
+            if name in wanted or d["metadata"].get("labels", {}).get(api.LABEL_MANAGED_BY) != api.OPERATOR_NAME:
+                continue
+            log.info("deleting %s/%s: no longer desired", self.namespace, name)
+            await self.client.delete("Deployment", self.namespace, name)
+            app_body = self._bodies.get((api.APP, self.name))
+            if app_body:
+                await self.recorder.normal(app_body, "Deleted", f"Deployment {name} deleted")
 
     async def _declare(self, topo: Topology, broker: Endpoint) -> None:
         if broker.url is None:
