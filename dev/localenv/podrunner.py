@@ -47,8 +47,14 @@ interpreter lives under ``/root`` (mode 0700), so another uid could not even sta
 rest of ``securityContext`` (readOnlyRootFilesystem, capabilities, seccomp) is not applied either.
 Network is the host's (pod IP 127.0.0.1; no service links other than ``KUBERNETES_*``).
 No probes, no restarts (``Pod.exit_codes`` tells a container that ended), no resource limits,
-no preStop hooks, no live update of mounted ConfigMaps. No Pod objects are written to the API
-server. Needs root (namespaces and mounts).
+no preStop hooks, no live update of mounted ConfigMaps. Needs root (namespaces and mounts).
+
+Status (``report_status=True``, the default; ``podstatus.py``): each local pod of a Deployment
+claims one Pod object of the Deployment's ReplicaSet (created by kube-controller-manager, never
+scheduled) and reports it Running and Ready through ``pods/status``, as a kubelet would, so
+``Deployment.status.readyReplicas`` counts the local pods (``Pod.pod_object`` names it). A stopped
+pod's object is reported not ready, one whose processes ended Succeeded/Failed. Pod objects are
+otherwise left alone: the runner still starts pods itself, not per Pod object.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ from localenv.podspec import (
     expand,
     volume_files,
 )
+from localenv.podstatus import StatusReporter
 
 __all__ = ["Pod", "PodRunner", "PodSpecError", "RunningContainer"]
 
@@ -180,6 +187,7 @@ class Pod:
     owner: tuple[str, str] | None = None  # (namespace, deployment)
     template_hash: str = ""
     started_at: float = field(default_factory=time.monotonic)
+    pod_object: str | None = None  # the API server's Pod object this pod reports its status in
 
     @property
     def name(self) -> str:
@@ -316,7 +324,7 @@ class PodRunner:
 
     def __init__(self, kubeconfig: str | os.PathLike[str], *, max_grace_seconds: float = 30.0,
                  images: Mapping[str, ImageEnv] | None = None, workdir: str | os.PathLike[str] | None = None,
-                 init_timeout_seconds: float = 120.0) -> None:
+                 init_timeout_seconds: float = 120.0, report_status: bool = True) -> None:
         if os.geteuid() != 0:
             raise PermissionError("the pod runner needs root: it uses mount namespaces and bind mounts")
         self.kubeconfig = Path(kubeconfig)
@@ -338,8 +346,9 @@ class PodRunner:
         self._follower: threading.Thread | None = None
         self._spawner = _Spawner()
         self._closed = False
+        self._reporter = StatusReporter(self.core, self.apps) if report_status else None
         self._finalizer = weakref.finalize(self, PodRunner._cleanup, self._pods, self.workdir,
-                                           self.max_grace_seconds)
+                                           self.max_grace_seconds, self._reporter)
         atexit.register(self._finalizer)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -363,10 +372,14 @@ class PodRunner:
         self.api_client.close()  # type: ignore[no-untyped-call]
 
     @staticmethod
-    def _cleanup(pods: list[Pod], workdir: Path, grace: float) -> None:
+    def _cleanup(pods: list[Pod], workdir: Path, grace: float, reporter: StatusReporter | None = None) -> None:
+        tracked = reporter.untrack(list(pods)) if reporter is not None else []
         _stop_pods(list(pods), grace)
         pods.clear()
         shutil.rmtree(workdir, ignore_errors=True)
+        if reporter is not None:  # bounded: the API server may be gone already
+            reporter.stopped(tracked, time.monotonic() + 5.0)
+            reporter.close(timeout_seconds=2.0)
 
     def stop_all(self, grace_seconds: float | None = None) -> None:
         """SIGTERM all pods, SIGKILL after each pod's terminationGracePeriodSeconds (capped)."""
@@ -374,16 +387,22 @@ class PodRunner:
             pods = list(self._pods)
             self._pods.clear()
             self._deployments.clear()
+        tracked = self._reporter.untrack(pods) if self._reporter is not None else []
         _stop_pods(pods, self.max_grace_seconds if grace_seconds is None else grace_seconds)
         for p in pods:
             shutil.rmtree(p.directory, ignore_errors=True)
+        if self._reporter is not None:
+            self._reporter.stopped(tracked)
 
     def stop_pod(self, pod: Pod, grace_seconds: float | None = None) -> None:
         with self._lock:
             if pod in self._pods:
                 self._pods.remove(pod)
+        tracked = self._reporter.untrack([pod]) if self._reporter is not None else []
         _stop_pods([pod], self.max_grace_seconds if grace_seconds is None else grace_seconds)
         shutil.rmtree(pod.directory, ignore_errors=True)
+        if self._reporter is not None:
+            self._reporter.stopped(tracked)
 
     def pods(self, namespace: str | None = None, deployment: str | None = None) -> list[Pod]:
         with self._lock:
@@ -568,6 +587,8 @@ class PodRunner:
             _stop_pods([pod], 0)
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        if owner is not None and self._reporter is not None:
+            self._reporter.track(pod, owner[1], template)
         return pod
 
     def _populate(self, pod: Pod, service_account: bool) -> None:

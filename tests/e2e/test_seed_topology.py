@@ -55,6 +55,10 @@ def _run_scenario(control_plane: ControlPlane, namespace: str, tmp_path: Path, b
         default = runner.run_deployment(namespace, "proj-default")[0]
         low.wait_for_log("ready", 90)
         default.wait_for_log("ready", 90)
+        # The runner reports its pods ready as a kubelet would; the pool's status mirrors its Deployment.
+        # (The low pool scales from zero on its own: the autoscaler owns its replica count.)
+        status = wait_ready(control_plane, namespace, "celeryworkerpool", "default", 60)["status"]
+        assert status["readyReplicas"] == status["replicas"] == 1
 
         r = call(env, "add-low")
         assert r["result"] == 3

@@ -267,6 +267,39 @@ def test_follow_obeys_replicas_and_template_written_to_the_deployment(kubectl: A
     _wait(lambda: not runner.pods(namespace, "scaled"), 30, "no pods")
 
 
+def test_running_pods_are_reported_ready_so_the_deployment_counts_them(kubectl: Any, namespace: str,
+                                                                      control_plane: Any) -> None:
+    apply(kubectl, namespace, deployment("counted", replicas=2, pod_spec={
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "600"]}]}))
+
+    def status() -> dict[str, Any]:
+        out = kubectl("get", "-n", namespace, "deployment/counted", "-o", "json").stdout
+        result: dict[str, Any] = json.loads(out).get("status") or {}
+        return result
+
+    with PodRunner(control_plane.kubeconfig, max_grace_seconds=10) as runner:
+        pods = runner.run_deployment(namespace, "counted")
+        _wait(lambda: status().get("readyReplicas") == 2, 60, "readyReplicas == 2")
+        names = {p.pod_object for p in pods}
+        assert None not in names and len(names) == 2, "each local pod reports in its own Pod object"
+        objects = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+        reported = {o["metadata"]["name"]: o for o in objects if o["metadata"]["name"] in names}
+        assert len(reported) == 2
+        for o in reported.values():
+            st = o["status"]
+            assert st["phase"] == "Running" and st["podIP"] == "127.0.0.1" and st.get("startTime")
+            assert {c["type"]: c["status"] for c in st["conditions"]} == {
+                "PodScheduled": "True", "Initialized": "True", "ContainersReady": "True", "Ready": "True"}
+            (cs,) = st["containerStatuses"]
+            assert cs["name"] == "main" and cs["image"] == IMAGE and cs["ready"] and cs["started"]
+            assert "running" in cs["state"] and cs["restartCount"] == 0
+            assert o["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+
+        runner.stop_all()
+        _wait(lambda: not status().get("readyReplicas"), 60, "readyReplicas back to 0")
+
+
 def test_service_account_token_authenticates_in_cluster_clients(namespace: str, runner: PodRunner) -> None:
     script = ("from kubernetes import client, config; config.load_incluster_config(); "
               "r = client.AuthenticationV1Api().create_self_subject_review("
