@@ -30,7 +30,9 @@ def _channel(vhost: Vhost) -> tuple[amqp.Connection, amqp.Channel]:
                            password=vhost.server.password, virtual_host=vhost.name,
                            connect_timeout=5)
     conn.connect()
-    return conn, conn.channel()
+    ch = conn.channel()
+    ch.confirm_select()  # publishes return once the broker has the message: counts are then exact
+    return conn, ch
 
 
 def _publish(ch: amqp.Channel, exchange: str, routing_key: str, n: int) -> None:
