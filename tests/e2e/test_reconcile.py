@@ -162,7 +162,8 @@ def test_cross_object_problems_become_conditions_and_events(seeded: Seeded) -> N
          "spec": {"appRef": {"name": "proj"}, "queues": ["no_such_queue"]}},
         {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "stray"},
          "spec": {"appRef": {"name": "proj"}, "exchange": "no_such_exchange"}},
-        {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "low-again"},
+        # Older wins; within creationTimestamp's one second the name decides ("low-queue" < "zz-…").
+        {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "zz-low-duplicate"},
          "spec": {"appRef": {"name": "proj"}, "name": "low_queue", "exchange": "task"}},
         {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "orphan"},
          "spec": {"appRef": {"name": "nobody"}}},
@@ -170,7 +171,7 @@ def test_cross_object_problems_become_conditions_and_events(seeded: Seeded) -> N
     apply(seeded.cp, seeded.ns, docs)
     expected = {("celeryworkerpool", "lost"): api.Reason.QUEUE_NOT_FOUND,
                 ("celeryqueue", "stray"): api.Reason.EXCHANGE_NOT_FOUND,
-                ("celeryqueue", "low-again"): api.Reason.DUPLICATE_QUEUE,
+                ("celeryqueue", "zz-low-duplicate"): api.Reason.DUPLICATE_QUEUE,
                 ("celeryqueue", "orphan"): api.Reason.APP_NOT_FOUND}
     for (kind, name), reason in expected.items():
         def reported(kind: str = kind, name: str = name, reason: str = reason) -> bool:
