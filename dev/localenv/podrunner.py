@@ -98,6 +98,7 @@ from localenv.podspec import (
     volume_files,
 )
 from localenv.podstatus import StatusReporter
+from localenv.procs import pid_alive
 
 __all__ = ["Pod", "PodRunner", "PodSpecError", "RunningContainer"]
 
@@ -127,17 +128,8 @@ def _reap_stale_workdirs(base: Path) -> None:
             owner = int((d / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue  # not a runner's, or one being created right now
-        if not _alive(owner):
+        if not pid_alive(owner):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def group_alive(pgid: int) -> bool:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localenv.procs import pid_alive
+
 if TYPE_CHECKING:
     from localenv.podrunner import Pod
 
@@ -49,14 +51,6 @@ _claimed_lock = threading.Lock()
 
 def _rfc3339(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def _raw(response: Any) -> Body:
@@ -230,7 +224,7 @@ class StatusReporter:
             if claim:
                 pid_text = claim.split("/", 1)[0]
                 pid = int(pid_text) if pid_text.isdigit() else 0
-                if pid != os.getpid() and _alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     continue  # another live runner's
             out.append(p)
         out.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")

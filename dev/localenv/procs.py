@@ -72,6 +72,15 @@ def stop(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
         proc.wait(5)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def read_versions() -> dict[str, str]:
     out: dict[str, str] = {}
     for line in (REPO / "dev" / "versions.env").read_text().splitlines():

@@ -11,7 +11,7 @@ from celery_operator.brokers.base import DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.controller.connections import Endpoint
 from celery_operator.kube.client import ApiError
-from celery_operator.models import SecretKeyRef
+from celery_operator.models import CeleryExchange, CeleryQueue, SecretKeyRef
 from celery_operator.render import names
 from celery_operator.topology import Topology
 
@@ -100,20 +100,15 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
     await patch_status(worker, api.APP, app_body, app_status, conds or conditions.ready())
 
     broker_conds = _broker_conditions(worker, broker)
-    for ex in topo.exchanges:
-        body = worker._bodies[(api.EXCHANGE, ex.meta.name)]
+    declared: list[tuple[str, CeleryExchange | CeleryQueue]] = [
+        *((api.EXCHANGE, e) for e in topo.exchanges), *((api.QUEUE, q) for q in topo.queues)]
+    for kind, obj in declared:
+        body = worker._bodies[(kind, obj.meta.name)]
         if body["metadata"].get("deletionTimestamp"):
             continue
-        result = worker.declare_result(api.EXCHANGE, ex.name)
-        conds = _problem_conditions(topo, api.EXCHANGE, ex.meta.name) or _declared(result, broker_conds)
-        await patch_status(worker, api.EXCHANGE, body, {"declared": bool(result and result[0])}, conds)
-    for q in topo.queues:
-        body = worker._bodies[(api.QUEUE, q.meta.name)]
-        if body["metadata"].get("deletionTimestamp"):
-            continue
-        result = worker.declare_result(api.QUEUE, q.name)
-        conds = _problem_conditions(topo, api.QUEUE, q.meta.name) or _declared(result, broker_conds)
-        await patch_status(worker, api.QUEUE, body, {"declared": bool(result and result[0])}, conds)
+        result = worker.declare_result(kind, obj.name)
+        conds = _problem_conditions(topo, kind, obj.meta.name) or _declared(result, broker_conds)
+        await patch_status(worker, kind, body, {"declared": bool(result and result[0])}, conds)
     for pool in topo.pools:
         await write_pool(worker, topo, pool.meta.name, deployments, broker_conds)
     for sched in topo.schedules:
