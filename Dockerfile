@@ -3,9 +3,11 @@
 #   docker build --build-arg VERSION=0.1.0 -t ghcr.io/celery-operator/celery-operator:0.1.0 .
 # Stage 1 builds wheels for the operator and every dependency; stage 2 installs only those wheels
 # into a clean slim image (no compiler, no index access) that runs as a numeric non-root user.
-# Both stages use the same pinned base as sample_tasks/Dockerfile.
+# Both stages use the same base as sample_tasks/Dockerfile: BASE_IMAGE (the pinned public python
+# image by default; the local cluster passes its own, built from Debian by dev/localenv/images.py).
 
-FROM python:3.11.14-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -14,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="celery-operator" \
       org.opencontainers.image.description="Kubernetes operator running Celery topologies described as custom resources" \

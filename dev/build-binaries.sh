@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Build (once) and cache the binaries the local control plane needs:
-#   kube-apiserver, kube-controller-manager  (k8s.io/kubernetes, via a wrapper module)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+#                                            (k8s.io/kubernetes, via a wrapper module)
 #   etcd                                     (go.etcd.io/etcd/server/v3, version pinned by kubernetes' go.mod)
 #   helm                                     (helm.sh/helm/v3)
 #   kubectl                                  (from the PyPI package's layer.zip)
+#   coredns                                  (github.com/coredns/coredns, cluster-DNS plugins only)
+#   local-path-provisioner                   (github.com/rancher/local-path-provisioner)
+#   crictl                                   (sigs.k8s.io/cri-tools: stops the node's pods on shutdown)
 # Everything lands in $CELERY_OPERATOR_CACHE/bin/<name>-<version>; a second run costs nothing.
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -19,8 +23,9 @@ export GOFLAGS=-buildvcs=false GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
 k8s=v$KUBERNETES_VERSION
 staging=v0.${KUBERNETES_VERSION#1.}
 
+K8S_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 need_k8s=0
-for c in kube-apiserver kube-controller-manager; do
+for c in $K8S_CMDS; do
   [ -x "$bin/$c-$k8s" ] || need_k8s=1
 done
 if [ $need_k8s = 1 ] || ! ls "$bin"/etcd-v* >/dev/null 2>&1; then
@@ -61,15 +66,17 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
-  log "building kube-apiserver and kube-controller-manager $k8s (cold: several minutes)"
+  log "building $K8S_CMDS $k8s (cold: several minutes)"
   (cd "$w" && go mod tidy -e >/dev/null 2>&1 || true
    cd "$w" && go get "k8s.io/kubernetes@$k8s" >&2
    go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${KUBERNETES_VERSION#1.}" \
-     -o "$w/out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager >&2)
-  mv "$w/out/kube-apiserver" "$bin/kube-apiserver-$k8s"
-  mv "$w/out/kube-controller-manager" "$bin/kube-controller-manager-$k8s"
+     -o "$w/out/" $(for c in $K8S_CMDS; do echo "k8s.io/kubernetes/cmd/$c"; done) >&2)
+  for c in $K8S_CMDS; do mv "$w/out/$c" "$bin/$c-$k8s"; done
   rm -rf "$w"; trap - EXIT
   log "kubernetes built in $(( $(date +%s) - t0 ))s"
 fi
@@ -120,9 +127,69 @@ PY
   rm -rf "$w"; trap - EXIT
 fi
 
+if [ ! -x "$bin/coredns-v$COREDNS_VERSION" ]; then
+  t0=$(date +%s)
+  w=$(mktemp -d "$cache/coredns-wrapper.XXXX")
+  trap 'rm -rf "$w"' EXIT
+  printf 'module celery-operator.dev/coredns-wrapper\n\ngo 1.26\n' > "$w/go.mod"
+  # A cluster DNS needs these plugins only (the order is CoreDNS's plugin.cfg order); building
+  # them alone skips the cloud SDKs of the full distribution. No `forward`: nothing leaves the machine.
+  cat > "$w/main.go" <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+)
+
+func init() {
+	dnsserver.Directives = []string{"reload", "health", "ready", "errors", "log", "cache", "loadbalance", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  log "building coredns v$COREDNS_VERSION"
+  (cd "$w" && go get "github.com/coredns/coredns@v$COREDNS_VERSION" >&2 && go mod tidy >&2 &&
+   go build -trimpath -ldflags "-s -w" -o "$w/coredns" . >&2)
+  mv "$w/coredns" "$bin/coredns-v$COREDNS_VERSION"
+  rm -rf "$w"; trap - EXIT
+  log "coredns built in $(( $(date +%s) - t0 ))s"
+fi
+
+if [ ! -x "$bin/local-path-provisioner-v$LOCAL_PATH_PROVISIONER_VERSION" ]; then
+  t0=$(date +%s)
+  log "building local-path-provisioner v$LOCAL_PATH_PROVISIONER_VERSION"
+  GOBIN="$cache/gobin-lpp" go install -trimpath -ldflags "-s -w" \
+    "github.com/rancher/local-path-provisioner@v$LOCAL_PATH_PROVISIONER_VERSION" >&2
+  mv "$cache/gobin-lpp/local-path-provisioner" "$bin/local-path-provisioner-v$LOCAL_PATH_PROVISIONER_VERSION"
+  rm -rf "$cache/gobin-lpp"
+  log "local-path-provisioner built in $(( $(date +%s) - t0 ))s"
+fi
+
+if [ ! -x "$bin/crictl-v$CRI_TOOLS_VERSION" ]; then
+  t0=$(date +%s)
+  log "building crictl v$CRI_TOOLS_VERSION"
+  GOBIN="$cache/gobin-crictl" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@v$CRI_TOOLS_VERSION" >&2
+  mv "$cache/gobin-crictl/crictl" "$bin/crictl-v$CRI_TOOLS_VERSION"
+  rm -rf "$cache/gobin-crictl"
+  log "crictl built in $(( $(date +%s) - t0 ))s"
+fi
+
 # Stable names pointing at the pinned versions.
-ln -sf "kube-apiserver-$k8s" "$bin/kube-apiserver"
-ln -sf "kube-controller-manager-$k8s" "$bin/kube-controller-manager"
+for c in $K8S_CMDS; do ln -sf "$c-$k8s" "$bin/$c"; done
+ln -sf "coredns-v$COREDNS_VERSION" "$bin/coredns"
+ln -sf "local-path-provisioner-v$LOCAL_PATH_PROVISIONER_VERSION" "$bin/local-path-provisioner"
+ln -sf "crictl-v$CRI_TOOLS_VERSION" "$bin/crictl"
 ln -sf "$(cd "$bin" && ls -1 etcd-v* | sort -V | tail -1)" "$bin/etcd"
 ln -sf "helm-v$HELM_VERSION" "$bin/helm"
 ln -sf "$(cd "$bin" && ls -1 kubectl-v* | tail -1)" "$bin/kubectl"

@@ -2,6 +2,7 @@
 
 1. charts/celery-operator/files/crds/  <- copy of crds/*.yaml (helm only reads files inside the chart;
    a symlink works for helm itself but makes helm warn on stderr, which checkov treats as a failed render).
+   charts/celery-operator/files/rbac/  <- the RBAC rules of operator/celery_operator/rbac.py.
 2. deploy/                             <- the chart's default render as plain, kustomize-ready manifests
    (namespace.yaml, crds/, operator/, kustomization.yaml) for Argo CD / Flux / `kubectl apply -k`.
 3. deploy/argocd/argocd-cm-patch.yaml  <- deploy/argocd/health.lua wired to every kind.
@@ -31,12 +32,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
-from celery_operator import api  # noqa: E402
+from celery_operator import api, rbac  # noqa: E402
 
 CHART = REPO / "charts" / "celery-operator"
 CRDS = REPO / "crds"
 DEPLOY = REPO / "deploy"
 CHART_CRDS = CHART / "files" / "crds"
+CHART_RBAC = CHART / "files" / "rbac"
 HEALTH_LUA = DEPLOY / "argocd" / "health.lua"
 ARGOCD_PATCH = DEPLOY / "argocd" / "argocd-cm-patch.yaml"
 INSTALL_DOC = REPO / "docs" / "install.md"
@@ -88,6 +90,28 @@ def sync_crds(src: Path = CRDS, dst: Path = CHART_CRDS) -> None:
     for name in sorted(wanted):
         if not (dst / name).exists() or not filecmp.cmp(src / name, dst / name, shallow=False):
             shutil.copyfile(src / name, dst / name)
+
+
+def rbac_files() -> dict[str, str]:
+    """File name -> content of the chart's RBAC rule lists, from celery_operator.rbac."""
+    out = {}
+    for name, rules in rbac.CHART_FILES.items():
+        text = "# Generated from operator/celery_operator/rbac.py by dev/gen_manifests.py. Do not edit.\n"
+        for rule in rules:
+            text += f"# {rule.why}\n" + yaml.safe_dump([rule.as_dict()], sort_keys=False, default_flow_style=None)
+        out[name] = text
+    return out
+
+
+def sync_rbac(dst: Path = CHART_RBAC) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    files = rbac_files()
+    for old in dst.glob("*.yaml"):
+        if old.name not in files:
+            old.unlink()
+    for name, text in files.items():
+        if not (dst / name).exists() or (dst / name).read_text() != text:
+            (dst / name).write_text(text)
 
 
 def namespace_manifest() -> str:
@@ -225,11 +249,13 @@ def check(helm: str) -> list[str]:
     """Every difference between the committed generated files and a fresh generation."""
     problems = diff_trees({p.name: p.read_text() for p in CRDS.glob("*.yaml")},
                           {p.name: p.read_text() for p in CHART_CRDS.glob("*.yaml")})
+    problems += diff_trees(rbac_files(), {p.name: p.read_text() for p in CHART_RBAC.glob("*.yaml")})
     with tempfile.TemporaryDirectory() as tmp:
         # Render from a chart whose CRD copy is fresh, so a stale copy is reported once, above.
         chart = Path(tmp) / "chart"
         shutil.copytree(CHART, chart)
         sync_crds(CRDS, chart / "files" / "crds")
+        sync_rbac(chart / "files" / "rbac")
         out = Path(tmp) / "deploy"
         files = deploy_files(helm_template(helm, chart))
         for rel, content in files.items():
@@ -251,12 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     helm = find_helm()
     if args.check:
         problems = check(helm)
-        print("\n".join(problems) if problems else "CRD copy, deploy/ and docs values table are up to date")
+        print("\n".join(problems) if problems else "CRD and RBAC copies, deploy/ and docs values table are up to date")
         return 1 if problems else 0
     sync_crds()
+    sync_rbac()
     generate(helm, DEPLOY)
     INSTALL_DOC.write_text(with_values_table(INSTALL_DOC.read_text(), (CHART / "values.yaml").read_text()))
-    print(f"regenerated {CHART_CRDS.relative_to(REPO)}, {DEPLOY.relative_to(REPO)}/ and the values table"
+    print(f"regenerated {CHART_CRDS.relative_to(REPO)}, {CHART_RBAC.relative_to(REPO)}, {DEPLOY.relative_to(REPO)}/"
+          " and the values table"
           f" in {INSTALL_DOC.relative_to(REPO)}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Where the control plane's binaries are, building them (once, cached) when missing."""
+"""Where the local cluster's binaries are, building them (once, cached) when missing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from localenv.procs import REPO
 
-NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "helm",
+         "coredns", "local-path-provisioner", "crictl")
 
 
 def cache_dir() -> Path:

@@ -1,9 +1,9 @@
-"""A real Kubernetes control plane on loopback: etcd + kube-apiserver + kube-controller-manager.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
 
-No kubelet and no scheduler: pods are created by controllers but never run (the pod runner in
-`localenv.podrunner` runs a Deployment's containers as local processes instead). The API server
-runs with RBAC, a client CA (the admin kubeconfig uses a client certificate in system:masters),
-service-account token signing (TokenRequest works) and the flags controller-runtime's envtest uses.
+The API server runs with the Node and RBAC authorizers and NodeRestriction, a client CA (the admin
+kubeconfig uses a client certificate in system:masters), service-account token signing (TokenRequest
+works) and what a kubelet needs to be reached for logs, exec and port-forward (`localenv.node` adds the
+node). Everything binds 127.0.0.1 on random ports.
 """
 
 from __future__ import annotations
@@ -19,51 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localenv import binaries
+from localenv.pki import PKI, KeyPair, kubeconfig
 from localenv.procs import ServerError, free_port, spawn, stop, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
+NODE_NAME = "localhost"  # the apiserver reaches the kubelet by this name (127.0.0.1), see localenv.node
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def make_pki(d: Path) -> None:
-    """CA, API server serving cert, admin client cert, service-account key pair."""
-    d.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "7", "-subj", "/CN=celery-operator-local-ca", cwd=d)
-    (d / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=kube-apiserver", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.crt", "-days", "7", "-extfile", "server.ext", cwd=d)
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "admin.key", "-out", "admin.csr",
-             "-subj", "/O=system:masters/CN=admin", cwd=d)
-    _openssl("x509", "-req", "-in", "admin.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "admin.crt", "-days", "7", "-extfile", "client.ext", cwd=d)
-    _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
-    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
-
-
-def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
-    """Admin kubeconfig with a client certificate; written as JSON (valid YAML) to avoid a yaml dependency."""
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server,
-                                                  "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "admin", "user": {"client-certificate": str(pki / "admin.crt"),
-                                             "client-key": str(pki / "admin.key")}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin",
-                                                  "namespace": "default"}}],
-        "current-context": "local",
-    }
-    path.write_text(json.dumps(cfg, indent=2))
+def write_kubeconfig(path: Path, server: str, pki: PKI, pair: KeyPair, user: str = "admin") -> None:
+    """A kubeconfig with file paths, written as JSON (valid YAML)."""
+    path.write_text(json.dumps(kubeconfig(server, pki.ca, pair, user), indent=2))
 
 
 @dataclass
@@ -72,6 +38,7 @@ class ControlPlane:
 
     workdir: Path | None = None
     controller_manager: bool = True
+    scheduler: bool = True
     bin_dir: Path = field(default_factory=lambda: Path())
     server: str = ""
     kubeconfig: Path = field(default_factory=lambda: Path())
@@ -86,9 +53,9 @@ class ControlPlane:
         self.stop()
 
     @property
-    def pki(self) -> Path:
+    def pki(self) -> PKI:
         assert self.workdir is not None
-        return self.workdir / "pki"
+        return PKI(self.workdir / "pki")
 
     def log(self, name: str) -> Path:
         assert self.workdir is not None
@@ -108,7 +75,14 @@ class ControlPlane:
 
     def _start(self, timeout: float) -> None:
         assert self.workdir is not None
-        make_pki(self.pki)
+        pki = self.pki
+        pki.create()
+        serving = pki.issue("apiserver", "kube-apiserver", client=False, server_names=(
+            "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local"), server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
+        admin = pki.issue("admin", "admin", ("system:masters",))
+        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                   ("system:masters",))
         etcd_port, etcd_peer = free_port(), free_port()
         self._procs["etcd"] = spawn([
             str(self.bin_dir / "etcd"), "--name", "local", "--data-dir", str(self.workdir / "etcd"),
@@ -125,25 +99,29 @@ class ControlPlane:
 
         api_port = free_port()
         self.server = f"https://127.0.0.1:{api_port}"
-        p = self.pki
         self._procs["kube-apiserver"] = spawn([
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--secure-port={api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--tls-cert-file={p / 'server.crt'}", f"--tls-private-key-file={p / 'server.key'}",
-            f"--client-ca-file={p / 'ca.crt'}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={pki.ca}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p / 'sa.pub'}",
-            f"--service-account-signing-key-file={p / 'sa.key'}",
+            f"--service-account-key-file={pki.dir / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=RBAC", "--allow-privileged=true",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            # The kubelet serves on 127.0.0.1 under the node name `localhost` (localenv.node).
+            "--kubelet-preferred-address-types=Hostname",
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={pki.ca}",
             "--enable-priority-and-fairness=false", "--profiling=false",
             "--endpoint-reconciler-type=none", "--v=0",
         ], self.log("kube-apiserver"))
-        ctx = ssl.create_default_context(cafile=str(p / "ca.crt"))
-        ctx.load_cert_chain(str(p / "admin.crt"), str(p / "admin.key"))
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        ctx.load_cert_chain(str(admin.cert), str(admin.key))
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=3) as r:
@@ -151,23 +129,31 @@ class ControlPlane:
 
         wait_until(ready, timeout, "kube-apiserver", self._procs["kube-apiserver"], self.log("kube-apiserver"))
         self.kubeconfig = self.workdir / "kubeconfig"
-        write_kubeconfig(self.kubeconfig, self.server, p)
+        write_kubeconfig(self.kubeconfig, self.server, pki, admin)
 
         if self.controller_manager:
             self._procs["kube-controller-manager"] = spawn([
                 str(self.bin_dir / "kube-controller-manager"),
                 f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                f"--root-ca-file={p / 'ca.crt'}", f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={pki.ca}", f"--service-account-private-key-file={pki.dir / 'sa.key'}",
                 "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
                 "--use-service-account-credentials=false",
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,"
-                "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl,-bootstrapsigner,"
-                "-tokencleaner,-csrsigning,-csrapproving,-csrcleaner,-endpointslicemirroring",
+                # No cloud, no pod CIDR allocation (the node's CNI has its own range), no CSR signing.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-route,-service,"
+                "-ttl,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving,-csrcleaner,"
+                "-endpointslicemirroring",
                 "--concurrent-gc-syncs=5", "--v=0",
             ], self.log("kube-controller-manager"))
             wait_until(self._default_service_account_exists, timeout, "kube-controller-manager",
                        self._procs["kube-controller-manager"], self.log("kube-controller-manager"))
+        if self.scheduler:
+            self._procs["kube-scheduler"] = spawn([
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--v=0",
+            ], self.log("kube-scheduler"))
 
     def _default_service_account_exists(self) -> bool:
         r = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
@@ -189,7 +175,7 @@ class ControlPlane:
         return env
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             stop(self._procs.pop(name, None))
         if self._own_workdir and self.workdir is not None and not os.environ.get("KEEP_LOCALENV"):
             shutil.rmtree(self.workdir, ignore_errors=True)

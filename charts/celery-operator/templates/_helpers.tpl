@@ -63,28 +63,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The operator's permissions on the namespaced objects it watches and creates: the ONE place they
-are written. Bound cluster-wide (ClusterRole) when watchNamespaces is empty, else per namespace (Role).
+The operator's permissions on the namespaced objects it watches and creates, generated from
+operator/celery_operator/rbac.py into files/rbac/ (dev/gen_manifests.py). Bound cluster-wide
+(ClusterRole) when watchNamespaces is empty, else per namespace (Role).
 */}}
 {{- define "celery-operator.namespacedRules" -}}
-- apiGroups: ["celery-operator.dev"]
-  resources: ["celeryapps", "celeryexchanges", "celeryqueues", "celeryworkerpools", "celerybeatschedules"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-- apiGroups: ["celery-operator.dev"]
-  resources: ["celeryapps/status", "celeryexchanges/status", "celeryqueues/status", "celeryworkerpools/status", "celerybeatschedules/status"]
-  verbs: ["patch", "update"]
-- apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+{{ .Files.Get "files/rbac/namespaced.yaml" }}
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
@@ -92,17 +76,10 @@ are written. Bound cluster-wide (ClusterRole) when watchNamespaces is empty, els
 
 {{/* Cluster-scoped reads kopf needs in every mode: CRD discovery, and namespaces for all-namespaces watching. */}}
 {{- define "celery-operator.clusterReadRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+{{ .Files.Get "files/rbac/cluster-read.yaml" }}
 {{- end }}
 
 {{/* Leader election: a Lease in the release namespace only. */}}
 {{- define "celery-operator.leaseRules" -}}
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
+{{ .Files.Get "files/rbac/lease.yaml" }}
 {{- end }}

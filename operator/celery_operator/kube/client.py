@@ -6,13 +6,10 @@ depends on a generated client's version-specific call signatures.
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import json
-import os
-import ssl
-import tempfile
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -22,6 +19,7 @@ import kopf
 from celery_operator import api
 
 Body = dict[str, Any]
+log = logging.getLogger(__name__)
 
 # kind -> (api prefix, plural) for everything the operator touches.
 _CORE: Final = {"Service": "services", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
@@ -31,12 +29,20 @@ _GROUPED: Final = {"Deployment": ("apps/v1", "deployments"), "StatefulSet": ("ap
                    "Lease": ("coordination.k8s.io/v1", "leases")}
 
 
-def _to_file(data: str | bytes) -> str:
-    """ssl wants files for client certs: keep inline kubeconfig data in a private temp file."""
-    fd, path = tempfile.mkstemp(prefix="celery-operator-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    return path
+REQUEST_TIMEOUT_SECONDS = 30
+
+
+def _login() -> kopf.ConnectionInfo:
+    """Credentials the way kopf's default login finds them: in-cluster (service-account token, CA,
+    KUBERNETES_SERVICE_HOST/PORT), else the kubeconfig (paths or inline data, tokens, exec plugins)."""
+    settings = kopf.OperatorSettings()
+    try:
+        conn = kopf.login_via_client(logger=log, settings=settings)
+    except kopf.LoginError as e:
+        raise RuntimeError(f"no Kubernetes credentials: {e}") from None
+    if conn is None:
+        raise RuntimeError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
+    return conn
 
 
 class ApiError(Exception):
@@ -79,54 +85,23 @@ class KubeClient:
 
     @classmethod
     async def login(cls) -> KubeClient:
-        settings = kopf.OperatorSettings()
-        try:
-            conn = kopf.login_with_service_account(settings=settings)
-        except Exception:  # noqa: BLE001 - not in a cluster: fall back to the kubeconfig
-            conn = None
-        if conn is not None:
-            # In a pod, the API server is where the kubelet says (kopf assumes kubernetes.default.svc).
-            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-            if host and port:
-                host = f"[{host}]" if ":" in host else host
-                conn = dataclasses.replace(conn, server=f"https://{host}:{port}")
-        if conn is None:
-            conn = kopf.login_with_kubeconfig(settings=settings)
-        if conn is None:
-            raise RuntimeError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
-        return cls(conn)
-
-    def _ssl(self) -> ssl.SSLContext | bool:
-        c = self.conn
-        if c.insecure:
-            return False
-        ctx = ssl.create_default_context(cafile=c.ca_path) if c.ca_path else ssl.create_default_context()
-        if c.ca_data:
-            ctx.load_verify_locations(cadata=c.ca_data.decode() if isinstance(c.ca_data, bytes) else c.ca_data)
-        cert, key = c.certificate_path, c.private_key_path
-        if c.certificate_data and c.private_key_data:
-            cert, key = _to_file(c.certificate_data), _to_file(c.private_key_data)
-        if cert and key:
-            ctx.load_cert_chain(cert, key)
-        return ctx
-
-    def _headers(self) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": api.OPERATOR_NAME}
-        token = self.conn.token
-        # Projected service-account tokens rotate: re-read the file on every request (it is tiny).
-        sa_token = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-        if self.conn.scheme == "Bearer" and sa_token.exists():
-            token = sa_token.read_text().strip()
-        if token:
-            h["Authorization"] = f"{self.conn.scheme or 'Bearer'} {token}"
-        return h
+        return cls(await asyncio.to_thread(_login))
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # kopf's own decoding of the credentials: inline kubeconfig data, files, tokens.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=20),
-                timeout=aiohttp.ClientTimeout(total=30))
+                connector=aiohttp.TCPConnector(ssl=self.conn.as_ssl_context(), limit=20),
+                headers={**self.conn.as_http_headers(), "User-Agent": api.OPERATOR_NAME},
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
         return self._session
+
+    async def _relogin(self) -> None:
+        """After a 401: credentials rotate (projected tokens, exec plugins), so log in again."""
+        self.conn = await asyncio.to_thread(_login)
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -134,9 +109,19 @@ class KubeClient:
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                       body: Any = None, content_type: str = "application/json") -> Body:
+        try:
+            return await self._request(method, path, params, body, content_type)
+        except ApiError as e:
+            if e.status != 401:
+                raise
+        await self._relogin()
+        return await self._request(method, path, params, body, content_type)
+
+    async def _request(self, method: str, path: str, params: dict[str, str] | None, body: Any,
+                       content_type: str) -> Body:
         s = await self.session()
         url = self.conn.server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
-        headers = self._headers()
+        headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

@@ -1,0 +1,88 @@
+"""The local cluster: the control plane, one kubelet node, its add-ons and the images pods run.
+
+`Cluster(workdir).start()` builds what is missing (binaries and images, cached), starts etcd, the
+apiserver, the controller manager and the scheduler, then containerd, the kubelet and kube-proxy,
+loads the images into containerd, and applies CoreDNS and the local-path provisioner. `stop()`
+undoes all of it, on the host too (localenv.node).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localenv import addons
+from localenv.controlplane import ControlPlane
+from localenv.images import Images
+from localenv.node import CLUSTER_DNS_IP, CLUSTER_DOMAIN, Node
+
+# Images every cluster loads: the sandbox, the add-ons, and what tests and the demo run.
+NODE_IMAGES = ("pause", "coredns", "local-path-provisioner", "debian")
+WORKLOAD_IMAGES = ("operator", "sample-tasks", "rabbitmq", "redis")
+
+
+@dataclass
+class Cluster:
+    workdir: Path | None = None
+    images: Images = field(default_factory=Images)
+    control_plane: ControlPlane = field(init=False)
+    node: Node = field(init=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    _own_workdir: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="celery-operator-cluster-"))
+            self._own_workdir = True
+        self.control_plane = ControlPlane(workdir=self.workdir / "control-plane")
+        self.node = Node(self.control_plane, self.workdir / "node", self.images.ref("pause"))
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _timed(self, what: str, t0: float) -> None:
+        self.timings[what] = round(time.monotonic() - t0, 1)
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.images.build(*NODE_IMAGES, *WORKLOAD_IMAGES)
+        self._timed("images built", t0)
+        try:
+            t = time.monotonic()
+            self.control_plane.start()
+            self._timed("control plane", t)
+            t = time.monotonic()
+            self.node.start_runtime()
+            self.images.import_into(self.node.ctr, *NODE_IMAGES, *WORKLOAD_IMAGES)
+            self._timed("images imported", t)
+            t = time.monotonic()
+            self.node.start_kubelet()
+            self._timed("node ready", t)
+            t = time.monotonic()
+            addons.apply(self.control_plane, coredns_image=self.images.ref("coredns"),
+                         cluster_dns_ip=CLUSTER_DNS_IP, cluster_domain=CLUSTER_DOMAIN,
+                         provisioner_image=self.images.ref("local-path-provisioner"),
+                         helper_image=self.images.ref("debian"), volumes_dir=self.node.volumes_dir)
+            addons.wait_available(self.control_plane)
+            self._timed("add-ons", t)
+        except BaseException:
+            self.stop()
+            raise
+        self._timed("total", t0)
+
+    def image(self, name: str) -> str:
+        """The tag pods use for one of the project's images (operator, sample-tasks, rabbitmq, redis)."""
+        return self.images.ref(name)
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.control_plane.stop()
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""The local cluster's certificates: one CA, and a key pair per component identity (openssl).
+
+Identities follow Kubernetes' conventions, so the API server's Node and RBAC authorizers treat each
+component as they would in any cluster: the kubelet is `system:node:<node>` in `system:nodes`,
+kube-proxy is `system:kube-proxy`, the scheduler `system:kube-scheduler`, the admin is in
+`system:masters`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DAYS = "7"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class PKI:
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    def create(self) -> None:
+        """The CA and the service-account signing key pair."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+                 "-days", DAYS, "-subj", "/CN=celery-operator-local-ca", cwd=self.dir)
+        _openssl("genrsa", "-out", "sa.key", "2048", cwd=self.dir)
+        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=self.dir)
+
+    def issue(self, name: str, cn: str, orgs: tuple[str, ...] = (), *, server_names: tuple[str, ...] = (),
+              server_ips: tuple[str, ...] = (), client: bool = True) -> KeyPair:
+        """A key pair signed by the CA: a client certificate, a serving one (names/IPs), or both."""
+        subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
+        usages = (["clientAuth"] if client else []) + (["serverAuth"] if server_names or server_ips else [])
+        ext = [f"extendedKeyUsage={','.join(usages)}"]
+        if server_names or server_ips:
+            sans = [f"DNS:{n}" for n in server_names] + [f"IP:{ip}" for ip in server_ips]
+            ext.append(f"subjectAltName={','.join(sans)}")
+        (self.dir / f"{name}.ext").write_text("\n".join(ext) + "\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", subj, cwd=self.dir)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", DAYS, "-extfile", f"{name}.ext", cwd=self.dir)
+        return KeyPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
+
+    def pair(self, name: str) -> KeyPair:
+        return KeyPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
+
+
+def kubeconfig(server: str, ca: Path, pair: KeyPair, user: str = "admin",
+               namespace: str = "default") -> dict[str, object]:
+    """A kubeconfig with file paths (what the harness writes; `kubectl config view --flatten` inlines it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user, "namespace": namespace}}],
+        "current-context": "local",
+    }

@@ -1,0 +1,71 @@
+"""Every Kubernetes permission the operator needs, in one place.
+
+The chart's RBAC is generated from this module (`dev/gen_manifests.py` writes
+`charts/celery-operator/files/rbac/`), and the end-to-end tests run the operator under exactly
+that RBAC (a token of the chart's ServiceAccount), so a call missing here fails a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from celery_operator import api
+
+
+@dataclass(frozen=True)
+class Rule:
+    groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"apiGroups": list(self.groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+_PLURALS = tuple(plural for plural, _, _ in api.KINDS.values())
+_WRITE = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+# Granted in every watched namespace (a ClusterRole in all-namespaces mode, else one Role per namespace).
+NAMESPACED: Final = (
+    Rule((api.GROUP,), _PLURALS, ("get", "list", "watch", "patch", "update"),
+         "watch the custom resources; kopf patches finalizers and its annotations"),
+    Rule((api.GROUP,), tuple(f"{p}/status" for p in _PLURALS), ("patch", "update"),
+         "write status.conditions and the observed fields"),
+    Rule(("apps",), ("deployments", "statefulsets"), _WRITE,
+         "worker and beat Deployments, managed broker StatefulSets (server-side apply)"),
+    Rule(("apps",), ("deployments/scale",), ("get", "patch", "update"),
+         "the autoscaler sets a pool's replicas through the scale subresource"),
+    Rule(("",), ("services", "configmaps", "secrets"), _WRITE,
+         "the generated Celery config, managed broker Services and credentials; broker URLs from Secrets"),
+    Rule(("",), ("pods", "persistentvolumeclaims"), ("get", "list", "watch"),
+         "pod and claim failures (image pull, crash loop, unschedulable, unbound) become pool and app conditions"),
+    Rule(("",), ("events",), ("create", "patch"), "Events on the custom resources"),
+    Rule(("events.k8s.io",), ("events",), ("create", "patch"), "kopf posts events.k8s.io Events"),
+)
+
+# Cluster-scoped reads kopf needs in every mode: CRD discovery, and namespaces for all-namespaces watching.
+CLUSTER_READ: Final = (
+    Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "list", "watch"),
+         "kopf discovers the CRDs it serves"),
+    Rule(("",), ("namespaces",), ("get", "list", "watch"), "kopf follows namespaces in all-namespaces mode"),
+)
+
+# Leader election: the Lease in the operator's own namespace.
+LEASE: Final = (
+    Rule(("coordination.k8s.io",), ("leases",), ("get", "list", "watch", "create", "update", "patch"),
+         "leader election"),
+)
+
+# Chart file name -> rules (the chart's templates include these files).
+CHART_FILES: Final = {"namespaced.yaml": NAMESPACED, "cluster-read.yaml": CLUSTER_READ, "lease.yaml": LEASE}
+
+
+def flatten(rules: tuple[Rule, ...] | list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) triples of rules (ours or rendered RBAC objects')."""
+    out = set()
+    for r in rules:
+        d = r.as_dict() if isinstance(r, Rule) else r
+        out |= {(g, res, v) for g in d["apiGroups"] for res in d["resources"] for v in d["verbs"]}
+    return out
