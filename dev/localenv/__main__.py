@@ -1,23 +1,23 @@
 """`python -m localenv up | down | demo` (what `make up`, `make down` and `make demo` run).
 
-`up` starts the control plane, RabbitMQ and Redis on loopback with their state in `.local/`, and
-leaves them running; `down` stops them; `demo` runs the operator (in the foreground) with the
-sample topology pointed at the local RabbitMQ and Redis, and runs its workers with the pod runner.
+`up` starts the local cluster (control plane + one kubelet node, state in `.local/`) and leaves it
+running; `down` stops it and gives the host back what the node changed (it also cleans up after a
+test run that died without stopping its node); `demo` installs the operator with helm and runs the
+sample topology and a producer on it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
-from localenv.brokers import RabbitMQ, Redis
-from localenv.controlplane import ControlPlane
+from localenv.cluster import Cluster
+from localenv.node import ACTIVE_FILE, clean_up_after_crash, node_owner_alive
 from localenv.procs import REPO
 
 STATE_DIR = REPO / ".local"
@@ -25,73 +25,48 @@ STATE = STATE_DIR / "state.json"
 NAMESPACE = "demo"
 
 
-def _pgids(*procs: subprocess.Popen[bytes] | None) -> list[int]:
-    return [p.pid for p in procs if p is not None]
+def load_state() -> dict[str, Any] | None:
+    return json.loads(STATE.read_text()) if STATE.exists() else None
 
 
 def up() -> int:
-    if STATE.exists():
+    state = load_state()
+    if state is not None:
         print(f"already up (state in {STATE}); `make down` first to restart")
-        print_env(json.loads(STATE.read_text()))
+        print_env(state)
         return 0
     STATE_DIR.mkdir(exist_ok=True)
-    cp = ControlPlane(workdir=STATE_DIR / "control-plane")
-    rabbit = RabbitMQ(STATE_DIR / "rabbitmq")
-    redis = Redis(STATE_DIR / "redis")
-    try:
-        cp.start()
-        rabbit.start()
-        redis.start()
-    except BaseException:
-        cp.stop()
-        rabbit.stop(graceful=False)
-        redis.stop(graceful=False)
-        raise
-    state = {
-        "kubeconfig": str(cp.kubeconfig), "server": cp.server, "bin_dir": str(cp.bin_dir),
-        "broker_url": rabbit.url("/"), "management_url": rabbit.management_url, "redis_url": redis.url(0),
-        "epmd_port": rabbit.epmd_port,
-        "pgids": _pgids(*cp._procs.values(), rabbit._proc, rabbit._epmd, redis._proc),
-    }
+    cluster = Cluster(workdir=STATE_DIR / "cluster")
+    cluster.start()
+    state = cluster.detach()
     STATE.write_text(json.dumps(state, indent=2))
+    print(f"local cluster up in {cluster.timings['total']:.0f}s ({cluster.timings})")
     print_env(state)
     return 0
 
 
-def print_env(state: dict[str, object]) -> None:
+def print_env(state: dict[str, Any]) -> None:
     print(f"""
-local control plane: {state['server']}
-RabbitMQ (broker):   {state['broker_url']}  management: {state['management_url']}
-Redis (results):     {state['redis_url']}
+local cluster: {state['server']} (one node, `localhost`; images {', '.join(state['images'].values())})
 
 Point kubectl at it:
   export KUBECONFIG={state['kubeconfig']} PATH={state['bin_dir']}:$PATH
-  kubectl get namespaces
+  kubectl get nodes,pods -A
+Run tests against it instead of a fresh cluster: LOCALENV_REUSE=1 .venv/bin/pytest ...
 """)
 
 
 def down() -> int:
-    if not STATE.exists():
+    state = load_state()
+    if state is not None:
+        Cluster.attach(state).stop()
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
+        print("stopped")
+    if ACTIVE_FILE.exists() and not node_owner_alive(json.loads(ACTIVE_FILE.read_text())):
+        for line in clean_up_after_crash():
+            print(line)
+    elif state is None:
         print("nothing is up")
-        return 0
-    state = json.loads(STATE.read_text())
-    for pgid in state["pgids"]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for pgid in state["pgids"]:
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    if shutil.which("epmd"):
-        subprocess.run(["epmd", "-port", str(state["epmd_port"]), "-kill"], capture_output=True, check=False)
-    shutil.rmtree(STATE_DIR, ignore_errors=True)
-    print("stopped")
     return 0
 
 

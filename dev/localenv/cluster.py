@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from localenv import addons
 from localenv.controlplane import ControlPlane
@@ -76,6 +77,35 @@ class Cluster:
             self.stop()
             raise
         self._timed("total", t0)
+
+    def state(self) -> dict[str, object]:
+        """What another process needs to use (`attach`) or stop this cluster after this one exits."""
+        cp = self.control_plane
+        return {"workdir": str(self.workdir), "kubeconfig": str(cp.kubeconfig), "server": cp.server,
+                "bin_dir": str(cp.bin_dir), "control_plane_pids": cp.pids(),
+                "images": {n: self.images.ref(n) for n in WORKLOAD_IMAGES}}
+
+    def detach(self) -> dict[str, object]:
+        """Leave the cluster running after this process exits (`make up`); returns its state."""
+        self.node.detach()
+        return self.state()
+
+    @classmethod
+    def attach(cls, state: dict[str, Any]) -> Cluster:
+        """A cluster `make up` started: usable, and `stop()` stops it."""
+        c = cls(workdir=Path(state["workdir"]))
+        c.control_plane = ControlPlane.attach(c.workdir / "control-plane", state["server"],  # type: ignore[operator]
+                                              state["control_plane_pids"])
+        c.node = Node(c.control_plane, c.workdir / "node", c.images.ref("pause"))  # type: ignore[operator]
+        return c
+
+    def refresh_images(self) -> list[str]:
+        """Build and load the images whose current tag the node lacks (after a source change)."""
+        have = set(self.node.ctr("images", "ls", "-q").stdout.split())
+        missing = [n for n in (*NODE_IMAGES, *WORKLOAD_IMAGES) if self.images.ref(n) not in have]
+        if missing:
+            self.images.import_into(self.node.ctr, *missing)
+        return missing
 
     def image(self, name: str) -> str:
         """The tag pods use for one of the project's images (operator, sample-tasks, rabbitmq, redis)."""

@@ -8,19 +8,22 @@ node). Everything binds 127.0.0.1 on random ports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localenv import binaries
 from localenv.pki import PKI, KeyPair, kubeconfig
-from localenv.procs import ServerError, free_port, spawn, stop, wait_until
+from localenv.procs import ServerError, free_port, pid_alive, spawn, stop, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
@@ -43,6 +46,7 @@ class ControlPlane:
     server: str = ""
     kubeconfig: Path = field(default_factory=lambda: Path())
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _attached: dict[str, int] = field(default_factory=dict)
     _own_workdir: bool = False
 
     def __enter__(self) -> ControlPlane:
@@ -174,8 +178,27 @@ class ControlPlane:
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         return env
 
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items()}
+
+    @classmethod
+    def attach(cls, workdir: Path, server: str, pids: dict[str, int]) -> ControlPlane:
+        """A control plane another process started (`make up`); `stop()` ends it through `pids`."""
+        cp = cls(workdir=workdir, server=server, kubeconfig=workdir / "kubeconfig", bin_dir=binaries.bin_dir())
+        cp._attached = dict(pids)
+        return cp
+
     def stop(self) -> None:
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             stop(self._procs.pop(name, None))
+            pid = self._attached.pop(name, None)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and pid_alive(pid):
+                    time.sleep(0.1)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
         if self._own_workdir and self.workdir is not None and not os.environ.get("KEEP_LOCALENV"):
             shutil.rmtree(self.workdir, ignore_errors=True)

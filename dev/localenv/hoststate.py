@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,18 @@ def _cgroup_children() -> dict[str, list[str]]:
 
 
 def _remove_cgroup_tree(path: Path) -> None:
-    """rmdir a cgroup and its children, leaves first (a cgroup with live tasks stays)."""
+    """Kill what still runs in a cgroup tree (containers outlive a killed shim), then rmdir it, leaves first."""
+    for _ in range(3):
+        pids = set()
+        for procs in path.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in procs.read_text().split()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        time.sleep(0.5)
     for root, dirs, _ in os.walk(path, topdown=False):
         for d in dirs:
             with contextlib.suppress(OSError):

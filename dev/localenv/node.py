@@ -20,6 +20,7 @@ host back its sysctls, iptables chains, directories and cgroups (`localenv.hosts
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -41,7 +42,15 @@ CLUSTER_DNS_IP = "10.0.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 GUARD_CHAIN = "CELERY-OPERATOR-GUARD"
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
-HOST_TOOLS = ("containerd", "runc", "iptables", "ip", "socat", "conntrack")
+HOST_TOOLS = ("containerd", "runc", "iptables", "ip", "socat", "conntrack", "unshare")
+# One node per machine: bridge, iptables chains and the kubelet's fixed paths are machine-wide.
+# ACTIVE_FILE says which node runs (its directory, its owner, its processes), so the next start (or
+# `localenv down`) can tell a running node from one whose owner died, and clean up after the latter;
+# LOCK_FILE only serializes that check.
+LOCK_FILE = Path("/run/lock/celery-operator-node.lock")
+ACTIVE_FILE = Path("/run/celery-operator-node.json")
+# Seconds a second node waits for the machine's node to stop before giving up (0: fail at once).
+ENV_WAIT = "CELERY_OPERATOR_NODE_WAIT_SECONDS"
 
 
 class NodeBusy(ServerError):
@@ -76,6 +85,7 @@ class Node:
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host: HostState | None = None
     kubelet_port: int = 0
+    _claimed: bool = False
 
     # -- paths -----------------------------------------------------------------------------------
     @property
@@ -97,6 +107,21 @@ class Node:
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
+
+    @property
+    def cluster_resolv_conf(self) -> Path:
+        return self.workdir / "cluster-resolv.conf"
+
+    def with_cluster_dns(self, argv: list[str]) -> list[str]:
+        """`argv` in a private mount namespace whose /etc/resolv.conf points at the cluster DNS.
+
+        A host process started this way (the operator in tests, a Celery client) resolves
+        `<service>.<namespace>.svc` as a pod does; host -> Service traffic goes through kube-proxy.
+        """
+        self.cluster_resolv_conf.write_text(f"nameserver {CLUSTER_DNS_IP}\n"
+                                            f"search svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\noptions ndots:5\n")
+        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(self.cluster_resolv_conf), *argv]
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
@@ -122,9 +147,12 @@ class Node:
             raise ServerError(f"missing on this machine: {', '.join(missing)} (make system-deps installs them)")
         if os.geteuid() != 0:
             raise ServerError("a kubelet node needs root")
+        claim(self.workdir, float(os.environ.get(ENV_WAIT, "0")))
+        self._claimed = True
         if node_running():
-            raise NodeBusy(f"a node already runs on this machine (bridge {BRIDGE} exists): `make down` stops "
-                           "the demo's; a crashed run is cleaned up by `python -m localenv down`")
+            self._release()
+            raise NodeBusy(f"bridge {BRIDGE} exists but no node of this harness owns it: delete it "
+                           f"(ip link del {BRIDGE}) or stop whatever created it")
         taken = [r for r in json.loads(_run("ip", "-j", "route", "show", "to", "match", GATEWAY).stdout or "[]")
                  if r.get("dst") != "default"]
         if taken:
@@ -225,8 +253,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     conf_dir = "{self.workdir / 'cni' / 'net.d'}"
     max_conf_num = 1
 """)
-        self._procs["containerd"] = spawn(["containerd", "--config", str(config), "--log-level", "warn"],
-                                          self.log("containerd"))
+        self._spawn("containerd", ["containerd", "--config", str(config), "--log-level", "warn"])
         wait_until(lambda: self.ctr("version", check=False, timeout=10).returncode == 0, 30, "containerd",
                    self._procs["containerd"], self.log("containerd"))
 
@@ -235,9 +262,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         cp = self.control_plane
         port = free_port()
         api_port = cp.server.rsplit(":", 1)[1]
-        self._procs["apiserver-relay"] = spawn(
-            ["socat", f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork", f"TCP:127.0.0.1:{api_port}"],
-            self.log("apiserver-relay"))
+        self._spawn("apiserver-relay", ["socat", "-lf", str(self.log("apiserver-relay")),
+                                        f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork", f"TCP:127.0.0.1:{api_port}"])
         endpoints = {
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "kubernetes", "namespace": "default",
@@ -291,11 +317,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
         cfg_file = self.workdir / "kubelet-config.json"
         cfg_file.write_text(json.dumps(config, indent=1))
-        self._procs["kubelet"] = spawn([
+        self._spawn("kubelet", [
             str(cp.bin_dir / "kubelet"), f"--config={cfg_file}", f"--kubeconfig={kcfg}",
             f"--root-dir={self.kubelet_dir}", f"--hostname-override={NODE_NAME}", f"--node-ip={GATEWAY}",
             f"--cert-dir={self.workdir / 'kubelet-pki'}", "--v=1",
-        ], self.log("kubelet"))
+        ])
 
     def _kube_proxy(self) -> None:
         cp = self.control_plane
@@ -304,8 +330,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         kcfg = self.workdir / "kube-proxy.kubeconfig"
         kcfg.write_text(json.dumps(kubeconfig(cp.server, pki.ca, pair, "system:kube-proxy")))
         config = self.kube_proxy_config(kcfg)
-        self._procs["kube-proxy"] = spawn([str(cp.bin_dir / "kube-proxy"), f"--config={config}", "--v=1"],
-                                          self.log("kube-proxy"))
+        self._spawn("kube-proxy", [str(cp.bin_dir / "kube-proxy"), f"--config={config}", "--v=1"])
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        self._procs[name] = proc = spawn(argv, self.log(name))
+        active = json.loads(ACTIVE_FILE.read_text())
+        active["pids"].append(proc.pid)
+        active.setdefault("procs", {})[name] = proc.pid
+        ACTIVE_FILE.write_text(json.dumps(active))
+
+    def _recorded_pids(self) -> dict[str, int]:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            active = json.loads(ACTIVE_FILE.read_text())
+            if active.get("workdir") == str(self.workdir):
+                return dict(active.get("procs") or {})
+        return {}
 
     def kube_proxy_config(self, kcfg: Path) -> Path:
         config = {
@@ -331,17 +370,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     # -- stop ------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop pods and processes, unmount, give the host back what the node changed. Idempotent."""
-        stop(self._procs.pop("kubelet", None), grace=15)
-        if self._procs.get("containerd") is not None and self._procs["containerd"].poll() is None:
+        """Stop pods and processes, unmount, give the host back what the node changed. Idempotent.
+
+        Works on a node this object started and on one a previous process started (`make up`)."""
+        pids = dict(self._recorded_pids())
+        pids.update({n: p.pid for n, p in self._procs.items()})
+        terminate(pids.pop("kubelet", None), str(self.workdir), grace=15)
+        if self.ctr("version", check=False, timeout=10).returncode == 0:
             # Stopping pods runs the CNI teardown and unmounts their network namespaces.
             pods = self._ids("pods")
             if pods:
                 self.crictl("stopp", *pods, check=False)
                 self.crictl("rmp", "--force", *pods, check=False)
-        stop(self._procs.pop("kube-proxy", None))
-        stop(self._procs.pop("apiserver-relay", None))
-        stop(self._procs.pop("containerd", None), grace=15)
+        for name in ("kube-proxy", "apiserver-relay", "containerd"):
+            terminate(pids.pop(name, None), str(self.workdir), grace=15)
+        for proc in self._procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
+        self._procs.clear()
         kill_shims(self.containerd_socket)
         unmount_all(str(self.workdir))
         if self.host is None and self.host_state_file.exists():
@@ -350,6 +396,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             self.host.restore()
             self.host = None
             self.host_state_file.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._claimed:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if json.loads(ACTIVE_FILE.read_text()).get("workdir") == str(self.workdir):
+                    ACTIVE_FILE.unlink()
+            self._claimed = False
+
+    def detach(self) -> None:
+        """The node outlives this process (`make up`): it counts as running until `localenv down`."""
+        active = json.loads(ACTIVE_FILE.read_text())
+        ACTIVE_FILE.write_text(json.dumps({**active, "detached": True}))
+        self._claimed = False
 
     def _ids(self, what: str) -> list[str]:
         r = self.crictl(what, "-q", check=False)
@@ -357,6 +417,82 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{tail(self.log(n), 30)}" for n in ("containerd", "kubelet", "kube-proxy"))
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or marker == ""
+    except OSError:
+        return False
+
+
+def node_owner_alive(active: dict[str, object]) -> bool:
+    """Whether the node ACTIVE_FILE describes is in use: its owner runs, or it was detached and runs."""
+    owner = active.get("pid")
+    if isinstance(owner, int) and _alive(owner, ""):
+        return True
+    pids = active.get("pids") or []
+    return bool(active.get("detached")) and any(_alive(p, str(active["workdir"])) for p in pids)  # type: ignore[union-attr]
+
+
+def claim(workdir: Path, wait_seconds: float) -> None:
+    """Make this process the machine's node owner, waiting up to `wait_seconds` for another to stop."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            active = json.loads(ACTIVE_FILE.read_text()) if ACTIVE_FILE.exists() else None
+            if active is None or not node_owner_alive(active):
+                clean_up_after_crash()
+                ACTIVE_FILE.write_text(json.dumps({"workdir": str(workdir), "pid": os.getpid(), "pids": []}))
+                return
+        finally:
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise NodeBusy(f"a node already runs on this machine ({active}): `make down` stops the demo's; "
+                           f"set {ENV_WAIT} to wait for it")
+        time.sleep(2)
+
+
+def clean_up_after_crash() -> list[str]:
+    """With the machine's lock held: undo what a node that died without stopping left behind."""
+    if not ACTIVE_FILE.exists():
+        return []
+    active = json.loads(ACTIVE_FILE.read_text())
+    workdir = Path(active["workdir"])
+    for pid in active.get("pids", []):
+        if _alive(pid, str(workdir)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+    kill_shims(workdir / "containerd" / "containerd.sock")
+    unmount_all(str(workdir))
+    done = []
+    state = workdir / "host-state.json"
+    if state.exists():
+        done = HostState.load(state).restore()
+        state.unlink()
+    ACTIVE_FILE.unlink(missing_ok=True)
+    return [f"cleaned up after the node in {workdir}", *done]
+
+
+def terminate(pid: int | None, marker: str, grace: float = 10) -> None:
+    """SIGTERM a process of this node (its command line names `marker`), SIGKILL it after `grace`."""
+    if pid is None or not _alive(pid, marker):
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, 15)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid, marker):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _alive(pid, marker):
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def kill_shims(socket: Path) -> None:

@@ -90,6 +90,7 @@ class Reason:
     DELETED_FROM_BROKER: Final = "DeletedFromBroker"
     RETAINED_ON_BROKER: Final = "RetainedOnBroker"
     TIMEZONE_CONFLICT: Final = "TimezoneConflict"
+    RECONCILE_ERROR: Final = "ReconcileError"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

@@ -17,10 +17,10 @@ def main(what: str) -> None:
     out: dict[str, object] = {}
     if what == "add-low":
         r = add.apply_async((1, 2), queue="low_queue")
-        out = {"id": r.id, "result": r.get(timeout=60)}
+        out = {"id": r.id, "result": r.get(timeout=150)}
     elif what == "add-default":
         r = add.delay(1, 2)
-        out = {"id": r.id, "result": r.get(timeout=60)}
+        out = {"id": r.id, "result": r.get(timeout=150)}
     elif what.startswith("publish:"):
         _, queue, n, seconds = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]

@@ -128,7 +128,10 @@ class AppWorker:
         except Exception as e:
             log.exception("%s of %s/%s failed", what, self.namespace, self.name)
             self.metrics.count_reconcile(api.APP, "error")
-            self._poll_error = f"{what} failed: {e}"
+            if what == "reconcile":
+                await statuses.write_reconcile_error(self, f"{type(e).__name__}: {e}")
+            else:
+                self._poll_error = f"{what} failed: {e}"
             return True
         finally:
             self.metrics.observe_reconcile(api.APP, time.monotonic() - t0)

@@ -58,6 +58,24 @@ async def patch_status(worker: AppWorker, kind: str, body: Body, status: Body, c
             await worker.recorder.warning(body, ready.reason, ready.message)
 
 
+async def write_reconcile_error(worker: AppWorker, error: str) -> None:
+    """A reconcile that raised: Ready=False with the error on the app, and a Warning Event.
+
+    The next successful reconcile writes the app's status from scratch, which clears it."""
+    try:
+        body = await worker.client.get(api.APP, worker.namespace, worker.name)
+    except Exception as e:  # noqa: BLE001 - the API server itself may be the failure
+        log.error("cannot report the failed reconcile of %s/%s: %s", worker.namespace, worker.name, e)
+        return
+    if body is None:
+        return
+    worker._bodies[(api.APP, worker.name)] = body
+    msg = f"reconcile failed (retried every cycle): {error}"
+    old = body.get("status") or {}
+    await patch_status(worker, api.APP, body, {k: v for k, v in old.items() if k not in ("conditions",)},
+                       conditions.not_ready(api.Reason.RECONCILE_ERROR, msg, progressing=True))
+
+
 # Problems that are worth saying but leave the object working.
 WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT})
 
