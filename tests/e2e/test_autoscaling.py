@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +12,15 @@ from typing import Any
 import pytest
 
 from celery_operator import api
-from localenv.brokers import Redis
+from localenv.cluster import Cluster
 from localenv.controlplane import ControlPlane
-from localenv.podrunner import PodRunner
 from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.cluster_brokers import PodRedis
 from tests.fixtures.operator import (
     OperatorFactory,
     OperatorProcess,
     apply,
+    celery_call,
     celery_client_env,
     condition,
     get,
@@ -29,18 +28,17 @@ from tests.fixtures.operator import (
     wait_for,
     wait_ready,
 )
+from tests.fixtures.servers import Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-CLIENT = Path(__file__).with_name("client.py")
-IMAGE = "ghcr.io/celery-operator/sample-tasks:0.1.0"
 
 
-def topology(autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "low",
+def topology(image: str, autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "low",
              app_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     v = api.API_VERSION
     return [
         {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": "proj"},
-         "spec": {"image": IMAGE, "app": "sample_tasks.app", "config": app_config or {},
+         "spec": {"image": image, "app": "sample_tasks.app", "config": app_config or {},
                   "broker": {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
                                           "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}},
                   "resultBackend": {"external": {"urlSecretRef": {"name": "backend", "key": "url"}}}}},
@@ -56,19 +54,21 @@ def topology(autoscaling: dict[str, Any], *, concurrency: int = 2, pool: str = "
 
 @dataclass
 class Scaled:
-    cp: ControlPlane
+    cluster: Cluster
     ns: str
     operator: OperatorProcess
     client_env: dict[str, str]
+
+    @property
+    def cp(self) -> ControlPlane:
+        return self.cluster.control_plane
 
     def replicas(self, deployment: str = "proj-low") -> int | None:
         d = get(self.cp, self.ns, "deployment", deployment)
         return None if d is None else int(d["spec"].get("replicas", 1))
 
     def publish(self, n: int, seconds: float = 0.01) -> None:
-        out = subprocess.run([sys.executable, str(CLIENT), f"publish:low_queue:{n}:{seconds}"],
-                             env={**os.environ, **self.client_env}, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
+        celery_call(self.cluster, self.client_env, f"publish:low_queue:{n}:{seconds}")
 
     def pool(self, name: str = "low") -> dict[str, Any]:
         p = get(self.cp, self.ns, "celeryworkerpool", name)
@@ -76,24 +76,25 @@ class Scaled:
         return p
 
 
-def _setup(cp: ControlPlane, ns: str, factory: OperatorFactory, tmp: Path, broker_url: str, mgmt: str,
+def _setup(cluster: Cluster, ns: str, factory: OperatorFactory, tmp: Path, image: str, broker_url: str, mgmt: str,
            backend_url: str, autoscaling: dict[str, Any], **kw: Any) -> Scaled:
+    cp = cluster.control_plane
     secret(cp, ns, "broker", url=broker_url, managementUrl=mgmt)
     secret(cp, ns, "backend", url=backend_url)
     op = factory("--namespace", ns, "--no-leader-election")
-    apply(cp, ns, topology(autoscaling, **kw))
+    apply(cp, ns, topology(image, autoscaling, **kw))
     wait_ready(cp, ns, "celeryqueue", "low-queue", 60)
     cm = wait_for(lambda: get(cp, ns, "configmap", "proj-celery-config"), 30, "ConfigMap")
-    return Scaled(cp, ns, op, celery_client_env(tmp, cm, broker_url, backend_url))
+    return Scaled(cluster, ns, op, celery_client_env(tmp, cm, broker_url, backend_url))
 
 
 @pytest.fixture
-def rabbit_scaled(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
-                  rabbitmq_vhost: Vhost, redis_db: RedisDb, request: pytest.FixtureRequest) -> Scaled:
+def rabbit_scaled(cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
+                  images: Images, broker_vhost: Vhost, backend_db: RedisDb, request: pytest.FixtureRequest) -> Scaled:
     autoscaling = dict(request.param)
     app_config = autoscaling.pop("_app_config", None)
-    return _setup(control_plane, namespace, operator_factory, tmp_path, rabbitmq_vhost.url,
-                  rabbitmq_vhost.management_url, redis_db.url, autoscaling, app_config=app_config)
+    return _setup(cluster, namespace, operator_factory, tmp_path, images.sample_tasks, broker_vhost.url,
+                  broker_vhost.management_url, backend_db.url, autoscaling, app_config=app_config)
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
@@ -101,17 +102,16 @@ def rabbit_scaled(control_plane: ControlPlane, namespace: str, operator_factory:
 def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit_scaled: Scaled) -> None:
     s = rabbit_scaled
     wait_for(lambda: s.replicas() == 1, 30, "pool at its minimum")
-    s.publish(50)
+    # 2 s tasks: the pool's first worker (concurrency 2) takes about 50 s alone, so the backlog stands.
+    s.publish(50, seconds=2)
     wait_for(lambda: s.replicas() == 4, 120, "4 replicas for 50 messages / 10 per replica")
     status = s.pool()["status"]
     assert status["desiredReplicas"] == 4 and status["queueDepth"] >= 31
     assert status["lastScaleTime"]
     events = json.loads(s.cp.kubectl("get", "events", "-n", s.ns, "-o", "json").stdout)["items"]
     assert any(e["reason"] == api.Reason.SCALED_UP and e["involvedObject"]["name"] == "low" for e in events)
-    with PodRunner(s.cp.kubeconfig) as runner:
-        runner.run_deployment(s.ns, "proj-low")
-        wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 240, "workers drained the queue")
-        wait_for(lambda: s.replicas() == 1, 120, "back to minReplicas after the stabilization window")
+    wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 240, "workers drained the queue")
+    wait_for(lambda: s.replicas() == 1, 120, "back to minReplicas after the stabilization window")
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 4, "targetMessagesPerReplica": 10,
@@ -136,44 +136,43 @@ def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled
     s = rabbit_scaled
     s.publish(6, seconds=25)
     wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 6 messages / 2 per replica")
-    with PodRunner(s.cp.kubeconfig) as runner:
-        runner.run_deployment(s.ns, "proj-low")
 
-        def all_in_flight() -> dict[str, Any] | None:
-            st = s.pool()["status"]
-            return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
+    def all_in_flight() -> dict[str, Any] | None:
+        st = s.pool()["status"]
+        return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
 
-        wait_for(all_in_flight, 150, "every task taken by a worker")
-        time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
-        assert s.replicas() == 3
+    wait_for(all_in_flight, 150, "every task taken by a worker")
+    time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
+    assert s.replicas() == 3
 
 
 def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
-        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, tmp_path: Path) -> None:
-    with Redis(tmp_path / "redis") as broker:
-        s = _setup(control_plane, namespace, operator_factory, tmp_path, broker.url(0), "", broker.url(1),
-                   {"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
-                    "scaleDownStabilizationSeconds": 0})
-        s.publish(25)
-        wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 25 messages")
-        broker.stop()
+        cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images) -> None:
+    broker = PodRedis(cluster.control_plane, namespace, "broker", images.redis)  # this test's own: it stops it
+    broker.deploy()
+    s = _setup(cluster, namespace, operator_factory, tmp_path, images.sample_tasks, broker.url(0), "",
+               broker.url(1), {"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
+                               "scaleDownStabilizationSeconds": 0})
+    s.publish(25, seconds=4)
+    wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 25 messages")
+    broker.stop()
 
-        def degraded() -> bool:
-            c = condition(s.pool(), "Degraded")
-            return bool(c and c["status"] == "True" and c["reason"] == api.Reason.BROKER_UNREACHABLE)
+    def degraded() -> bool:
+        c = condition(s.pool(), "Degraded")
+        return bool(c and c["status"] == "True" and c["reason"] == api.Reason.BROKER_UNREACHABLE)
 
-        wait_for(degraded, 60, "Degraded/BrokerUnreachable")
-        assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 0.0' in s.operator.get("/metrics")[1]
-        time.sleep(3)
-        assert s.replicas() == 3  # never scaled down on missing data
-        broker.start()
+    wait_for(degraded, 60, "Degraded/BrokerUnreachable")
+    assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 0.0' in s.operator.get("/metrics")[1]
+    time.sleep(3)
+    assert s.replicas() == 3  # never scaled down on missing data
+    broker.start()
 
-        def recovered() -> bool:
-            c = condition(s.pool(), "Degraded")
-            return bool(c and c["status"] == "False")
+    def recovered() -> bool:
+        c = condition(s.pool(), "Degraded")
+        return bool(c and c["status"] == "False")
 
-        wait_for(recovered, 60, "Degraded cleared")
-        assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 1.0' in s.operator.get("/metrics")[1]
+    wait_for(recovered, 60, "Degraded cleared")
+    assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 1.0' in s.operator.get("/metrics")[1]
 
 
 @pytest.mark.parametrize("rabbit_scaled", [{"minReplicas": 0, "maxReplicas": 2, "activationMessages": 100}],

@@ -1,4 +1,4 @@
-"""A real Celery worker, started by the pod runner from a hand-written Deployment, runs sample_tasks."""
+"""A real Celery worker in a pod, from a hand-written Deployment of the sample image, runs sample_tasks."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from localenv.images import SAMPLE_TASKS_IMAGE
-from localenv.podrunner import PodRunner
 from sample_tasks import create_app, tasks
+from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.operator import pod_logs, wait_for, wait_pods_ready
+from tests.fixtures.servers import Images
 
 pytestmark = pytest.mark.e2e
 
@@ -22,17 +23,18 @@ def b64(s: str) -> str:
 
 
 def test_worker_deployment_consumes_its_queue_and_returns_results(
-        kubectl: Any, namespace: str, control_plane: Any, rabbitmq_vhost: Any, redis_db: Any) -> None:
+        kubectl: Any, namespace: str, control_plane: Any, images: Images, broker_vhost: Vhost,
+        backend_db: RedisDb) -> None:
     queue = f"e2e-{uuid.uuid4().hex[:8]}"
     labels = {"app.kubernetes.io/name": "sample-worker"}
     objects = [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "celery-urls"},
-         "data": {"broker": b64(rabbitmq_vhost.url), "backend": b64(redis_db.url)}},
+         "data": {"broker": b64(broker_vhost.url), "backend": b64(backend_db.url)}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sample-worker"},
          "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
              "metadata": {"labels": labels},
              "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
-                 "name": "worker", "image": f"{SAMPLE_TASKS_IMAGE}:0.1.0",
+                 "name": "worker", "image": images.sample_tasks,
                  # No command: the image's ENTRYPOINT (celery) runs with these args.
                  "args": ["-A", "sample_tasks.app", "worker", "--loglevel=INFO", "--hostname=worker@%h",
                           "--queues=$(QUEUE)", "--concurrency=1", "--without-gossip", "--without-mingle"],
@@ -48,16 +50,14 @@ def test_worker_deployment_consumes_its_queue_and_returns_results(
     ]
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    pods = wait_pods_ready(control_plane, namespace, "app.kubernetes.io/name=sample-worker", 2, 180)
+    for pod in pods:
+        wait_for(lambda pod=pod: "ready." in pod_logs(control_plane, namespace, pod), 60, f"{pod} ready")
 
-    client = create_app({"broker_url": rabbitmq_vhost.url, "result_backend": redis_db.url})
-    with PodRunner(control_plane.kubeconfig, max_grace_seconds=15) as runner:
-        pods = runner.run_deployment(namespace, "sample-worker")
-        assert len(pods) == 2
-        for pod in pods:
-            pod.wait_for_log(r"ready\.", timeout_seconds=120)
-
+    client = create_app({"broker_url": broker_vhost.local_url, "result_backend": backend_db.local_url})
+    try:
         # Each replica is its own node: %h is the pod's hostname.
-        nodes = {f"worker@{p.name}" for p in pods}
+        nodes = {f"worker@{p}" for p in pods}
         deadline = time.monotonic() + 30
         seen: set[str] = set()
         while seen != nodes and time.monotonic() < deadline:
@@ -67,5 +67,7 @@ def test_worker_deployment_consumes_its_queue_and_returns_results(
         add = client.tasks[tasks.add.name]
         result = add.apply_async((1, 2), queue=queue)
         assert result.get(timeout=60) == 3
-        assert any(result.id in p.logs() for p in pods), "a pod of the Deployment ran the task"
-    client.close()
+        wait_for(lambda: any(result.id in pod_logs(control_plane, namespace, p) for p in pods), 30,
+                 "a pod of the Deployment logged the task")
+    finally:
+        client.close()

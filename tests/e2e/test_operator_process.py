@@ -11,13 +11,14 @@ import pytest
 from celery_operator import api
 from localenv.controlplane import ControlPlane
 from tests.fixtures.operator import OperatorFactory, condition, get, wait_for
+from tests.fixtures.servers import OPERATOR_NAMESPACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
         control_plane: ControlPlane, operator_factory: OperatorFactory, namespace: str) -> None:
-    op = operator_factory("--all-namespaces", "--lease-name", f"probe-{namespace}", lease_namespace=namespace)
+    op = operator_factory("--all-namespaces", "--lease-name", f"probe-{namespace}")
     assert op.get("/healthz")[0] == 200
     wait_for(lambda: op.get("/readyz")[0] == 200, 60, "readiness")
     status, text = op.get("/metrics")
@@ -34,8 +35,8 @@ def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
     assert "stopped (exit 0)" in op.logs()
 
 
-def _holder(control_plane: ControlPlane, namespace: str, name: str) -> str | None:
-    r = control_plane.kubectl("get", "lease", name, "-n", namespace, "-o", "json", check=False)
+def _holder(control_plane: ControlPlane, name: str) -> str | None:
+    r = control_plane.kubectl("get", "lease", name, "-n", OPERATOR_NAMESPACE, "-o", "json", check=False)
     if r.returncode != 0:
         return None
     return json.loads(r.stdout)["spec"].get("holderIdentity")
@@ -44,11 +45,9 @@ def _holder(control_plane: ControlPlane, namespace: str, name: str) -> str | Non
 def test_two_operator_replicas_never_both_reconcile(control_plane: ControlPlane, namespace: str,
                                                     operator_factory: OperatorFactory) -> None:
     lease = f"ha-{namespace}"
-    a = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-a",
-                         lease_namespace=namespace, name="a")
-    wait_for(lambda: _holder(control_plane, namespace, lease) == "replica-a", 30, "replica-a leads")
-    b = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-b",
-                         lease_namespace=namespace, name="b")
+    a = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-a", name="a")
+    wait_for(lambda: _holder(control_plane, lease) == "replica-a", 30, "replica-a leads")
+    b = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-b", name="b")
     wait_for(lambda: "waiting for leadership" in b.logs(), 30, "replica-b waits")
     time.sleep(3)
     # Only the leader started kopf (and so any handler); the follower never did.
@@ -56,9 +55,9 @@ def test_two_operator_replicas_never_both_reconcile(control_plane: ControlPlane,
     assert "Activity 'configure' succeeded" in a.logs()
     assert "acquired leadership" not in b.logs()
     assert "kopf" not in b.logs()
-    assert _holder(control_plane, namespace, lease) == "replica-a"
+    assert _holder(control_plane, lease) == "replica-a"
     # The leader stops: it releases the lease and the follower takes over promptly.
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(30) == 0
-    wait_for(lambda: _holder(control_plane, namespace, lease) == "replica-b", 30, "replica-b takes over")
+    wait_for(lambda: _holder(control_plane, lease) == "replica-b", 30, "replica-b takes over")
     wait_for(lambda: "Activity 'configure' succeeded" in b.logs(), 30, "replica-b starts kopf")

@@ -13,12 +13,14 @@ import pytest
 from celery_operator import api
 from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.servers import Images
 from tests.fixtures.operator import (
     OperatorFactory,
     OperatorProcess,
     apply,
     condition,
     get,
+    pod_logs,
     sample_documents,
     secret,
     wait_for,
@@ -33,6 +35,7 @@ class Seeded:
     cp: ControlPlane
     ns: str
     operator: OperatorProcess
+    image: str
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         return get(self.cp, self.ns, kind, name)
@@ -52,15 +55,15 @@ class Seeded:
 
 
 @pytest.fixture
-def seeded(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
-           rabbitmq_vhost: Vhost, redis_db: RedisDb) -> Iterator[Seeded]:
-    secret(control_plane, namespace, "broker", url=rabbitmq_vhost.url, managementUrl=rabbitmq_vhost.management_url)
-    secret(control_plane, namespace, "backend", url=redis_db.url)
+def seeded(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+           broker_vhost: Vhost, backend_db: RedisDb) -> Iterator[Seeded]:
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    secret(control_plane, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(control_plane, namespace, sample_documents())
+    apply(control_plane, namespace, sample_documents(image=images.sample_tasks))
     wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
     wait_for(lambda: get(control_plane, namespace, "deployment", "proj-low"), 30, "proj-low Deployment")
-    return Seeded(control_plane, namespace, op)
+    return Seeded(control_plane, namespace, op, images.sample_tasks)
 
 
 def test_every_child_has_an_owner_and_the_standard_labels(seeded: Seeded) -> None:
@@ -119,7 +122,7 @@ def test_a_hand_edited_deployment_is_restored(seeded: Seeded) -> None:
     seeded.kubectl("set", "image", "deployment/proj-default", "worker=evil:latest")
     d0 = seeded.get("deployment", "proj-default")
     assert d0 is not None
-    want = "ghcr.io/celery-operator/sample-tasks:0.1.0"
+    want = seeded.image
 
     def restored() -> bool:
         d = seeded.get("deployment", "proj-default") or {}
@@ -206,24 +209,33 @@ def test_deleting_the_app_then_its_queues_leaves_nothing_terminating(seeded: See
 
 
 def test_beat_entries_run_in_a_pool_worker(seeded: Seeded) -> None:
-    from localenv.podrunner import PodRunner
-
     every2 = {"apiVersion": api.API_VERSION, "kind": "CeleryBeatSchedule", "metadata": {"name": "fast"},
               "spec": {"appRef": {"name": "proj"}, "entries": [
                   {"name": "add-every-2s", "task": "sample_tasks.tasks.add", "everySeconds": 2, "args": [20, 22]}]}}
     apply(seeded.cp, seeded.ns, [every2])
     wait_for(lambda: "add-every-2s" in seeded.config()["beat_schedule"], 60, "entry in the config")
     wait_for(lambda: seeded.template_hash("proj-beat") == seeded.template_hash("proj-default"), 30, "rolled")
-    with PodRunner(seeded.cp.kubeconfig) as runner:
-        [worker] = runner.run_deployment(seeded.ns, "proj-default")
-        [beat] = runner.run_deployment(seeded.ns, "proj-beat")
-        worker.wait_for_log("ready", 90)
+    chash = seeded.template_hash("proj-default")
 
-        def executions() -> int:
-            return worker.logs().count("succeeded") if "42" in worker.logs() else 0
+    def rolled_pod(component: str, pool: str | None = None) -> str | None:
+        selector = f"{api.LABEL_APP}=proj,{api.LABEL_COMPONENT}={component}" + (f",{api.LABEL_POOL}={pool}"
+                                                                               if pool else "")
+        pods = json.loads(seeded.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
+        ready = [p["metadata"]["name"] for p in pods
+                 if p["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH) == chash
+                 and not p["metadata"].get("deletionTimestamp")
+                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+        return ready[0] if len(ready) == 1 else None
 
-        wait_for(lambda: executions() >= 2, 60, "two executions of the 2 s entry")
-        assert "Scheduler: Sending due task add-every-2s" in beat.logs()
+    worker = wait_for(lambda: rolled_pod(api.COMPONENT_WORKER, "default"), 120, "the rolled default worker")
+    beat = wait_for(lambda: rolled_pod(api.COMPONENT_BEAT), 120, "the rolled beat")
+
+    def executions() -> int:
+        logs = pod_logs(seeded.cp, seeded.ns, worker)
+        return sum(1 for line in logs.splitlines() if "succeeded" in line and ": 42" in line)
+
+    wait_for(lambda: executions() >= 2, 60, "two executions of the 2 s entry in the default pool's pod")
+    assert "Scheduler: Sending due task add-every-2s" in pod_logs(seeded.cp, seeded.ns, beat)
 
 
 def test_the_operator_survives_every_invalid_object_the_api_server_admits(
@@ -248,9 +260,9 @@ def test_the_operator_survives_every_invalid_object_the_api_server_admits(
 
 
 def test_managed_brokers_get_credentials_once_and_keep_them_across_restarts(
-        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory) -> None:
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images) -> None:
     app = {"apiVersion": api.API_VERSION, "kind": "CeleryApp", "metadata": {"name": "managed"},
-           "spec": {"image": "ghcr.io/celery-operator/sample-tasks:0.1.0", "app": "sample_tasks.app",
+           "spec": {"image": images.sample_tasks, "app": "sample_tasks.app",
                     "broker": {"rabbitmq": {}}, "resultBackend": {"redis": {"storage": {"size": "1Gi"}}}}}
     op = operator_factory("--namespace", namespace, "--no-leader-election")
     apply(control_plane, namespace, [app])
@@ -291,17 +303,17 @@ def test_managed_brokers_get_credentials_once_and_keep_them_across_restarts(
 
 
 def test_a_queue_that_differs_on_the_broker_is_a_condition_not_a_crash_loop(
-        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
-        rabbitmq_vhost: Vhost, redis_db: RedisDb) -> None:
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+        broker_vhost: Vhost, backend_db: RedisDb) -> None:
     from kombu import Connection
 
-    with Connection(rabbitmq_vhost.url) as conn:  # someone declared it before, with other arguments
+    with Connection(broker_vhost.local_url) as conn:  # someone declared it before, with other arguments
         conn.channel().queue_declare("low_queue", durable=True, auto_delete=False,
                                      arguments={"x-max-priority": 5})
-    secret(control_plane, namespace, "broker", url=rabbitmq_vhost.url, managementUrl=rabbitmq_vhost.management_url)
-    secret(control_plane, namespace, "backend", url=redis_db.url)
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    secret(control_plane, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    docs = sample_documents()
+    docs = sample_documents(image=images.sample_tasks)
     for d in docs:
         if d["kind"] == "CeleryQueue" and d["metadata"]["name"] == "low-queue":
             d["spec"]["maxPriority"] = 10
