@@ -8,8 +8,8 @@ from pathlib import Path
 
 from localenv.procs import REPO
 
-NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "helm",
-         "coredns", "local-path-provisioner", "crictl")
+NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
+         "helm", "coredns", "local-path-provisioner", "crictl")
 
 
 def cache_dir() -> Path:

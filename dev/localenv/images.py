@@ -84,18 +84,29 @@ def dockerignore_admits(patterns: list[str], rel: str) -> bool:
 
 
 def context_files(context: Path) -> list[Path]:
-    """The files of a build context that reach the build (honouring its .dockerignore)."""
+    """The files of a build context that reach the build (honouring its .dockerignore).
+
+    A directory the patterns exclude is not descended into unless a `!` pattern may re-admit
+    something inside it (which keeps large or changing trees, like a live cluster's state, out)."""
     ignore = context / ".dockerignore"
     patterns = [ln.strip() for ln in ignore.read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")] if ignore.exists() else []
+    exceptions = [p[1:].strip("/") for p in patterns if p.startswith("!")]
     out = []
     for root, dirs, files in os.walk(context):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_PARTS and not d.endswith(".egg-info") and d != ".git")
+        base = Path(root).relative_to(context).as_posix()
+        kept = []
+        for d in sorted(dirs):
+            rel = d if base == "." else f"{base}/{d}"
+            if d in SKIP_PARTS or d.endswith(".egg-info") or d in (".git", ".venv", ".local"):
+                continue
+            if dockerignore_admits(patterns, rel) or any(e.startswith(rel + "/") or "*" in e for e in exceptions):
+                kept.append(d)
+        dirs[:] = kept
         for f in sorted(files):
-            p = Path(root, f)
-            rel = p.relative_to(context).as_posix()
+            rel = f if base == "." else f"{base}/{f}"
             if not f.endswith(".pyc") and dockerignore_admits(patterns, rel):
-                out.append(p)
+                out.append(Path(root, f))
     return out
 
 
@@ -163,7 +174,8 @@ def _host_cas() -> list[Path]:
 def _prepare_debian(ctx: Path) -> None:
     suite = read_versions()["DEBIAN_SUITE"]
     args = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "--components=main",
-            *(f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES), "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            *(f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES),
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--customize-hook=mkdir -p \"$1/usr/local/share/ca-certificates\""]
     for ca in _host_cas():
         args.append(f"--customize-hook=copy-in {ca} /usr/local/share/ca-certificates")

@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localenv.controlplane import KUBERNETES_SERVICE_IP, NODE_NAME, SERVICE_CIDR, ControlPlane
+from localenv.controlplane import NODE_NAME, SERVICE_CIDR, ControlPlane
 from localenv.hoststate import HostState, unmount_all, write_sysctl
 from localenv.pki import PKI, kubeconfig
-from localenv.procs import ServerError, free_port, spawn, stop, tail, wait_until
+from localenv.procs import ServerError, free_port, spawn, tail, wait_until
 
 # Not podman's default 10.88.0.0/16: buildah (which builds the images) may create that bridge.
 POD_CIDR = "10.244.0.0/16"
@@ -263,7 +263,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         port = free_port()
         api_port = cp.server.rsplit(":", 1)[1]
         self._spawn("apiserver-relay", ["socat", "-lf", str(self.log("apiserver-relay")),
-                                        f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork", f"TCP:127.0.0.1:{api_port}"])
+                                        f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork",
+                                        f"TCP:127.0.0.1:{api_port}"])
         endpoints = {
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "kubernetes", "namespace": "default",

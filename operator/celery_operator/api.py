@@ -91,6 +91,7 @@ class Reason:
     RETAINED_ON_BROKER: Final = "RetainedOnBroker"
     TIMEZONE_CONFLICT: Final = "TimezoneConflict"
     RECONCILE_ERROR: Final = "ReconcileError"
+    BROKER_NOT_READY: Final = "BrokerNotReady"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

@@ -41,7 +41,10 @@ NAMESPACED: Final = (
          "the generated Celery config, managed broker Services and credentials; broker URLs from Secrets"),
     Rule(("",), ("pods", "persistentvolumeclaims"), ("get", "list", "watch"),
          "pod and claim failures (image pull, crash loop, unschedulable, unbound) become pool and app conditions"),
-    Rule(("",), ("events",), ("create", "patch"), "Events on the custom resources"),
+    Rule(("",), ("persistentvolumeclaims",), ("delete",),
+         "a managed server whose storage changed: its claims that never bound are replaced"),
+    Rule(("",), ("events",), ("create", "patch", "list"),
+         "Events on the custom resources; a claim's Events say why it does not bind"),
     Rule(("events.k8s.io",), ("events",), ("create", "patch"), "kopf posts events.k8s.io Events"),
 )
 

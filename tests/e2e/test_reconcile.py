@@ -13,7 +13,6 @@ import pytest
 from celery_operator import api
 from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb, Vhost
-from tests.fixtures.servers import Images
 from tests.fixtures.operator import (
     OperatorFactory,
     OperatorProcess,
@@ -26,6 +25,7 @@ from tests.fixtures.operator import (
     wait_for,
     wait_ready,
 )
+from tests.fixtures.servers import Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -86,6 +86,7 @@ class AppWorker:
     _consumers: dict[str, int | None] = field(default_factory=dict)
     _consumers_at: float = -CONSUMERS_REFRESH_SECONDS
     _declare_results: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+    _failures: int = 0  # reconciles failed in a row
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -99,7 +100,9 @@ class AppWorker:
                 self.trigger.clear()
                 if not await self._guarded("reconcile", self.reconcile):
                     return
-                next_resync = time.monotonic() + RESYNC_SECONDS
+                # After a failure, retry soon (1, 2, 4 ... s, at most a resync period).
+                retry = min(RESYNC_SECONDS, 2.0 ** self._failures) if self._failures else RESYNC_SECONDS
+                next_resync = time.monotonic() + retry
             if time.monotonic() >= next_poll and self._topology is not None:
                 await self._guarded("poll", self.poll)
                 next_poll = time.monotonic() + self.poll_interval()
@@ -122,6 +125,8 @@ class AppWorker:
         try:
             keep_going = await fn()
             self.metrics.count_reconcile(api.APP, "success")
+            if what == "reconcile":
+                self._failures = 0
             return keep_going is not False
         except asyncio.CancelledError:
             raise
@@ -129,6 +134,7 @@ class AppWorker:
             log.exception("%s of %s/%s failed", what, self.namespace, self.name)
             self.metrics.count_reconcile(api.APP, "error")
             if what == "reconcile":
+                self._failures += 1
                 await statuses.write_reconcile_error(self, f"{type(e).__name__}: {e}")
             else:
                 self._poll_error = f"{what} failed: {e}"
@@ -186,12 +192,18 @@ class AppWorker:
                       for o in objects if o["kind"] == "ConfigMap"), "")
         apply_errors: list[str] = []
         deployments: dict[str, Body] = {}  # as applied: the server's answer carries their status
+        statefulsets: dict[str, Body] = {}
         for obj in objects:
             try:
                 applied = await self.client.apply(obj)
                 if obj["kind"] == "Deployment":
                     deployments[obj["metadata"]["name"]] = applied
+                elif obj["kind"] == "StatefulSet":
+                    statefulsets[obj["metadata"]["name"]] = applied
             except ApiError as e:
+                if obj["kind"] == "StatefulSet" and e.status == 422 and "Forbidden" in str(e):
+                    apply_errors.append(await self._replace_statefulset(obj, str(e)))
+                    continue
                 apply_errors.append(f"{obj['kind']} {obj['metadata']['name']}: {e}")
                 log.warning("apply %s/%s failed: %s", obj["kind"], obj["metadata"]["name"], e)
         await self._delete_stale(objects)
@@ -199,8 +211,24 @@ class AppWorker:
             broker.url = statuses.url_from_secret(objects, broker.ref)
 
         await self._declare(topo, broker)
-        await statuses.write_all(self, topo, broker, backend, chash, deployments, apply_errors)
+        await statuses.write_all(self, topo, broker, backend, chash, deployments, apply_errors, statefulsets)
         return True
+
+    async def _replace_statefulset(self, obj: Body, error: str) -> str:
+        """A managed server's StatefulSet whose immutable fields (its claim templates: storage size or
+        class) changed: delete it and its claims that never bound (no data is lost), so the next cycle
+        creates it anew. Bound claims keep their data; the message says so."""
+        name = obj["metadata"]["name"]
+        claims = await statuses.claims_of(self.client, self.namespace, name)
+        bound = [c["metadata"]["name"] for c in claims if (c.get("status") or {}).get("phase") == "Bound"]
+        if bound:
+            return (f"StatefulSet {name}: its storage cannot change while claims {', '.join(bound)} hold data "
+                    f"({error}); delete them to start over with the new storage")
+        for c in claims:
+            await self.client.delete("PersistentVolumeClaim", self.namespace, c["metadata"]["name"])
+        await self.client.delete("StatefulSet", self.namespace, name, propagation="Foreground")
+        self.trigger.set()
+        return f"StatefulSet {name}: replaced, since its storage changed and no claim held data yet"
 
     def _forget_gone(self, topo: Topology) -> None:
         """Drop the metric series of pools and queues that left the app (bounded cardinality)."""

@@ -6,11 +6,11 @@ import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
-from celery_operator import api, conditions
+from celery_operator import api, conditions, workloads
 from celery_operator.brokers.base import DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.controller.connections import Endpoint
-from celery_operator.kube.client import ApiError
+from celery_operator.kube.client import ApiError, KubeClient
 from celery_operator.models import CeleryExchange, CeleryQueue, SecretKeyRef
 from celery_operator.render import names
 from celery_operator.topology import Topology
@@ -100,7 +100,8 @@ def _broker_conditions(worker: AppWorker, broker: Endpoint) -> list[Condition] |
 
 
 async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend: Endpoint | None,
-                    chash: str, deployments: dict[str, Body], apply_errors: list[str]) -> None:
+                    chash: str, deployments: dict[str, Body], apply_errors: list[str],
+                    statefulsets: dict[str, Body] | None = None) -> None:
     app = topo.app
     app_body = worker._bodies[(api.APP, app.meta.name)]
     app_status: Body = {
@@ -110,7 +111,15 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
     }
     if backend is not None:
         app_status["resultBackendSecretRef"] = {"name": backend.ref.name, "key": backend.ref.key}
-    conds = _broker_conditions(worker, broker)
+    conds = None
+    if statefulsets:
+        # A managed broker that is not running explains an unreachable broker: say the root cause.
+        problem = await managed_server_problem(worker, statefulsets)
+        if problem is not None:
+            conds = conditions.not_ready(problem.reason, problem.message, progressing=not problem.degraded,
+                                         degraded=problem.degraded)
+    if conds is None:
+        conds = _broker_conditions(worker, broker)
     if conds is None and backend is not None and backend.url is None and not backend.managed_credentials:
         conds = conditions.not_ready(api.Reason.SECRET_NOT_FOUND, backend.problem or "result backend URL unknown")
     if conds is None and apply_errors:
@@ -185,10 +194,46 @@ async def write_pool(worker: AppWorker, topo: Topology, pool_name: str, deployme
         elif status["readyReplicas"] >= desired:
             conds = conditions.ready(api.Reason.DEPLOYMENT_READY, f"{status['readyReplicas']}/{desired} workers ready")
         else:
-            conds = conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING,
-                                         f"{status['readyReplicas']}/{desired} workers ready",
-                                         progressing=True, degraded=False)
+            problem = workloads.pod_problem(await worker.client.list("Pod", worker.namespace, selector)) \
+                if selector else None
+            if problem is not None:
+                conds = conditions.not_ready(problem.reason, f"{status['readyReplicas']}/{desired} workers ready; "
+                                             f"{problem.message}", progressing=False, degraded=problem.degraded)
+            else:
+                conds = conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING,
+                                             f"{status['readyReplicas']}/{desired} workers ready",
+                                             progressing=True, degraded=False)
     await patch_status(worker, api.POOL, body, status, conds)
+
+
+async def claims_of(client: KubeClient, namespace: str, statefulset: str) -> list[Body]:
+    """The claims a StatefulSet's volumeClaimTemplates made: `<template>-<statefulset>-<ordinal>`."""
+    return [c for c in await client.list("PersistentVolumeClaim", namespace)
+            if c["metadata"]["name"].rsplit("-", 1)[0].endswith(f"-{statefulset}")]
+
+
+async def managed_server_problem(worker: AppWorker, statefulsets: dict[str, Body]) -> workloads.Problem | None:
+    """Why a managed broker or result backend StatefulSet is not ready (pods, then claims), if it is not."""
+    for name, sts in sorted(statefulsets.items()):
+        st, spec = sts.get("status") or {}, sts.get("spec") or {}
+        want = int(spec.get("replicas", 1))
+        if int(st.get("readyReplicas") or 0) >= want:
+            continue
+        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector", {}).get("matchLabels") or {}).items()))
+        problem = None
+        if spec.get("volumeClaimTemplates"):  # an unbound claim is the root cause of an unschedulable pod
+            claims = await claims_of(worker.client, worker.namespace, name)
+            events = await worker.client.list("Event", worker.namespace,
+                                              field_selector="involvedObject.kind=PersistentVolumeClaim")
+            problem = workloads.claim_problem(claims, events)
+        if problem is None or not problem.degraded:
+            problem = workloads.pod_problem(await worker.client.list("Pod", worker.namespace, selector)) or problem
+        if problem is None:
+            problem = workloads.Problem(api.Reason.BROKER_NOT_READY,
+                                       f"StatefulSet {name}: {int(st.get('readyReplicas') or 0)}/{want} ready",
+                                       degraded=False)
+        return workloads.Problem(problem.reason, f"StatefulSet {name}: {problem.message}", problem.degraded)
+    return None
 
 
 async def write_poll(worker: AppWorker, topo: Topology, report: DepthReport | None, error: str | None) -> None:

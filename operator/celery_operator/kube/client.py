@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # kind -> (api prefix, plural) for everything the operator touches.
 _CORE: Final = {"Service": "services", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
-                "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Pod": "pods"}
+                "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Pod": "pods",
+                "PersistentVolumeClaim": "persistentvolumeclaims"}
 _GROUPED: Final = {"Deployment": ("apps/v1", "deployments"), "StatefulSet": ("apps/v1", "statefulsets"),
                    "ReplicaSet": ("apps/v1", "replicasets"),
                    "Lease": ("coordination.k8s.io/v1", "leases")}
@@ -145,9 +146,11 @@ class KubeClient:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[Body]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return list((await self.request("GET", path_for(kind, namespace), params=params)).get("items", []))
+    async def list(self, kind: str, namespace: str | None, label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[Body]:
+        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
+        return list((await self.request("GET", path_for(kind, namespace), params=params or None))
+                    .get("items", []))
 
     async def apply(self, obj: Body, field_manager: str = api.FIELD_MANAGER) -> Body:
         """Server-side apply (force: the operator owns the fields it sets)."""
