@@ -8,6 +8,8 @@ from typing import Any
 
 from celery_operator import api
 from celery_operator.schema.builders import (
+    DNS_LABEL_MAX,
+    DNS_LABEL_PATTERN,
     Rule,
     Schema,
     any_value,
@@ -488,9 +490,10 @@ class KindDef:
 
 
 def _dns_label_name(why: str) -> Rule:
-    return Rule("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                f"metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-', starting "
-                f"with a letter): {why}; choose a shorter name")
+    return Rule(f"size(self.metadata.name) <= {DNS_LABEL_MAX} && "
+                f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+                f"metadata.name must be a DNS label (at most {DNS_LABEL_MAX} lowercase letters, digits and '-', "
+                f"starting with a letter): {why}; choose a shorter name")
 
 
 KIND_DEFS: dict[str, KindDef] = {
@@ -502,7 +505,7 @@ KIND_DEFS: dict[str, KindDef] = {
         [_col("Image", "string", ".spec.image", "Application image.", priority=1),
          _col("Pools", "integer", ".status.workerPools", "Worker pools of the app."),
          _col("Beat", "boolean", ".status.beat", "Whether a beat runs for the app.")],
-        root_rules=[_dns_label_name("it names the app's Services and labels its pods")],
+        root_rules=[_dns_label_name("it is a label value on every child of the app and starts their names")],
     ),
     api.EXCHANGE: KindDef(
         api.EXCHANGE,
@@ -535,7 +538,7 @@ KIND_DEFS: dict[str, KindDef] = {
          _col("Depth", "integer", ".status.queueDepth", "Ready messages in the pool's queues."),
          _col("Pool", "string", ".spec.pool", "Execution pool.", priority=1),
          _col("Concurrency", "integer", ".spec.concurrency", "Processes per worker.", priority=1)],
-        root_rules=[_dns_label_name("it names the pool's Deployment and labels its pods")],
+        root_rules=[_dns_label_name("it is a label value on the pool's Deployment and pods")],
         scale=True,
     ),
     api.SCHEDULE: KindDef(
