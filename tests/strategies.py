@@ -7,6 +7,7 @@ import string
 
 from hypothesis import strategies as st
 
+from celery_operator.cron import FIELDS, MACROS, Field
 from celery_operator.schema.builders import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 
 _INNER = string.ascii_lowercase + string.digits + "-"
@@ -26,3 +27,48 @@ def dns_label_names(draw: st.DrawFn, max_size: int = DNS_LABEL_MAX) -> str:
         name = first + middle + draw(st.sampled_from(_END))
     assert re.fullmatch(DNS_LABEL_PATTERN.strip("^$"), name), name
     return name
+
+
+@st.composite
+def _cron_field(draw: st.DrawFn, field: Field) -> str:
+    def value() -> tuple[int, str]:
+        out_of_range = draw(st.integers(0, 19)) == 0
+        n = draw(st.sampled_from([field.low - 1, field.high + 1]) if out_of_range
+                 else st.integers(field.low, field.high))
+        forms = [str(n), f"0{n}" if 0 <= n <= 9 else str(n)]
+        if field.names and field.low <= n <= field.high:
+            forms.append(field.names[n - field.low])
+        return n, draw(st.sampled_from(forms))
+
+    def span() -> str:
+        (a, first), (b, last) = value(), value()
+        if a > b and draw(st.integers(0, 3)) > 0:  # mostly ascending
+            first, last = last, first
+        return f"{first}-{last}"
+
+    def step() -> str:
+        rare = draw(st.integers(0, 9)) == 0
+        return str(draw(st.sampled_from([0, 100, 1000] if rare else [1, 2, 3, 5, 7, 15, 30, 99])))
+
+    def item() -> str:
+        kind = draw(st.sampled_from(["*", "*/", "v", "v-v", "v-v/"]))
+        return {"*": lambda: "*", "*/": lambda: f"*/{step()}", "v": lambda: value()[1],
+                "v-v": span, "v-v/": lambda: f"{span()}/{step()}"}[kind]()
+
+    return ",".join(item() for _ in range(draw(st.integers(1, 3))))
+
+
+@st.composite
+def cron_expressions(draw: st.DrawFn) -> str:
+    """Strings near the cron grammar (`celery_operator.cron`): most parse, many break one rule, some
+    are random text or macros."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(st.sampled_from([*MACROS, "@reboot", "@DAILY", "@daily ", "0 0 ? * *", "* * * * * *"]))
+    if choice == 1:
+        return draw(st.text("0123456789*/,- @?abcdefjmnorstuwy", max_size=40))
+    fields = [draw(_cron_field(f)) for f in FIELDS]
+    if draw(st.integers(0, 4)) == 0:  # days that may never occur
+        fields[2] = draw(st.sampled_from(["29", "30", "31", "30,31", "30-31", "31-31/5", "31-30"]))
+        fields[3] = draw(st.sampled_from(["2", "feb", "2-4/2", "4,6,9,11", "2-5/3", "*/2", "1", "apr-jun/2"]))
+    return "".join(f + draw(st.sampled_from([" ", " ", "  "])) for f in fields[:-1]) + fields[-1]

@@ -6,7 +6,7 @@ import pytest
 
 from celery_operator import api
 from celery_operator.models import CeleryQueue
-from celery_operator.topology import Problem, Topology, parse_cron
+from celery_operator.topology import Problem, Topology
 from tests.unit import crs
 
 R = api.Reason
@@ -185,20 +185,3 @@ def test_task_routes_first_queue_claiming_a_pattern_wins() -> None:
     topo = Topology.of(crs.app(), queues=[crs.queue("a", OLD, tasks=["x.*"]),
                                           crs.queue("b", NEW, tasks=["x.*", "y"])])
     assert topo.task_routes() == {"x.*": "a", "y": "b"}
-
-
-@pytest.mark.parametrize(
-    ("expr", "fields"),
-    [
-        ("*/5 * * * *", ("*/5", "*", "*", "*", "*")),
-        ("0 3 * * mon-fri", ("0", "3", "*", "*", "mon-fri")),
-        ("@daily", ("0", "0", "*", "*", "*")),
-        ("  1  2 3 4 5 ", ("1", "2", "3", "4", "5")),
-        ("* * * *", None),
-        ("* * * * * *", None),
-        ("* * * * ?", None),
-    ],
-)
-def test_parse_cron(expr: str, fields: tuple[str, ...] | None) -> None:
-    got = parse_cron(expr)
-    assert (None if got is None else tuple(got.__dict__.values())) == fields

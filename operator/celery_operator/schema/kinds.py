@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api
+from celery_operator import api, cron
 from celery_operator.schema.builders import (
     DNS_LABEL_MAX,
     DNS_LABEL_PATTERN,
@@ -428,9 +428,6 @@ def pool_status() -> Schema:
 
 # -------------------------------------------------------------------------------- CeleryBeatSchedule
 
-CRON_REGEX = "^[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4}$"
-
-
 def schedule_spec() -> Schema:
     entry = obj(
         "One periodic task. Set exactly one of cron or everySeconds.",
@@ -438,11 +435,13 @@ def schedule_spec() -> Schema:
             "name": string("Unique name of the entry (the beat_schedule key).", min_length=1, max_length=200),
             "task": string("Name of the task to send, e.g. sample_tasks.tasks.add.", min_length=1,
                            max_length=253),
-            "cron": string("Five-field crontab 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'.",
+            "cron": string("Five-field crontab 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *' "
+                           "or '0 3 * * mon-fri', or a macro (@yearly, @monthly, @weekly, @daily, @hourly, ...). "
+                           "Each field is a comma-separated list of '*', a value, a low-high range or a step "
+                           "(*/n, low-high/n); months may be jan-dec and days of week sun-sat (0 is Sunday). As "
+                           "in Celery, a day must match both day fields.",
                            max_length=128,
-                           rules=[Rule(f"self.matches('{CRON_REGEX}')",
-                                       "cron must be a five-field crontab 'minute hour day-of-month month "
-                                       "day-of-week', e.g. '*/5 * * * *'")]),
+                           rules=[Rule(cel, message) for cel, message in cron.cel_rules()]),
             "everySeconds": number("Send the task every this many seconds.", minimum=0, exclusive_minimum=True),
             "args": array("Positional arguments of the task (any JSON values).",
                           any_value("One argument."), max_items=64, list_type="atomic"),
