@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import string
+from typing import Any
 
 from hypothesis import strategies as st
 
 from celery_operator.cron import FIELDS, MACROS, Field
 from celery_operator.schema.builders import DNS_LABEL_MAX, DNS_LABEL_PATTERN
+from celery_operator.topology import Topology
+from tests.unit import crs
 
 _INNER = string.ascii_lowercase + string.digits + "-"
 _END = string.ascii_lowercase + string.digits
@@ -72,3 +75,27 @@ def cron_expressions(draw: st.DrawFn) -> str:
         fields[2] = draw(st.sampled_from(["29", "30", "31", "30,31", "30-31", "31-31/5", "31-30"]))
         fields[3] = draw(st.sampled_from(["2", "feb", "2-4/2", "4,6,9,11", "2-5/3", "*/2", "1", "apr-jun/2"]))
     return "".join(f + draw(st.sampled_from([" ", " ", "  "])) for f in fields[:-1]) + fields[-1]
+
+
+BROKERS: dict[str, dict[str, Any]] = {
+    "rabbitmq": {"rabbitmq": {"image": "rabbitmq:3.13-management", "storage": {"size": "1Gi"}}},
+    "redis": {"redis": {"image": "redis:7.2"}},
+    "external": {"external": {"urlSecretRef": {"name": "ext", "key": "url"}}},
+    "cluster": {"rabbitmqClusterRef": {"name": "rmq"}},
+}
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> Topology:
+    """An app with a name at or near the limit, any kind of broker, 1-3 pools with such names, maybe a beat."""
+    app_name = draw(dns_label_names())
+    broker = draw(st.sampled_from(sorted(BROKERS)))
+    backend = draw(st.sampled_from([None, {"redis": {"image": "redis:7.2"}}]))
+    spec: dict[str, Any] = {"broker": BROKERS[broker]}
+    if backend is not None:
+        spec["resultBackend"] = backend
+    pools = draw(st.lists(dns_label_names(), min_size=1, max_size=3, unique=True))
+    schedules = [crs.schedule("s", [{"name": "e", "task": "t", "everySeconds": 5}], app_name=app_name)] \
+        if draw(st.booleans()) else []
+    return Topology.of(crs.app(app_name, **spec), pools=[crs.pool(p, ["celery"], app_name=app_name) for p in pools],
+                       schedules=schedules)

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from celery_operator import api
 from celery_operator.render import SecretsContext, names, render_all
 from celery_operator.topology import Topology
-from tests.strategies import dns_label_names
-from tests.unit import crs
+from tests.strategies import dns_label_names, topologies
 
 # k8s.io/apimachinery/pkg/util/validation
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -26,12 +25,6 @@ QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 REVISION_HASH = "x" * 10
 GENERATE_NAME_BASE_MAX = 58
 
-BROKERS: dict[str, dict[str, Any]] = {
-    "rabbitmq": {"rabbitmq": {"image": "rabbitmq:3.13-management", "storage": {"size": "1Gi"}}},
-    "redis": {"redis": {"image": "redis:7.2"}},
-    "external": {"external": {"urlSecretRef": {"name": "ext", "key": "url"}}},
-    "cluster": {"rabbitmqClusterRef": {"name": "rmq"}},
-}
 SECRETS = SecretsContext(broker_password="bp", result_backend_password="rp")
 
 
@@ -103,21 +96,6 @@ def references(obj: dict[str, Any]) -> set[tuple[str, str]]:
             if ref:
                 out.add(("Secret", ref["name"]))
     return out
-
-
-@st.composite
-def topologies(draw: st.DrawFn) -> Topology:
-    app_name = draw(dns_label_names())
-    broker = draw(st.sampled_from(sorted(BROKERS)))
-    backend = draw(st.sampled_from([None, {"redis": {"image": "redis:7.2"}}]))
-    spec: dict[str, Any] = {"broker": BROKERS[broker]}
-    if backend is not None:
-        spec["resultBackend"] = backend
-    pools = draw(st.lists(dns_label_names(), min_size=1, max_size=3, unique=True))
-    schedules = [crs.schedule("s", [{"name": "e", "task": "t", "everySeconds": 5}], app_name=app_name)] \
-        if draw(st.booleans()) else []
-    return Topology.of(crs.app(app_name, **spec), pools=[crs.pool(p, ["celery"], app_name=app_name) for p in pools],
-                       schedules=schedules)
 
 
 @settings(max_examples=300, deadline=None)
