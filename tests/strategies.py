@@ -99,3 +99,106 @@ def topologies(draw: st.DrawFn) -> Topology:
         if draw(st.booleans()) else []
     return Topology.of(crs.app(app_name, **spec), pools=[crs.pool(p, ["celery"], app_name=app_name) for p in pools],
                        schedules=schedules)
+
+
+# -- random custom resources, driven by the CRD schema itself -------------------------------------------
+
+APP_NAMES = ("app-a", "app-b", "app-c")
+CELERY_NAMES = ("celery", "jobs", "high_queue", "low.q", "amq.bad", "x y")
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=5))
+JSON = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(
+    st.text("abcxyz_", min_size=1, max_size=4), inner, max_size=2), max_leaves=4)
+
+
+def _string(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    size = min(schema.get("maxLength", 20), 20)
+    anything = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._/ *@", max_size=size)
+    if "enum" in schema:
+        valid: st.SearchStrategy[str] = st.sampled_from(schema["enum"])
+    elif "pattern" in schema:
+        valid = st.from_regex(schema["pattern"], fullmatch=True).filter(lambda s: len(s) <= size)
+    else:
+        return anything
+    return st.one_of(valid, valid, valid, anything)  # mostly admissible
+
+
+def from_schema(schema: dict[str, Any], overrides: dict[str, st.SearchStrategy[Any]],
+                path: str = "") -> st.SearchStrategy[Any]:
+    """Values of (roughly) the shape `schema` describes: valid ones, and values that break one of its
+    rules (a bound, a pattern, an enum); `overrides` (dotted path -> strategy) pins some fields."""
+    if path in overrides:
+        return overrides[path]
+    if schema.get("x-kubernetes-int-or-string"):
+        if "pattern" in schema:  # a quantity
+            return st.one_of(st.integers(0, 5), _string(schema))
+        return st.one_of(st.integers(-1, 5), st.text("0123456789abc", max_size=4))
+    kind = schema.get("type")
+    if kind == "string":
+        return _string(schema)
+    if kind == "integer":
+        low, high = schema.get("minimum", -3), schema.get("maximum", 1000)
+        valid_int = st.integers(low, min(high, low + 100))
+        return st.one_of(valid_int, valid_int, valid_int, st.sampled_from([low - 1, high + 1, high]))
+    if kind == "number":
+        return st.one_of(st.floats(0, 100, allow_nan=False), st.just(-1.0))
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "array":
+        items = from_schema(schema["items"], overrides, f"{path}[]")
+        size = min(schema.get("maxItems", 3), 3)
+        least = schema.get("minItems", 0)
+        keys = schema.get("x-kubernetes-list-map-keys")
+        unique: dict[str, Any] = {}
+        if schema.get("x-kubernetes-list-type") == "set":
+            unique = {"unique": True}
+        elif keys:
+            unique = {"unique_by": lambda d: tuple(str(d.get(k)) for k in keys)}
+        return st.one_of(*[st.lists(items, min_size=least, max_size=max(size, least), **unique)] * 3,
+                         st.lists(items, max_size=size, **unique))
+    if kind == "object" and "properties" in schema:
+        required = set(schema.get("required", []))
+        props = {k: from_schema(v, overrides, f"{path}.{k}".lstrip(".")) for k, v in schema["properties"].items()}
+        return st.fixed_dictionaries({k: v for k, v in props.items() if k in required},
+                                     optional={k: v for k, v in props.items() if k not in required})
+    if kind == "object" and "additionalProperties" in schema:
+        keys = st.one_of(st.sampled_from(["cpu", "memory", "app", "example.com/tier"]), st.text("abc./-", max_size=6))
+        return st.dictionaries(keys, from_schema(schema["additionalProperties"], overrides, f"{path}.*"), max_size=2)
+    return st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6), JSON, max_size=2)
+
+
+def _overrides(kind: str) -> dict[str, st.SearchStrategy[Any]]:
+    names = st.sampled_from(CELERY_NAMES)
+    return {
+        "appRef.name": st.sampled_from(APP_NAMES),
+        "name": names, "exchange": names, "queues[]": names, "defaultQueue": names,
+        "entries[].queue": names, "entries[].cron": cron_expressions(),
+        "image": st.sampled_from(["registry.invalid/app:1", ""]),
+        "app": st.sampled_from(["sample_tasks.app", "x", "1bad"]),
+        "config": st.dictionaries(st.sampled_from(["task_acks_late", "timezone", "worker_send_task_events",
+                                                   "broker_transport_options", "broker_url"]), JSON, max_size=2),
+        "broker": st.sampled_from([{"redis": {}}, {"rabbitmq": {"storage": {"size": "1Gi"}}},
+                                   {"external": {"urlSecretRef": {"name": "b"}}}, {"rabbitmqClusterRef": {"name": "r"}},
+                                   {}, {"redis": {}, "rabbitmq": {}}]),
+        "resultBackend": st.sampled_from([{"redis": {}}, {"external": {"urlSecretRef": {"name": "rb"}}}, {}]),
+        "entries[]": st.builds(
+            lambda name, task, when, extra: {"name": name, "task": task, **when, **extra},
+            st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["t.add", ""]),
+            st.one_of(cron_expressions().map(lambda c: {"cron": c}),
+                      st.floats(-1, 100).map(lambda f: {"everySeconds": f}), st.just({})),
+            st.fixed_dictionaries({}, optional={"queue": st.sampled_from(CELERY_NAMES),
+                                                "priority": st.integers(-1, 256), "args": st.lists(JSON, max_size=2),
+                                                "kwargs": st.dictionaries(st.text("ab", min_size=1), JSON,
+                                                                          max_size=2)})),
+    }
+
+
+@st.composite
+def custom_resources(draw: st.DrawFn) -> dict[str, Any]:
+    """One custom resource of any kind: a random spec from its CRD schema, often admissible."""
+    from celery_operator import api
+    from celery_operator.schema import openapi_schema
+
+    kind = draw(st.sampled_from(list(api.KINDS)))
+    name = draw(st.sampled_from(APP_NAMES)) if kind == api.APP else draw(dns_label_names(20))
+    spec = draw(from_schema(openapi_schema(kind)["properties"]["spec"], _overrides(kind)))
+    return {"apiVersion": api.API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}

@@ -185,3 +185,11 @@ def test_task_routes_first_queue_claiming_a_pattern_wins() -> None:
     topo = Topology.of(crs.app(), queues=[crs.queue("a", OLD, tasks=["x.*"]),
                                           crs.queue("b", NEW, tasks=["x.*", "y"])])
     assert topo.task_routes() == {"x.*": "a", "y": "b"}
+
+
+def test_an_entry_stored_under_an_older_crd_with_a_cron_celery_refuses_is_dropped_as_invalid_spec() -> None:
+    topo = Topology.of(crs.app(), schedules=[crs.schedule("s", [{"name": "e", "task": "t", "cron": "0 0 ? * *"}])])
+    [problem] = topo.problems_of(api.SCHEDULE, "s")
+    assert problem.reason == R.INVALID_SPEC
+    assert "cron must be a five-field crontab" in problem.message
+    assert not topo.has_beat
