@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.brokers",
     "tests.fixtures.delivery",
     "tests.fixtures.operator",
+    "tests.fixtures.apiserver",
 ]

@@ -16,7 +16,8 @@ schedules claiming one beat entry. Rules:
   known queue is not in effect (no worker Deployment).
 - A beat entry name already used by an older schedule gets `DuplicateEntry` on the later schedule,
   and that entry (only that one) is dropped. An entry routed to an unknown queue gets `QueueNotFound`
-  and is dropped; an entry whose cron does not parse gets `InvalidSpec` and is dropped.
+  and is dropped; an entry whose cron is not one (`celery_operator.cron`: the CRD rejects those, but an object
+  stored under an older CRD may hold one) gets `InvalidSpec` and is dropped.
 - Celery has one timezone per app: the app's `config.timezone` if set, else the oldest schedule's.
   A schedule with another timezone gets `TimezoneConflict`; its entries run in the app's timezone.
 """
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
-from celery_operator import api
+from celery_operator import api, cron
 from celery_operator.models import (
     BeatEntry,
     CeleryApp,
@@ -42,37 +43,6 @@ from celery_operator.models import (
 Key = tuple[str, str]  # (kind, metadata.name)
 
 DEFAULT_TIMEZONE = "UTC"
-
-# Standard cron macros -> the five fields.
-_CRON_MACROS: dict[str, str] = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-_CRON_CHARS = frozenset("0123456789*/,-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-@dataclass(frozen=True)
-class CronFields:
-    minute: str
-    hour: str
-    day_of_month: str
-    month_of_year: str
-    day_of_week: str
-
-
-def parse_cron(expr: str) -> CronFields | None:
-    """The five fields of a cron expression (or macro), or None when it is not one."""
-    text = _CRON_MACROS.get(expr.strip().lower(), expr)
-    parts = text.split()
-    if len(parts) != 5 or any(not set(p) <= _CRON_CHARS for p in parts):
-        return None
-    return CronFields(*parts)
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -318,11 +288,15 @@ class Topology:
                               f"entry {entry.name!r} routes to queue {entry.queue!r}, not declared in "
                               f"app {self.app.meta.name!r}; the entry is ignored")
                     continue
-                if (entry.cron is None) == (entry.every_seconds is None) or (
-                        entry.cron is not None and parse_cron(entry.cron) is None):
+                if (entry.cron is None) == (entry.every_seconds is None):
                     self._add(api.SCHEDULE, sched.meta.name, api.Reason.INVALID_SPEC,
-                              f"entry {entry.name!r} needs exactly one of a 5-field cron or "
-                              "everySeconds; the entry is ignored")
+                              f"entry {entry.name!r} needs exactly one of cron or everySeconds; the entry "
+                              "is ignored")
+                    continue
+                bad_cron = cron.problem(entry.cron) if entry.cron is not None else None
+                if bad_cron is not None:  # stored before the CRD checked it as it does now
+                    self._add(api.SCHEDULE, sched.meta.name, api.Reason.INVALID_SPEC,
+                              f"entry {entry.name!r}: {bad_cron}; the entry is ignored")
                     continue
                 owner[entry.name] = sched.meta.name
                 kept.append((sched, entry))

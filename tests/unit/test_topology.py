@@ -6,7 +6,7 @@ import pytest
 
 from celery_operator import api
 from celery_operator.models import CeleryQueue
-from celery_operator.topology import Problem, Topology, parse_cron
+from celery_operator.topology import Problem, Topology
 from tests.unit import crs
 
 R = api.Reason
@@ -187,18 +187,9 @@ def test_task_routes_first_queue_claiming_a_pattern_wins() -> None:
     assert topo.task_routes() == {"x.*": "a", "y": "b"}
 
 
-@pytest.mark.parametrize(
-    ("expr", "fields"),
-    [
-        ("*/5 * * * *", ("*/5", "*", "*", "*", "*")),
-        ("0 3 * * mon-fri", ("0", "3", "*", "*", "mon-fri")),
-        ("@daily", ("0", "0", "*", "*", "*")),
-        ("  1  2 3 4 5 ", ("1", "2", "3", "4", "5")),
-        ("* * * *", None),
-        ("* * * * * *", None),
-        ("* * * * ?", None),
-    ],
-)
-def test_parse_cron(expr: str, fields: tuple[str, ...] | None) -> None:
-    got = parse_cron(expr)
-    assert (None if got is None else tuple(got.__dict__.values())) == fields
+def test_an_entry_stored_under_an_older_crd_with_a_cron_celery_refuses_is_dropped_as_invalid_spec() -> None:
+    topo = Topology.of(crs.app(), schedules=[crs.schedule("s", [{"name": "e", "task": "t", "cron": "0 0 ? * *"}])])
+    [problem] = topo.problems_of(api.SCHEDULE, "s")
+    assert problem.reason == R.INVALID_SPEC
+    assert "cron must be a five-field crontab" in problem.message
+    assert not topo.has_beat

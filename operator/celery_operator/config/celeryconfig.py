@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 from celery_operator.config.bootstrap import bootstrap_source
+from celery_operator.cron import parse_cron
 from celery_operator.models import BeatEntry
-from celery_operator.topology import ExchangeDecl, QueueDecl, Topology, parse_cron
+from celery_operator.topology import ExchangeDecl, QueueDecl, Topology
 
 Config = dict[str, Any]
 

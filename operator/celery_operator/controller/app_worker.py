@@ -376,7 +376,7 @@ class AppWorker:
                                          (a.min_replicas, a.max_replicas))
             if not decision.changed:
                 continue
-            name = f"{self.name}-{pool.meta.name}"
+            name = names.worker(self.name, pool.meta.name)
             try:
                 await self.client.patch("Deployment", self.namespace, name,
                                         {"spec": {"replicas": decision.desired}}, sub="scale")

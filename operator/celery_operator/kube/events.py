@@ -9,6 +9,7 @@ from typing import Any
 
 from celery_operator import api
 from celery_operator.kube.client import ApiError, KubeClient
+from celery_operator.render import names
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Recorder:
         ns = md.get("namespace") or "default"
         ev = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{md.get('name', 'x')}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+            "metadata": {"name": names.event(md.get("name", "x"), uuid.uuid4().hex[:12]), "namespace": ns},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
                                "name": md.get("name"), "namespace": ns, "uid": uid,
                                "resourceVersion": md.get("resourceVersion")},

@@ -19,6 +19,10 @@ QUANTITY_PATTERN = (
     r"|(\.[0-9]+))))?$"
 )
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# metadata.name of CeleryApps and CeleryWorkerPools: a DNS-1035 label, since it is a label value on
+# their children (and starts the names of Services, which must begin with a letter).
+DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_MAX = 63
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api
+from celery_operator import api, cron
 from celery_operator.schema.builders import (
+    DNS_LABEL_MAX,
+    DNS_LABEL_PATTERN,
     Rule,
     Schema,
     any_value,
@@ -426,9 +428,6 @@ def pool_status() -> Schema:
 
 # -------------------------------------------------------------------------------- CeleryBeatSchedule
 
-CRON_REGEX = "^[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4}$"
-
-
 def schedule_spec() -> Schema:
     entry = obj(
         "One periodic task. Set exactly one of cron or everySeconds.",
@@ -436,11 +435,13 @@ def schedule_spec() -> Schema:
             "name": string("Unique name of the entry (the beat_schedule key).", min_length=1, max_length=200),
             "task": string("Name of the task to send, e.g. sample_tasks.tasks.add.", min_length=1,
                            max_length=253),
-            "cron": string("Five-field crontab 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'.",
+            "cron": string("Five-field crontab 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *' "
+                           "or '0 3 * * mon-fri', or a macro (@yearly, @monthly, @weekly, @daily, @hourly, ...). "
+                           "Each field is a comma-separated list of '*', a value, a low-high range or a step "
+                           "(*/n, low-high/n); months may be jan-dec and days of week sun-sat (0 is Sunday). As "
+                           "in Celery, a day must match both day fields.",
                            max_length=128,
-                           rules=[Rule(f"self.matches('{CRON_REGEX}')",
-                                       "cron must be a five-field crontab 'minute hour day-of-month month "
-                                       "day-of-week', e.g. '*/5 * * * *'")]),
+                           rules=[Rule(cel, message) for cel, message in cron.cel_rules()]),
             "everySeconds": number("Send the task every this many seconds.", minimum=0, exclusive_minimum=True),
             "args": array("Positional arguments of the task (any JSON values).",
                           any_value("One argument."), max_items=64, list_type="atomic"),
@@ -488,9 +489,10 @@ class KindDef:
 
 
 def _dns_label_name(why: str) -> Rule:
-    return Rule("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                f"metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-', starting "
-                f"with a letter): {why}; choose a shorter name")
+    return Rule(f"size(self.metadata.name) <= {DNS_LABEL_MAX} && "
+                f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+                f"metadata.name must be a DNS label (at most {DNS_LABEL_MAX} lowercase letters, digits and '-', "
+                f"starting with a letter): {why}; choose a shorter name")
 
 
 KIND_DEFS: dict[str, KindDef] = {
@@ -502,7 +504,7 @@ KIND_DEFS: dict[str, KindDef] = {
         [_col("Image", "string", ".spec.image", "Application image.", priority=1),
          _col("Pools", "integer", ".status.workerPools", "Worker pools of the app."),
          _col("Beat", "boolean", ".status.beat", "Whether a beat runs for the app.")],
-        root_rules=[_dns_label_name("it names the app's Services and labels its pods")],
+        root_rules=[_dns_label_name("it is a label value on every child of the app and starts their names")],
     ),
     api.EXCHANGE: KindDef(
         api.EXCHANGE,
@@ -535,7 +537,7 @@ KIND_DEFS: dict[str, KindDef] = {
          _col("Depth", "integer", ".status.queueDepth", "Ready messages in the pool's queues."),
          _col("Pool", "string", ".spec.pool", "Execution pool.", priority=1),
          _col("Concurrency", "integer", ".spec.concurrency", "Processes per worker.", priority=1)],
-        root_rules=[_dns_label_name("it names the pool's Deployment and labels its pods")],
+        root_rules=[_dns_label_name("it is a label value on the pool's Deployment and pods")],
         scale=True,
     ),
     api.SCHEDULE: KindDef(
