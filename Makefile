@@ -4,9 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := rabbitmq-server redis-server prometheus openssl util-linux
-IMAGE ?= ghcr.io/celery-operator/celery-operator:0.1.0
-SAMPLE_IMAGE ?= ghcr.io/celery-operator/sample-tasks:0.1.0
+# Brokers and Prometheus for tests; the node (containerd, runc, CNI plugins, iptables, conntrack, socat);
+# image builds (buildah, mmdebstrap; gcc builds Kubernetes' pause.c statically).
+APT_PACKAGES := rabbitmq-server redis-server prometheus openssl util-linux iproute2 \
+  containerd runc containernetworking-plugins iptables conntrack socat buildah mmdebstrap gcc libc6-dev
 
 .PHONY: help
 help: ## list the targets
@@ -31,7 +32,7 @@ $(VENV)/.installed: pyproject.toml sample_tasks/pyproject.toml
 venv: $(VENV)/.installed ## the Python environment (.venv) with the operator, dev tools and sample_tasks
 
 .PHONY: binaries
-binaries: ## build (once, cached in ~/.cache/celery-operator) etcd, kube-apiserver, kube-controller-manager, helm, kubectl
+binaries: ## build (once, cached in ~/.cache/celery-operator) the Kubernetes components, etcd, CoreDNS, helm, ...
 	bash dev/build-binaries.sh >/dev/null
 
 .PHONY: lint
@@ -54,15 +55,15 @@ checkov: ## checkov in its own venv (its pins clash with pytest's)
 	bash dev/install-checkov.sh >/dev/null
 
 .PHONY: up
-up: system-deps venv binaries ## start the local control plane, RabbitMQ and Redis (state in .local/)
+up: system-deps venv binaries ## start the local cluster: control plane + one kubelet node (state in .local/)
 	PYTHONPATH=dev $(PY) -m localenv up
 
 .PHONY: down
-down: ## stop what `make up` started
+down: ## stop what `make up` started, and restore what the node changed on the host
 	PYTHONPATH=dev $(PY) -m localenv down
 
 .PHONY: demo
-demo: up ## run the operator against the local servers with the sample topology
+demo: up ## helm-install the operator, run the sample topology and a producer on the local cluster
 	PYTHONPATH=dev $(PY) -m localenv demo
 
 .PHONY: bench
@@ -71,6 +72,5 @@ bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline
 	$(PY) bench/scale_latency.py
 
 .PHONY: image
-image: ## build the operator and sample_tasks images (needs a container engine)
-	docker build -t $(IMAGE) .
-	docker build -t $(SAMPLE_IMAGE) sample_tasks
+image: system-deps venv binaries ## build every image with buildah (operator, sample-tasks, rabbitmq, redis, ...)
+	PYTHONPATH=dev $(PY) -m localenv images

@@ -9,11 +9,8 @@ sample topology and a producer on it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from typing import Any
 
 from localenv.cluster import Cluster
@@ -71,51 +68,11 @@ def down() -> int:
 
 
 def demo() -> int:
-    import yaml
-    from tests.fixtures.operator import sample_documents
+    from localenv import demo as demo_module
 
-    from localenv.podrunner import PodRunner
-
-    state = json.loads(STATE.read_text())
-    env = {**os.environ, "KUBECONFIG": state["kubeconfig"],
-           "PATH": f"{state['bin_dir']}{os.pathsep}{os.environ['PATH']}"}
-
-    def kubectl(*args: str, input: str | None = None) -> str:
-        return subprocess.run(["kubectl", *args], env=env, input=input, text=True, check=True,
-                              capture_output=True).stdout
-
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"))
-    kubectl("apply", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
-                                                      "metadata": {"name": NAMESPACE}}))
-    for name, data in (("broker", {"url": state["broker_url"], "managementUrl": state["management_url"]}),
-                       ("backend", {"url": state["redis_url"]})):
-        kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}))
-    kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(sample_documents()))
-    op = subprocess.Popen([sys.executable, "-m", "celery_operator", "run", "--namespace", NAMESPACE,
-                           "--host", "127.0.0.1", "--port", "8080", "--no-leader-election"], env=env)
-    try:
-        for _ in range(60):
-            out = kubectl("get", "celeryapp", "proj", "-n", NAMESPACE,
-                          "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
-            if out == "True":
-                break
-            time.sleep(1)
-        print(kubectl("get", "celery", "-n", NAMESPACE))
-        with PodRunner(state["kubeconfig"]) as runner:
-            for dep in ("proj-default", "proj-high", "proj-beat"):
-                runner.run_deployment(NAMESPACE, dep)
-            runner.run_deployment(NAMESPACE, "proj-low", replicas=1)
-            print("workers and beat are running as local processes; metrics on http://127.0.0.1:8080/metrics")
-            print(f"try: KUBECONFIG={state['kubeconfig']} kubectl get celery -n {NAMESPACE}   (Ctrl-C stops)")
-            op.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        op.terminate()
-        op.wait(30)
-    return 0
+    state = load_state()
+    assert state is not None
+    return demo_module.run(state)
 
 
 def main(argv: list[str]) -> int:
@@ -124,6 +81,14 @@ def main(argv: list[str]) -> int:
         return up()
     if cmd == "down":
         return down()
+    if cmd == "images":
+        from localenv.images import Images
+
+        images = Images()
+        images.build()
+        for name in images.names():
+            print(images.ref(name))
+        return 0
     if cmd == "demo":
         if not STATE.exists():
             up()

@@ -240,6 +240,9 @@ class Images:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._recipes)
+
     def hash(self, name: str) -> str:
         r = self._recipes[name]
         base = [self.hash(r.base).encode()] if r.base else []
