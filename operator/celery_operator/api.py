@@ -43,6 +43,8 @@ LABEL_POOL: Final = f"{GROUP}/pool"
 
 # Annotations.
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+# On every child: a digest of its rendered form as last applied (the operator applies when it changes).
+ANNOTATION_APPLIED: Final = f"{GROUP}/applied"
 
 # Components (values of LABEL_COMPONENT).
 COMPONENT_WORKER: Final = "worker"

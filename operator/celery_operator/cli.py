@@ -23,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=int(os.environ.get("CELERY_OPERATOR_PORT", "8080")),
                      help="HTTP port serving /healthz, /readyz and /metrics (0 = pick a free one)")
     run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
-                     help="take a Lease before reconciling, so only one replica works at a time")
+                     help="work only on the shards whose Lease this replica holds (off: one replica does all)")
+    run.add_argument("--shards", type=int, default=int(os.environ.get("CELERY_OPERATOR_SHARDS", "1")),
+                     help="number of shards the CeleryApps are split into across replicas (1: leader election)")
+    run.add_argument("--resync-seconds", type=float, default=300.0,
+                     help="how often every app is re-decided from the caches (drift safety net; no API reads)")
     run.add_argument("--lease-name", default="celery-operator")
     run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     run.add_argument("--identity", default=os.environ.get("POD_NAME") or None,
@@ -51,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(RunOptions(
             namespaces=list(args.namespace), host=args.host, port=args.port,
             leader_election=args.leader_election, lease_name=args.lease_name,
-            lease_namespace=args.lease_namespace, identity=args.identity, verbose=args.verbose))
+            lease_namespace=args.lease_namespace, identity=args.identity, shards=args.shards,
+            resync_seconds=args.resync_seconds, verbose=args.verbose))
     if args.command == "render":
         from celery_operator.offline import render_files
 

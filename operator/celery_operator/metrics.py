@@ -40,15 +40,16 @@ SCALE_EVENTS: Final = "celery_operator_scale_events_total"
 BROKER_UP: Final = "celery_operator_broker_up"
 BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
+BROKER_POLLS: Final = "celery_operator_broker_polls_total"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
 
 ALL_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
-    BROKER_UP, BROKER_POLL_DURATION, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+    BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
 )
-COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL})
+COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
 HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
 
 QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
@@ -99,6 +100,9 @@ class OperatorMetrics:
         self.broker_poll_duration = Histogram(
             BROKER_POLL_DURATION, "Time to read the queue depths of one app from its broker.", APP_LABELS,
             buckets=POLL_BUCKETS, registry=r)
+        self.broker_polls = Counter(
+            _base(BROKER_POLLS), "Broker polls of an app by result (success, error): polls are not reconciles.",
+            (*APP_LABELS, "result"), registry=r)
         self.reconcile_count = Counter(
             _base(RECONCILE_TOTAL), "Reconciliations by kind and result (success, error, retry).",
             ("kind", "result"), registry=r)
@@ -172,14 +176,15 @@ class OperatorMetrics:
     def set_broker_up(self, namespace: str, app: str, up: bool) -> None:
         self._child(self.broker_up, namespace, app).set(1 if up else 0)
 
-    def observe_poll(self, namespace: str, app: str, seconds: float) -> None:
+    def observe_poll(self, namespace: str, app: str, seconds: float, ok: bool = True) -> None:
         self._child(self.broker_poll_duration, namespace, app).observe(seconds)
+        self._child(self.broker_polls, namespace, app, "success" if ok else "error").inc()
 
     def forget_app(self, namespace: str, app: str) -> None:
         """Remove every series of a deleted CeleryApp (its queues and pools included)."""
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.depth_source,
                        self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
-                       self.scale_events, self.broker_up, self.broker_poll_duration):
+                       self.scale_events, self.broker_up, self.broker_poll_duration, self.broker_polls):
             self._remove(metric, namespace=namespace, app=app)
 
     # --- reconciliation -------------------------------------------------------------------------

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from celery_operator import api
 from localenv.controlplane import ControlPlane
-from tests.fixtures.operator import OperatorFactory, condition, get, wait_for
-from tests.fixtures.servers import OPERATOR_NAMESPACE
+from tests.fixtures.brokers import Vhost
+from tests.fixtures.operator import OperatorFactory, apply, condition, get, secret, wait_for, wait_ready
+from tests.fixtures.servers import OPERATOR_NAMESPACE, Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -61,3 +63,30 @@ def test_two_operator_replicas_never_both_reconcile(control_plane: ControlPlane,
     assert a.proc.wait(30) == 0
     wait_for(lambda: _holder(control_plane, lease) == "replica-b", 30, "replica-b takes over")
     wait_for(lambda: "Activity 'configure' succeeded" in b.logs(), 30, "replica-b starts kopf")
+
+
+@pytest.mark.parametrize("form", ["flattened-inline-data", "file-paths"])
+def test_operator_reconciles_with_an_ordinary_kubeconfig(form: str, control_plane: ControlPlane, namespace: str,
+                                                         operator_factory: OperatorFactory, tmp_path: Path,
+                                                         images: Images, broker_vhost: Vhost) -> None:
+    """`kubectl config view --raw --flatten` (inline CA, client certificate and key, as kind, EKS and GKE
+    tools write) and a kubeconfig naming files both work; in a pod, test_helm_install covers the token."""
+    if form == "file-paths":
+        kubeconfig = control_plane.kubeconfig
+        assert "client-certificate-data" not in kubeconfig.read_text()
+    else:
+        kubeconfig = tmp_path / "flat-kubeconfig"
+        kubeconfig.write_text(control_plane.kubectl("config", "view", "--raw", "--flatten").stdout)
+        assert "client-key-data" in kubeconfig.read_text()
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    operator_factory("--namespace", namespace, "--no-leader-election", kubeconfig=kubeconfig)
+    v = api.API_VERSION
+    apply(control_plane, namespace, [
+        {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": "proj"},
+         "spec": {"image": images.sample_tasks, "app": "sample_tasks.app",
+                  "broker": {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
+                                          "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}}},
+        {"apiVersion": v, "kind": "CeleryQueue", "metadata": {"name": "work"}, "spec": {"appRef": {"name": "proj"}}},
+    ])
+    wait_ready(control_plane, namespace, "celeryapp", "proj", 60)
+    wait_ready(control_plane, namespace, "celeryqueue", "work", 60)

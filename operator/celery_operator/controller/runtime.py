@@ -1,94 +1,228 @@
-"""The registry of app workers: starts one per CeleryApp, routes triggers, stops them on deletion."""
+"""Wires the controller: caches, the work queue, the reconciler, the pollers, the shard leases.
+
+kopf feeds the custom resources (its indexes hold them; its event handlers call `notify`), the
+operator's informers feed the children, pods and Secrets. Every change turns into a key
+(namespace, app) on the work queue, full when something the children depend on changed and
+status-only when only what statuses report did; our own status writes come back as events that
+change nothing and are dropped here. Only apps of shards this replica holds are worked.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api, conditions
-from celery_operator.controller.app_worker import AppWorker
-from celery_operator.kube.client import ApiError, KubeClient
+from celery_operator import api, endpoints
+from celery_operator.controller.observe import CR_KINDS, WATCHED_CHILDREN, ClusterCache, Index, Key
+from celery_operator.controller.poller import Poller
+from celery_operator.controller.reconciler import Reconciler
+from celery_operator.controller.secrets import SecretCache
+from celery_operator.controller.state import AppState
+from celery_operator.controller.workqueue import WorkQueue
+from celery_operator.kube.client import KubeClient
 from celery_operator.kube.events import Recorder
+from celery_operator.kube.informer import Informer
+from celery_operator.kube.shards import ShardManager, current_shard
 from celery_operator.metrics import OperatorMetrics as Metrics
+from celery_operator.models import CeleryApp
 
 log = logging.getLogger(__name__)
-Key = tuple[str, str]
+Body = dict[str, Any]
+RESYNC_SECONDS = 300.0  # every owned app is re-decided from the caches this often (no API reads)
+MANAGED = f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
+SYNC_TIMEOUT_SECONDS = 20.0
+
+
+def _fingerprint(body: Body) -> tuple[Any, ...]:
+    """What a custom resource's reconcile depends on; a status-only change leaves it unchanged."""
+    md = body.get("metadata") or {}
+    return (md.get("generation"), md.get("deletionTimestamp"), tuple(md.get("finalizers") or ()),
+            (body.get("spec") or {}).get("appRef", {}).get("name"))
+
+
+def app_key(kind: str, body: Body) -> Key | None:
+    md = body.get("metadata") or {}
+    if kind == api.APP:
+        return md.get("namespace", ""), md["name"]
+    ref = ((body.get("spec") or {}).get("appRef") or {}).get("name")
+    return (md.get("namespace", ""), ref) if ref else None
 
 
 @dataclass
 class Runtime:
     client: KubeClient
-    recorder: Recorder
     metrics: Metrics
-    workers: dict[Key, tuple[AppWorker, asyncio.Task[None]]] = field(default_factory=dict)
+    namespaces: list[str]  # watched namespaces; empty: all
+    shards: ShardManager | None = None
+    resync_seconds: float = RESYNC_SECONDS
+    cache: ClusterCache = field(init=False)
+    queue: WorkQueue = field(init=False)
+    reconciler: Reconciler = field(init=False)
+    poller: Poller = field(init=False)
+    states: dict[Key, AppState] = field(default_factory=dict)
+    pollers: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # CR uid -> fingerprint
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @classmethod
-    async def create(cls, metrics: Metrics) -> Runtime:
-        client = await KubeClient.login()
-        return cls(client, Recorder(client), metrics)
+    def __post_init__(self) -> None:
+        recorder = Recorder(self.client)
+        self.cache = ClusterCache(indexes={})
+        self.reconciler = Reconciler(self.client, self.cache, recorder, self.metrics, self.states,
+                                     requeue=lambda key, delay: self.queue.add(key, delay=delay),
+                                     on_app=self._on_app)
+        self.poller = Poller(self.client, self.cache, recorder, self.metrics,
+                             after_poll=lambda key: self.queue.add(key, full=False))
+        self.queue = WorkQueue(self._work)
+        if self.shards is not None:
+            self.shards.on_acquired = self._acquired
+            self.shards.on_lost = self._lost
+            self.client.write_guard = self.shards.guard
 
-    def ensure(self, namespace: str, app: str) -> None:
-        """Start the app's worker if needed, and trigger a reconcile."""
-        key = (namespace, app)
-        entry = self.workers.get(key)
-        if entry is None or entry[1].done():
-            worker = AppWorker(self.client, self.recorder, self.metrics, namespace, app)
-            task = asyncio.create_task(self._run(worker), name=f"app:{namespace}/{app}")
-            self.workers[key] = (worker, task)
-        else:
-            entry[0].trigger.set()
+    # -- ownership ----------------------------------------------------------------------------------
+    def owns(self, key: Key) -> bool:
+        return self.shards is None or self.shards.owns(*key)
 
-    async def _run(self, worker: AppWorker) -> None:
+    def _shard(self, key: Key) -> int | None:
+        return None if self.shards is None else self.shards.shard_of(*key)
+
+    def _acquired(self, shard: int) -> None:
+        for key in self.cache.app_keys():
+            if self._shard(key) == shard:
+                self.queue.add(key)
+
+    def _lost(self, shard: int) -> None:
+        for key in list(self.pollers):
+            if self._shard(key) == shard:
+                self._stop_poller(key)
+        for key in self.cache.app_keys():
+            if self._shard(key) == shard:
+                self.queue.forget(key)
+                self.states.pop(key, None)
+
+    # -- work ---------------------------------------------------------------------------------------
+    async def _work(self, key: Key, full: bool) -> None:
+        if not self.owns(key):
+            return
+        token = current_shard.set(self._shard(key))
         try:
-            await worker.run()
+            await self.reconciler.reconcile(key, full)
         finally:
-            key = (worker.namespace, worker.name)
-            if self.workers.get(key, (None,))[0] is worker:
-                self.workers.pop(key, None)
-            self.metrics.forget_app(worker.namespace, worker.name)
+            current_shard.reset(token)
 
-    def trigger(self, namespace: str, app: str) -> bool:
-        entry = self.workers.get((namespace, app))
-        if entry is None or entry[1].done():
-            return False
-        entry[0].trigger.set()
-        return True
+    def _on_app(self, key: Key, state: AppState | None) -> None:
+        if state is None:
+            self._stop_poller(key)
+            return
+        task = self.pollers.get(key)
+        if (task is None or task.done()) and self.owns(key):
+            self.pollers[key] = asyncio.create_task(self._poll(key, state), name=f"poll:{key[0]}/{key[1]}")
 
-    def stop_app(self, namespace: str, app: str) -> None:
-        entry = self.workers.pop((namespace, app), None)
-        if entry is not None:
-            entry[0].stopped.set()
-            self.metrics.forget_app(namespace, app)
+    async def _poll(self, key: Key, state: AppState) -> None:
+        current_shard.set(self._shard(key))
+        await self.poller.run(key, state)
 
-    async def orphan(self, kind: str, body: dict[str, Any]) -> None:
-        """An object whose app does not exist (yet): say so in its status and an Event."""
-        md, spec = body["metadata"], body.get("spec") or {}
-        app = (spec.get("appRef") or {}).get("name", "")
-        if md.get("deletionTimestamp"):
+    def _stop_poller(self, key: Key) -> None:
+        task = self.pollers.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    # -- notifications ------------------------------------------------------------------------------
+    def notify(self, kind: str, event: str, body: Body) -> None:
+        """A custom resource changed (kopf's watch). Status-only changes (our own writes) are dropped."""
+        uid = body.get("metadata", {}).get("uid", "")
+        key = app_key(kind, body)
+        before = self._seen.get(uid)
+        if event == "DELETED":
+            self._seen.pop(uid, None)
+        else:
+            now = _fingerprint(body)
+            if before == now:
+                return
+            self._seen[uid] = now
+        if key is not None:
+            self.queue.add(key)
+        if before is not None and before[3] and kind != api.APP and (key is None or before[3] != key[1]):
+            self.queue.add((body["metadata"].get("namespace", ""), before[3]))  # it left another app
+
+    def _child_changed(self, kind: str, event: str, new: Body | None, old: Body | None) -> None:
+        obj = new or old
+        assert obj is not None
+        app = (obj["metadata"].get("labels") or {}).get(api.LABEL_APP)
+        if not app:
             return
-        if await self.client.get(api.APP, md["namespace"], app) is not None:
-            self.ensure(md["namespace"], app)
-            return
-        msg = f"CeleryApp {app} not found in namespace {md['namespace']}: create it or fix spec.appRef.name"
-        gen = int(md.get("generation") or 0)
-        old = (body.get("status") or {}).get("conditions")
-        new = conditions.merge(old, conditions.not_ready(api.Reason.APP_NOT_FOUND, msg), gen)
-        if conditions.same(old, new) and (body.get("status") or {}).get("observedGeneration") == gen:
-            return
-        with contextlib.suppress(ApiError):
-            await self.client.patch(kind, md["namespace"], md["name"],
-                                    {"status": {"observedGeneration": gen, "conditions": new}}, sub="status")
-        await self.recorder.warning(body, api.Reason.APP_NOT_FOUND, msg)
+        key = (obj["metadata"].get("namespace", ""), app)
+        if kind in ("Deployment", "StatefulSet") and new is not None and old is not None \
+                and new["metadata"].get("generation") == old["metadata"].get("generation"):
+            self.queue.add(key, full=False)  # only its status moved
+        else:
+            self.queue.add(key, full=kind != "Pod")
+
+    def _secret_changed(self, secret: tuple[str, str]) -> None:
+        ns, name = secret
+        for key in self.cache.app_keys():
+            if key[0] != ns:
+                continue
+            for body in self.cache.indexes[api.APP].get(key, None) or ():
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    if name in endpoints.referenced_secrets(CeleryApp.of(body)):
+                        self.queue.add(key)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _informer(self, kind: str, namespace: str | None, **kw: Any) -> Informer:
+        return Informer(self.client, kind, namespace, **kw)
+
+    async def start(self, indexes: Mapping[str, Index]) -> None:
+        self.cache.indexes = dict(indexes)
+        scopes: list[str | None] = list(self.namespaces) or [None]
+        for kind in (*WATCHED_CHILDREN, "Pod"):
+            self.cache.informers[kind] = [self._informer(
+                kind, ns, label_selector=MANAGED,
+                on_change=lambda ev, new, old, kind=kind: self._child_changed(kind, ev, new, old)) for ns in scopes]
+        secrets = SecretCache(self.client, on_change=self._secret_changed)
+        secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe)
+                             for ns in scopes]
+        self.cache.secrets = secrets
+        self.cache.informers["Secret"] = secrets.informers
+        for infs in self.cache.informers.values():
+            for inf in infs:
+                self._tasks.append(await inf.start())
+        every = [inf for infs in self.cache.informers.values() for inf in infs]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(inf.synced.wait() for inf in every)), SYNC_TIMEOUT_SECONDS)
+        behind = [f"{inf.kind} ({inf.namespace or 'all namespaces'})" for inf in every if not inf.synced.is_set()]
+        if behind:
+            # Reconciles go on: what cannot be read fails there, and becomes the apps' conditions.
+            log.error("not synced after %ss (RBAC?): %s", SYNC_TIMEOUT_SECONDS, ", ".join(behind))
+        if self.shards is not None:
+            self._tasks.append(asyncio.create_task(self.shards.run(self._stop), name="shards"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        self.queue.start()
+        log.info("caches synced (%d informers); reconciling", sum(len(v) for v in self.cache.informers.values()))
+
+    async def _resync(self) -> None:
+        while True:
+            for key in sorted(self.cache.app_keys()):
+                if self.owns(key):
+                    self.queue.add(key)
+            await asyncio.sleep(self.resync_seconds)
 
     async def close(self) -> None:
-        for worker, task in list(self.workers.values()):
-            worker.stopped.set()
-            task.cancel()
-        for _, task in list(self.workers.values()):
-            with contextlib.suppress(BaseException):
-                await task
-        self.workers.clear()
-        await self.client.close()
+        self._stop.set()
+        await self.queue.stop()
+        for key in list(self.pollers):
+            self._stop_poller(key)
+        for t in self._tasks:
+            if t.get_name() != "shards":
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+
+__all__ = ["CR_KINDS", "Runtime"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -31,6 +33,7 @@ _GROUPED: Final = {"Deployment": ("apps/v1", "deployments"), "StatefulSet": ("ap
 
 
 REQUEST_TIMEOUT_SECONDS = 30
+POOL_CONNECTIONS = 50  # concurrent requests (watches hold one each)
 
 
 def _login() -> kopf.ConnectionInfo:
@@ -77,12 +80,22 @@ def path_for(kind: str, namespace: str | None, name: str | None = None, sub: str
     return p
 
 
+class NotOwner(Exception):
+    """A write was refused locally: this replica no longer holds the lease of what it would write."""
+
+
 @dataclass
 class KubeClient:
-    """One aiohttp session to the API server, built from kopf's ConnectionInfo."""
+    """One aiohttp session to the API server, built from kopf's ConnectionInfo.
+
+    `write_guard`, when set, is asked before every write; when it answers False the write is not
+    sent (`NotOwner`): a replica that lost its shard's lease writes nothing (kube.shards).
+    """
 
     conn: kopf.ConnectionInfo
+    write_guard: Callable[[], bool] | None = None
     _session: aiohttp.ClientSession | None = None
+    requests: Counter[str] = field(default_factory=Counter)  # by verb (benchmarks read it)
 
     @classmethod
     async def login(cls) -> KubeClient:
@@ -92,7 +105,7 @@ class KubeClient:
         if self._session is None or self._session.closed:
             # kopf's own decoding of the credentials: inline kubeconfig data, files, tokens.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.conn.as_ssl_context(), limit=20),
+                connector=aiohttp.TCPConnector(ssl=self.conn.as_ssl_context(), limit=POOL_CONNECTIONS),
                 headers={**self.conn.as_http_headers(), "User-Agent": api.OPERATOR_NAME},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
         return self._session
@@ -109,25 +122,35 @@ class KubeClient:
             await self._session.close()
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> Body:
+                      body: Any = None, content_type: str = "application/json",
+                      headers: dict[str, str] | None = None, guarded: bool = True,
+                      timeout_seconds: float | None = None) -> Body:
+        if method != "GET" and guarded and self.write_guard is not None and not self.write_guard():
+            raise NotOwner(f"{method} {path}: not sent, this replica does not hold the lease")
         try:
-            return await self._request(method, path, params, body, content_type)
+            return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
         except ApiError as e:
             if e.status != 401:
                 raise
         await self._relogin()
-        return await self._request(method, path, params, body, content_type)
+        return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
+
+    def _url(self, path: str, params: dict[str, str] | None) -> str:
+        return self.conn.server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
 
     async def _request(self, method: str, path: str, params: dict[str, str] | None, body: Any,
-                       content_type: str) -> Body:
+                       content_type: str, extra_headers: dict[str, str] | None,
+                       timeout_seconds: float | None) -> Body:
         s = await self.session()
-        url = self.conn.server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with s.request(method, url, data=data, headers=headers) as r:
+        self.requests[method] += 1
+        client_timeout = aiohttp.ClientTimeout(total=timeout_seconds) if timeout_seconds is not None else None
+        async with s.request(method, self._url(path, params), data=data, headers=headers,
+                             timeout=client_timeout) as r:
             text = await r.text()
             try:
                 payload = json.loads(text) if text else {}
@@ -136,6 +159,22 @@ class KubeClient:
             if r.status >= 400:
                 raise ApiError(r.status, str(payload.get("message", text))[:2000], payload)
             return payload if isinstance(payload, dict) else {"items": payload}
+
+    async def stream(self, path: str, *, params: dict[str, str], headers: dict[str, str] | None = None,
+                     timeout_seconds: float) -> AsyncIterator[Body]:
+        """A watch: one JSON event per line, until the server ends it."""
+        s = await self.session()
+        self.requests["WATCH"] += 1
+        async with s.get(self._url(path, params), headers={"Accept": "application/json", **(headers or {})},
+                         timeout=aiohttp.ClientTimeout(total=timeout_seconds, sock_read=timeout_seconds)) as r:
+            if r.status == 401:
+                await self._relogin()
+            if r.status >= 400:
+                text = await r.text()
+                raise ApiError(r.status, text[:2000])
+            async for line in r.content:
+                if line.strip():
+                    yield json.loads(line)
 
     # ---- typed conveniences --------------------------------------------------------------
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None:
@@ -150,7 +189,7 @@ class KubeClient:
                    field_selector: str | None = None) -> list[Body]:
         params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
         return list((await self.request("GET", path_for(kind, namespace), params=params or None))
-                    .get("items", []))
+                    .get("items") or [])
 
     async def apply(self, obj: Body, field_manager: str = api.FIELD_MANAGER) -> Body:
         """Server-side apply (force: the operator owns the fields it sets)."""
@@ -165,9 +204,9 @@ class KubeClient:
         return await self.request("POST", path_for(obj["kind"], md.get("namespace")), body=obj)
 
     async def patch(self, kind: str, namespace: str | None, name: str, patch: Body, sub: str | None = None,
-                    content_type: str = "application/merge-patch+json") -> Body:
+                    content_type: str = "application/merge-patch+json", guarded: bool = True) -> Body:
         return await self.request("PATCH", path_for(kind, namespace, name, sub), body=patch,
-                                  content_type=content_type)
+                                  content_type=content_type, guarded=guarded)
 
     async def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> bool:
         try:

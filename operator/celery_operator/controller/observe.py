@@ -1,0 +1,79 @@
+"""Observe: what the cluster holds for one app, read from watch-fed caches (no API reads).
+
+Custom resources come from kopf's indexes (keyed by namespace and app name), the app's children and
+pods from the operator's own informers (selected on the server by the managed-by label), Secrets
+from the SecretCache. `children_kinds` are the kinds the operator creates and may delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from celery_operator import api
+from celery_operator.controller.secrets import SecretCache
+from celery_operator.kube.informer import Informer
+
+Body = dict[str, Any]
+Key = tuple[str, str]  # (namespace, app)
+ObjKey = tuple[str, str]  # (kind, name)
+CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
+WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap")
+CHILD_KINDS = (*WATCHED_CHILDREN, "Secret")
+
+
+class Index(Protocol):
+    """What the reconciler needs of a kopf.Index: values per key (an iterable Store)."""
+
+    def get(self, key: Key, default: Any = ...) -> Iterable[Body] | None: ...
+
+    def __iter__(self) -> Any: ...
+
+
+@dataclass
+class ClusterCache:
+    indexes: Mapping[str, Index]  # CR kind -> kopf index keyed (namespace, app)
+    informers: dict[str, list[Informer]] = field(default_factory=dict)  # kind -> one per namespace (or all)
+    secrets: SecretCache | None = None
+
+    def crs(self, key: Key) -> dict[ObjKey, Body]:
+        out: dict[ObjKey, Body] = {}
+        for kind in CR_KINDS:
+            for body in self.indexes[kind].get(key, None) or ():
+                out[(kind, body["metadata"]["name"])] = body
+        return out
+
+    def app_keys(self) -> set[Key]:
+        """Every app named by a custom resource (existing or not)."""
+        keys: set[Key] = set()
+        for kind in CR_KINDS:
+            keys |= set(self.indexes[kind])
+        return keys
+
+    def _select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[Body]:
+        out: list[Body] = []
+        for inf in self.informers.get(kind, []):
+            if inf.namespace in (None, namespace):
+                out += inf.select(namespace, labels)
+        return out
+
+    async def children(self, namespace: str, app: str, wanted_secrets: Iterable[str] = ()) -> dict[ObjKey, Body]:
+        """The app's children: by its label, and the Secrets it renders (read through the SecretCache)."""
+        mine = {api.LABEL_APP: app, api.LABEL_MANAGED_BY: api.OPERATOR_NAME}
+        out = {(kind, o["metadata"]["name"]): o
+               for kind in WATCHED_CHILDREN for o in self._select(kind, namespace, mine)}
+        if self.secrets is not None:
+            names = {o["metadata"]["name"] for o in self._select("Secret", namespace, mine)} | set(wanted_secrets)
+            for name in sorted(names):
+                secret = await self.secrets.get(namespace, name)
+                if secret is not None and (secret["metadata"].get("labels") or {}).get(api.LABEL_MANAGED_BY) \
+                        == api.OPERATOR_NAME:
+                    out[("Secret", name)] = secret
+        return out
+
+    def pods(self, namespace: str, app: str) -> list[Body]:
+        return self._select("Pod", namespace, {api.LABEL_APP: app})
+
+    def synced(self) -> bool:
+        return all(inf.synced.is_set() for infs in self.informers.values() for inf in infs)

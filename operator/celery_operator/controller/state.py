@@ -1,0 +1,68 @@
+"""What the operator remembers about one app between cycles (in memory; rebuilt after a restart).
+
+The API server holds everything else: the reconciler reads it from the watch-fed caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_operator import autoscale
+from celery_operator.brokers.base import DepthReport
+from celery_operator.decide import Poll, PoolScale
+from celery_operator.endpoints import Endpoint
+from celery_operator.models import CeleryWorkerPool
+from celery_operator.topology import Topology
+
+
+@dataclass
+class PoolState:
+    desired: int | None = None
+    history: autoscale.History | None = None
+    last_scale_time: str | None = None
+    depth: int | None = None
+    in_flight: int | None = None
+    source: str | None = None
+
+    def view(self) -> PoolScale:
+        return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time)
+
+
+@dataclass
+class AppState:
+    uid: str
+    pools: dict[str, PoolState] = field(default_factory=dict)
+    topology: Topology | None = None  # as of the last full reconcile (the poller reads it)
+    broker: Endpoint | None = None
+    transport_options: dict[str, Any] | None = None
+    broker_up: bool | None = None
+    poll_error: str | None = None
+    report: DepthReport | None = None
+    consumers: dict[str, int | None] = field(default_factory=dict)
+    consumers_at: float = float("-inf")
+    declared_hash: str | None = None
+    declared_at: float = float("-inf")
+    declared: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+    apply_errors: list[str] = field(default_factory=list)
+    failures: int = 0  # reconciles failed in a row
+    last_error: str | None = None
+
+    def poll(self) -> Poll:
+        return Poll(self.broker_up, self.poll_error, self.report)
+
+    def scale(self) -> dict[str, PoolScale]:
+        return {name: p.view() for name, p in self.pools.items()}
+
+    def replicas_for(self, pool: CeleryWorkerPool, live_replicas: int | None) -> int:
+        """A pool's replicas: spec.replicas, or the autoscaler's; a new autoscaled pool starts at
+        minReplicas and after an operator restart the Deployment's count stands."""
+        if pool.autoscaling is None:
+            self.pools.pop(pool.meta.name, None)
+            return pool.replicas
+        st = self.pools.setdefault(pool.meta.name, PoolState())
+        if st.desired is None:
+            a = pool.autoscaling
+            st.desired = a.min_replicas if live_replicas is None else max(a.min_replicas,
+                                                                          min(a.max_replicas, live_replicas))
+        return st.desired

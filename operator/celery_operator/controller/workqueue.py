@@ -1,0 +1,89 @@
+"""A work queue of app keys (namespace, name): deduplicated, delayed, worked by a bounded pool.
+
+Like client-go's workqueue: a key enqueued many times while waiting is worked once; a key being
+worked is not worked by a second worker at the same time, and if enqueued meanwhile it is worked
+again afterwards. A full reconcile subsumes a status-only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+Work = Callable[[Key, bool], Awaitable[None]]  # (key, full)
+
+
+@dataclass
+class WorkQueue:
+    work: Work
+    workers: int = 16
+    debounce_seconds: float = 0.2
+    _due: dict[Key, tuple[float, bool]] = field(default_factory=dict)  # key -> (when, full)
+    _active: set[Key] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def add(self, key: Key, *, full: bool = True, delay: float | None = None) -> None:
+        when = time.monotonic() + (self.debounce_seconds if delay is None else delay)
+        before = self._due.get(key)
+        if before is not None:
+            when, full = min(when, before[0]), full or before[1]
+        self._due[key] = (when, full)
+        self._wake.set()
+
+    def forget(self, key: Key) -> None:
+        self._due.pop(key, None)
+
+    def pending(self) -> int:
+        return len(self._due) + len(self._active)
+
+    def _next(self) -> tuple[Key, bool] | float:
+        """A due key not being worked, or the seconds until the next one is due."""
+        now = time.monotonic()
+        soonest = 1.0
+        for key, (when, full) in sorted(self._due.items(), key=lambda kv: kv[1][0]):
+            if key in self._active:
+                continue
+            if when <= now:
+                del self._due[key]
+                return key, full
+            soonest = min(soonest, when - now)
+            break
+        return soonest
+
+    async def _worker(self) -> None:
+        while True:
+            got = self._next()
+            if isinstance(got, float):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), got)
+                continue
+            key, full = got
+            self._active.add(key)
+            try:
+                await self.work(key, full)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("working %s/%s failed", *key)
+            finally:
+                self._active.discard(key)
+                self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"reconciler-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []

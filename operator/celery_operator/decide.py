@@ -1,0 +1,315 @@
+"""PURE: from what was observed about one app to what every object's status should say.
+
+The reconciler observes (custom resources, children, pods, broker results, scaling state), then
+calls `statuses(facts)` for the desired status of each custom resource, and `status_patch` to know
+whether one must be written (only when a value changed) and which Event the change deserves (only
+on a transition of the Ready condition). Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_operator import api, conditions, drift, workloads
+from celery_operator.brokers.base import DepthReport
+from celery_operator.conditions import Condition
+from celery_operator.endpoints import Endpoint
+from celery_operator.models import CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
+from celery_operator.render import names
+from celery_operator.topology import Topology
+
+Body = dict[str, Any]
+ObjKey = tuple[str, str]  # (kind, metadata.name)
+
+# Problems that are worth saying but leave the object working.
+WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT})
+APPLY_FAILED = "ApplyFailed"
+
+
+@dataclass(frozen=True)
+class PoolScale:
+    """What the autoscaler knows of one pool (from its last poll)."""
+
+    desired: int | None = None
+    depth: int | None = None
+    in_flight: int | None = None
+    source: str | None = None
+    last_scale_time: str | None = None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """The app's last broker poll: None fields until the first one."""
+
+    broker_up: bool | None = None
+    error: str | None = None
+    report: DepthReport | None = None
+
+
+@dataclass
+class Facts:
+    """Everything observed about one app that its objects' statuses depend on."""
+
+    namespace: str
+    app_name: str
+    bodies: dict[ObjKey, Body]  # the app (if it exists) and every object naming it
+    topology: Topology | None = None  # None when the app does not exist
+    broker: Endpoint | None = None
+    backend: Endpoint | None = None
+    config_hash: str = ""
+    children: dict[ObjKey, Body] = field(default_factory=dict)  # live children of the app
+    pods: list[Body] = field(default_factory=list)
+    scale: Mapping[str, PoolScale] = field(default_factory=dict)
+    poll: Poll = field(default_factory=Poll)
+    declared: Mapping[ObjKey, tuple[bool, str]] = field(default_factory=dict)  # (kind, Celery name)
+    apply_errors: list[str] = field(default_factory=list)
+    managed_problem: workloads.Problem | None = None
+    reconcile_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Desired:
+    """An object's desired status: its own fields and its conditions."""
+
+    fields: Body
+    conditions: list[Condition]
+
+
+def url_from_rendered(objects: list[Body], ref: SecretKeyRef) -> str | None:
+    """The URL a rendered (managed) Secret carries, so the first cycle need not wait to read it back."""
+    for o in objects:
+        if o["kind"] == "Secret" and o["metadata"]["name"] == ref.name:
+            raw = (o.get("data") or {}).get(ref.key)
+            return base64.b64decode(raw).decode() if raw else None
+    return None
+
+
+def _problems(topo: Topology, kind: str, name: str) -> list[Condition] | None:
+    problems = topo.problems_of(kind, name)
+    if not problems:
+        return None
+    text = "; ".join(p.message for p in problems)
+    if all(p.reason in WARNINGS for p in problems):
+        return conditions.ready(problems[0].reason, text)
+    return conditions.not_ready(problems[0].reason, text)
+
+
+def broker_conditions(facts: Facts) -> list[Condition] | None:
+    """Why the app's broker cannot be used, if it cannot."""
+    broker = facts.broker
+    if broker is None:
+        return None
+    if broker.url is None:
+        return conditions.not_ready(broker.problem_reason, broker.problem or "broker URL unknown",
+                                    progressing=broker.problem_reason == api.Reason.APP_NOT_READY)
+    if facts.poll.broker_up is False:
+        return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, facts.poll.error or "broker unreachable",
+                                    progressing=True)
+    return None
+
+
+def _app(facts: Facts, topo: Topology) -> Desired:
+    app = topo.app
+    broker, backend = facts.broker, facts.backend
+    assert broker is not None
+    fields: Body = {
+        "brokerSecretRef": {"name": broker.ref.name, "key": broker.ref.key},
+        "configMapName": names.config_map(app.meta.name), "configHash": facts.config_hash,
+        "workerPools": len(topo.effective_pools), "beat": topo.has_beat,
+    }
+    if backend is not None:
+        fields["resultBackendSecretRef"] = {"name": backend.ref.name, "key": backend.ref.key}
+    conds: list[Condition] | None = None
+    if facts.reconcile_error is not None:
+        conds = conditions.not_ready(api.Reason.RECONCILE_ERROR,
+                                     f"reconcile failed (retried with backoff): {facts.reconcile_error}",
+                                     progressing=True)
+    if conds is None and facts.managed_problem is not None:
+        # A managed broker that is not running explains an unreachable broker: say the root cause.
+        p = facts.managed_problem
+        conds = conditions.not_ready(p.reason, p.message, progressing=not p.degraded, degraded=p.degraded)
+    if conds is None:
+        conds = broker_conditions(facts)
+    if conds is None and backend is not None and backend.url is None and not backend.managed:
+        conds = conditions.not_ready(api.Reason.SECRET_NOT_FOUND, backend.problem or "result backend URL unknown")
+    if conds is None and facts.apply_errors:
+        conds = conditions.not_ready(APPLY_FAILED, "; ".join(facts.apply_errors))
+    return Desired(fields, conds or conditions.ready())
+
+
+def _declared(result: tuple[bool, str] | None, broker_conds: list[Condition] | None) -> list[Condition]:
+    if result is not None and result[0]:
+        return conditions.ready(api.Reason.DECLARED, "declared on the broker")
+    if result is not None:
+        return conditions.not_ready(api.Reason.BROKER_CONFLICT, result[1])
+    if broker_conds is not None:
+        return broker_conds
+    return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, "not declared yet", progressing=True, degraded=False)
+
+
+def _labels_match(pod: Body, selector: Mapping[str, str]) -> bool:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: list[Condition] | None) -> Desired:
+    app_name = topo.app.meta.name
+    dep = facts.children.get(("Deployment", names.worker(app_name, pool.meta.name))) or {}
+    dst = dep.get("status") or {}
+    st = facts.scale.get(pool.meta.name)
+    desired = st.desired if st is not None and st.desired is not None else pool.replicas
+    match = (dep.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+    fields: Body = {"replicas": int(dst.get("replicas") or 0), "readyReplicas": int(dst.get("readyReplicas") or 0),
+                    "desiredReplicas": desired, "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))}
+    if st is not None:
+        fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
+                                         ("depthSource", st.source), ("lastScaleTime", st.last_scale_time))
+                       if v is not None})
+    conds = _problems(topo, api.POOL, pool.meta.name)
+    if conds is None and pool.autoscaling is not None and broker_conds is not None:
+        # Replicas are held; say why the autoscaler is blind.
+        conds = conditions.not_ready(broker_conds[0].reason,
+                                     f"holding {desired} replicas: {broker_conds[0].message}", progressing=False)
+    if conds is not None:
+        return Desired(fields, conds)
+    ready = fields["readyReplicas"]
+    if not dep:
+        return Desired(fields, conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "Deployment not created yet",
+                                                    progressing=True, degraded=False))
+    if ready >= desired:
+        return Desired(fields, conditions.ready(api.Reason.DEPLOYMENT_READY, f"{ready}/{desired} workers ready"))
+    problem = workloads.pod_problem([p for p in facts.pods if match and _labels_match(p, match)])
+    if problem is not None:
+        return Desired(fields, conditions.not_ready(problem.reason, f"{ready}/{desired} workers ready; "
+                                                    f"{problem.message}", degraded=problem.degraded))
+    return Desired(fields, conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, f"{ready}/{desired} workers ready",
+                                                progressing=True, degraded=False))
+
+
+def _queue_depth(report: DepthReport | None, name: str) -> Body:
+    d = report.queues.get(name) if report is not None else None
+    if d is None:
+        return {}
+    return {k: v for k, v in (("messagesReady", d.ready), ("messagesInFlight", d.in_flight),
+                              ("consumers", d.consumers)) if v is not None}
+
+
+def statuses(facts: Facts) -> dict[ObjKey, Desired]:
+    """The desired status of the app and of every object naming it (none for objects being deleted)."""
+    topo = facts.topology
+    live = {k: b for k, b in facts.bodies.items() if not b["metadata"].get("deletionTimestamp")}
+    if topo is None:
+        msg = (f"CeleryApp {facts.app_name} not found in namespace {facts.namespace}: create it or fix "
+               "spec.appRef.name")
+        return {k: Desired({}, conditions.not_ready(api.Reason.APP_NOT_FOUND, msg)) for k in live if k[0] != api.APP}
+    out: dict[ObjKey, Desired] = {(api.APP, topo.app.meta.name): _app(facts, topo)}
+    broker_conds = broker_conditions(facts)
+    declared: list[tuple[str, CeleryExchange | CeleryQueue]] = [
+        *((api.EXCHANGE, e) for e in topo.exchanges), *((api.QUEUE, q) for q in topo.queues)]
+    for kind, obj in declared:
+        if (kind, obj.meta.name) not in live:
+            continue
+        result = facts.declared.get((kind, obj.name))
+        fields: Body = {"declared": bool(result and result[0])}
+        if kind == api.QUEUE:
+            fields.update(_queue_depth(facts.poll.report, obj.name))
+        conds = _problems(topo, kind, obj.meta.name) or _declared(result, broker_conds)
+        out[(kind, obj.meta.name)] = Desired(fields, conds)
+    for pool in topo.pools:
+        if (api.POOL, pool.meta.name) in live:
+            out[(api.POOL, pool.meta.name)] = _pool(facts, topo, pool, broker_conds)
+    beat = names.beat(topo.app.meta.name)
+    for sched in topo.schedules:
+        if (api.SCHEDULE, sched.meta.name) not in live:
+            continue
+        served = sum(1 for s, _ in topo.beat_entries if s.meta.name == sched.meta.name)
+        sched_conds = _problems(topo, api.SCHEDULE, sched.meta.name)
+        if sched_conds is None:
+            sched_conds = conditions.ready(api.Reason.RECONCILED, f"{served} entries served by {beat}") \
+                if ("Deployment", beat) in facts.children else \
+                conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "beat Deployment not created yet",
+                                     progressing=True, degraded=False)
+        out[(api.SCHEDULE, sched.meta.name)] = Desired({"entries": served}, sched_conds)
+    return out
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def status_patch(body: Body, desired: Desired, now: str) -> tuple[Body | None, Event | None]:
+    """The status patch to write (None when nothing changed) and the Event the change deserves
+    (only when the Ready condition's status or reason changed)."""
+    old = body.get("status") or {}
+    gen = int(body["metadata"].get("generation") or 0)
+    conds = conditions.merge(old.get("conditions"), desired.conditions, gen, now)
+    status = {**desired.fields, "observedGeneration": gen, "conditions": conds}
+    if conditions.same(old.get("conditions"), conds) and all(old.get(k) == v for k, v in status.items()
+                                                             if k != "conditions"):
+        return None, None
+    before = next((c for c in old.get("conditions") or [] if c.get("type") == api.READY), None)
+    ready = next((c for c in desired.conditions if c.type == api.READY), None)
+    event = None
+    if ready is not None and (before is None or before.get("reason") != ready.reason
+                              or (before.get("status") == "True") != ready.status):
+        kind, name = body.get("kind", "object"), body["metadata"]["name"]
+        event = Event("Normal" if ready.status else "Warning", ready.reason,
+                      ready.message or f"{kind} {name} is ready")
+    return {"status": status}, event
+
+
+def child_key(obj: Body) -> ObjKey:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """Children to apply (rendered, and missing or different live) and to delete (ours, no longer wanted)."""
+
+    apply: list[Body]
+    delete: list[ObjKey]
+    why: dict[ObjKey, str]  # for each child to apply: the first field that differs, or "missing"
+
+
+def stamped(obj: Body) -> Body:
+    """The object with the digest of its own content in an annotation (what was last applied)."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    md = obj["metadata"]
+    return {**obj, "metadata": {**md, "annotations": {**(md.get("annotations") or {}),
+                                                      api.ANNOTATION_APPLIED: digest}}}
+
+
+def child_plan(desired: list[Body], live: Mapping[ObjKey, Body]) -> ChildPlan:
+    """Only what differs is written: an unchanged child costs nothing, a hand-edited or deleted one
+    is restored. A child whose rendered form changed since it was applied (its digest annotation
+    differs: this also catches a field the operator stopped setting) is applied; otherwise it is
+    applied only when a field the operator sets no longer holds its value (a hand edit). Children
+    of the app that the desired state no longer has (a deleted pool, beat without schedules, the
+    servers of a broker kind the app left) are deleted."""
+    apply: list[Body] = []
+    why: dict[ObjKey, str] = {}
+    for rendered in desired:
+        obj = stamped(rendered)
+        found = live.get(child_key(obj))
+        if found is None:
+            diff: str | None = "missing"
+        elif (found["metadata"].get("annotations") or {}).get(api.ANNOTATION_APPLIED) != \
+                obj["metadata"]["annotations"][api.ANNOTATION_APPLIED]:
+            diff = "rendered form changed"
+        else:
+            diff = drift.differs(obj, found)
+        if diff is not None:
+            apply.append(obj)
+            why[child_key(obj)] = diff
+    wanted = {child_key(o) for o in desired}
+    delete = sorted(k for k, b in live.items() if k not in wanted
+                    and (b["metadata"].get("labels") or {}).get(api.LABEL_MANAGED_BY) == api.OPERATOR_NAME)
+    return ChildPlan(apply, delete, why)
