@@ -92,6 +92,10 @@ class Reason:
     TIMEZONE_CONFLICT: Final = "TimezoneConflict"
     RECONCILE_ERROR: Final = "ReconcileError"
     BROKER_NOT_READY: Final = "BrokerNotReady"
+    # A queue's changeable settings could not be applied as its RabbitMQ policy (management API).
+    POLICY_NOT_APPLIED: Final = "PolicyNotApplied"
+    # The broker has no such feature (e.g. a TTL on Redis): the setting has no effect.
+    UNSUPPORTED_BY_BROKER: Final = "UnsupportedByBroker"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

@@ -75,22 +75,54 @@ class QueueDecl:
     source: CeleryQueue | None = None
 
 
+# Which queue settings go where on RabbitMQ. A queue's declare arguments can never change: RabbitMQ
+# refuses a redeclare with other arguments (PRECONDITION_FAILED). Settings a policy can carry are
+# therefore applied as an operator-owned policy (brokers/rabbitmq.py), which RabbitMQ applies to the
+# live queue and its messages; only what no policy can set stays in the declaration (and in the
+# generated config, since workers and producers declare the queue too):
+# - x-queue-type: fixed at declare time, not a policy key;
+# - x-max-priority: fixed at declare time (RabbitMQ does not accept it from policies);
+# - durable, auto-delete: declare properties, not arguments.
+# message-ttl, max-length, dead-letter-exchange and dead-letter-routing-key are policy keys.
+
+
 def queue_arguments(q: CeleryQueue) -> dict[str, Any]:
-    """The AMQP `x-*` arguments a CeleryQueue asks for (names as RabbitMQ spells them)."""
+    """The AMQP `x-*` arguments fixed when the queue is declared (names as RabbitMQ spells them)."""
     args: dict[str, Any] = {}
     if q.max_priority is not None:
         args["x-max-priority"] = q.max_priority
-    if q.message_ttl_seconds is not None:
-        args["x-message-ttl"] = round(q.message_ttl_seconds * 1000)
-    if q.max_length is not None:
-        args["x-max-length"] = q.max_length
-    if q.dead_letter is not None:
-        args["x-dead-letter-exchange"] = q.dead_letter.exchange
-        if q.dead_letter.routing_key is not None:
-            args["x-dead-letter-routing-key"] = q.dead_letter.routing_key
     if q.queue_type != "classic":
         args["x-queue-type"] = q.queue_type
     return args
+
+
+def queue_policy(q: CeleryQueue) -> dict[str, Any]:
+    """The settings of a CeleryQueue that can change on a live queue: a RabbitMQ policy definition
+    (keys as RabbitMQ spells them). Empty when the queue sets none of them."""
+    definition: dict[str, Any] = {}
+    if q.message_ttl_seconds is not None:
+        definition["message-ttl"] = round(q.message_ttl_seconds * 1000)
+    if q.max_length is not None:
+        definition["max-length"] = q.max_length
+    if q.dead_letter is not None:
+        definition["dead-letter-exchange"] = q.dead_letter.exchange
+        if q.dead_letter.routing_key is not None:
+            definition["dead-letter-routing-key"] = q.dead_letter.routing_key
+    return definition
+
+
+# The spec fields behind each policy key (what a condition names when a policy cannot be applied).
+POLICY_FIELDS: dict[str, str] = {
+    "message-ttl": "messageTTLSeconds",
+    "max-length": "maxLength",
+    "dead-letter-exchange": "deadLetter",
+    "dead-letter-routing-key": "deadLetter",
+}
+
+
+def policy_fields(q: CeleryQueue) -> list[str]:
+    """The spec fields of `q` that are applied as a policy (in spec order, no repeats)."""
+    return list(dict.fromkeys(POLICY_FIELDS[k] for k in queue_policy(q)))
 
 
 class _HasMeta(Protocol):

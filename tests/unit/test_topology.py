@@ -108,12 +108,12 @@ def test_problem_messages_name_the_missing_thing() -> None:
 
 
 def test_duplicate_queue_leaves_the_older_in_effect() -> None:
-    topo = Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs", maxLength=5),
-                                          crs.queue("a", OLD, name="jobs", maxLength=7)])
+    topo = Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs", maxPriority=5),
+                                          crs.queue("a", OLD, name="jobs", maxPriority=7)])
     assert [q.meta.name for q in topo.effective_queues] == ["a"]
     decl = topo.declared_queue("jobs")
     assert decl is not None
-    assert decl.arguments == {"x-max-length": 7}
+    assert decl.arguments == {"x-max-priority": 7}
 
 
 def test_queue_with_unknown_exchange_is_not_declared_and_pools_cannot_use_it() -> None:
@@ -164,15 +164,15 @@ def test_implicit_default_queue_uses_the_apps_default_exchange_and_key() -> None
     assert [e.name for e in topo.declared_exchanges] == ["dx"]
 
 
-def test_queue_arguments_use_rabbitmq_names_and_milliseconds() -> None:
+def test_declared_queue_carries_only_the_arguments_fixed_at_declare_time() -> None:
+    """TTL, max length and dead-lettering can change on a live queue: they go to a policy, not the
+    declaration that workers and producers repeat."""
     topo = Topology.of(crs.app(), queues=[crs.queue(
         "q", maxPriority=10, messageTTLSeconds=1.5, maxLength=100, queueType="quorum",
         deadLetter={"exchange": "dlx", "routingKey": "dead"})])
     decl = topo.declared_queue("q")
     assert decl is not None
-    assert decl.arguments == {"x-max-priority": 10, "x-message-ttl": 1500, "x-max-length": 100,
-                              "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead",
-                              "x-queue-type": "quorum"}
+    assert decl.arguments == {"x-max-priority": 10, "x-queue-type": "quorum"}
 
 
 def test_app_config_timezone_wins_over_schedules() -> None:

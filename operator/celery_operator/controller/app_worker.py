@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from celery_operator import api, autoscale, conditions
 from celery_operator.brokers import connect
-from celery_operator.brokers.base import Broker, BrokerError, BrokerUnreachable, DepthReport
+from celery_operator.brokers.base import Broker, BrokerError, BrokerUnreachable, DeclareResult, DepthReport
 from celery_operator.controller import statuses
 from celery_operator.controller.connections import Endpoint, resolve
 from celery_operator.kube.client import ApiError, KubeClient
@@ -85,7 +85,7 @@ class AppWorker:
     _existing: dict[str, Body] = field(default_factory=dict)
     _consumers: dict[str, int | None] = field(default_factory=dict)
     _consumers_at: float = -CONSUMERS_REFRESH_SECONDS
-    _declare_results: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+    _declare_results: dict[tuple[str, str], DeclareResult] = field(default_factory=dict)
     _failures: int = 0  # reconciles failed in a row
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -294,15 +294,15 @@ class AppWorker:
             return
         self._declare_results = {}
         for r in results:
-            kind = {"exchange": api.EXCHANGE, "queue": api.QUEUE, "binding": api.QUEUE}[r.kind]
+            kind = api.EXCHANGE if r.kind == "exchange" else api.QUEUE  # bindings and policies: the queue's
             prev = self._declare_results.get((kind, r.name))
-            if prev is not None and not prev[0]:
-                continue  # keep the first failure for this object
-            self._declare_results[(kind, r.name)] = (r.ok, r.message)
+            if prev is not None and _severity(prev) >= _severity(r):
+                continue  # per object: the first failure, else the first ignored setting, else success
+            self._declare_results[(kind, r.name)] = r
         if all(r.ok for r in results):
             self._declared_hash, self._declared_at = h, time.monotonic()
 
-    def declare_result(self, kind: str, celery_name: str) -> tuple[bool, str] | None:
+    def declare_result(self, kind: str, celery_name: str) -> DeclareResult | None:
         return self._declare_results.get((kind, celery_name))
 
     # ---- poll + autoscale ----------------------------------------------------------------------
@@ -392,6 +392,10 @@ class AppWorker:
                 await self.recorder.emit(body, "Normal",
                                          api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
                                          f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
+
+
+def _severity(r: DeclareResult) -> int:
+    return 2 if not r.ok else 1 if r.reason else 0
 
 
 def _open(broker: Endpoint, transport_options: dict[str, Any] | None,

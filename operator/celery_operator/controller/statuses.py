@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from celery_operator import api, conditions, workloads
-from celery_operator.brokers.base import DepthReport
+from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.controller.connections import Endpoint
 from celery_operator.kube.client import ApiError, KubeClient
@@ -52,7 +52,7 @@ async def patch_status(worker: AppWorker, kind: str, body: Body, status: Body, c
     body["status"] = {**old, **status}
     ready = next((c for c in conds if c.type == api.READY), None)
     if ready is not None:
-        if ready.status:
+        if ready.status and ready.reason not in WARNINGS:
             await worker.recorder.normal(body, ready.reason, ready.message or f"{kind} {name} is ready")
         else:
             await worker.recorder.warning(body, ready.reason, ready.message)
@@ -76,8 +76,9 @@ async def write_reconcile_error(worker: AppWorker, error: str) -> None:
                        conditions.not_ready(api.Reason.RECONCILE_ERROR, msg, progressing=True))
 
 
-# Problems that are worth saying but leave the object working.
-WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT})
+# Problems that are worth saying but leave the object working: Ready stays True with this reason,
+# and the Event is a Warning.
+WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER})
 
 
 def _problem_conditions(topo: Topology, kind: str, name: str) -> list[Condition] | None:
@@ -135,7 +136,9 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
             continue
         result = worker.declare_result(kind, obj.name)
         conds = _problem_conditions(topo, kind, obj.meta.name) or _declared(result, broker_conds)
-        await patch_status(worker, kind, body, {"declared": bool(result and result[0])}, conds)
+        # A policy that could not be applied leaves the queue itself declared.
+        declared = result is not None and (result.ok or result.kind == "policy")
+        await patch_status(worker, kind, body, {"declared": declared}, conds)
     for pool in topo.pools:
         await write_pool(worker, topo, pool.meta.name, deployments, broker_conds)
     for sched in topo.schedules:
@@ -151,11 +154,13 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
         await patch_status(worker, api.SCHEDULE, body, {"entries": served}, conds)
 
 
-def _declared(result: tuple[bool, str] | None, broker_conds: list[Condition] | None) -> list[Condition]:
-    if result is not None and result[0]:
+def _declared(result: DeclareResult | None, broker_conds: list[Condition] | None) -> list[Condition]:
+    if result is not None and result.ok:
+        if result.reason:  # declared, but a setting has no effect on this broker
+            return conditions.ready(result.reason, result.message)
         return conditions.ready(api.Reason.DECLARED, "declared on the broker")
     if result is not None:
-        return conditions.not_ready(api.Reason.BROKER_CONFLICT, result[1])
+        return conditions.not_ready(result.reason or api.Reason.BROKER_CONFLICT, result.message)
     if broker_conds is not None:
         return broker_conds
     return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, "not declared yet", progressing=True,
