@@ -260,7 +260,10 @@ def queue_spec() -> Schema:
              "x-max-priority before 4.0; remove maxPriority or use queueType: classic", ".maxPriority"),
     ]
     return obj(
-        "Desired state of a queue declared on the app's broker, its binding, and the tasks Celery routes to it.",
+        "Desired state of a queue declared on the app's broker, its binding, and the tasks Celery routes to it. "
+        "queueType, maxPriority, durable and autoDelete are fixed when the queue is declared and cannot change "
+        "(unless spec.name changes too: that is another queue); messageTTLSeconds, maxLength and deadLetter "
+        "can, and are applied to the live queue as a RabbitMQ policy.",
         {
             "appRef": app_ref(),
             "name": celery_name("queue"),
@@ -297,8 +300,35 @@ def queue_spec() -> Schema:
             "deletionPolicy": deletion_policy("queue"),
         },
         required=["appRef"],
-        rules=quorum_rules,
+        rules=quorum_rules + _fixed_at_declare_rules(),
     )
+
+
+# Queue fields RabbitMQ fixes when it declares the queue (a redeclare with another value fails with
+# PRECONDITION_FAILED, and a policy cannot set them): (field, what fixes it, optional).
+FIXED_AT_DECLARE: list[tuple[str, str, bool]] = [
+    ("queueType", "its type (x-queue-type)", False),
+    ("maxPriority", "its x-max-priority", True),
+    ("durable", "its durability", False),
+    ("autoDelete", "its auto-delete property", False),
+]
+_SAME_QUEUE = ("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)")
+
+
+def _fixed_at_declare_rules() -> list[Rule]:
+    """Transition rules (they run on update only): a field fixed at declare time keeps its value while
+    the queue keeps its name. Optional fields compare presence too."""
+    rules = []
+    for name, what, optional in FIXED_AT_DECLARE:
+        same = (f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})"
+                if optional else f"self.{name} == oldSelf.{name}")
+        rules.append(Rule(
+            f"!({_SAME_QUEUE}) || ({same})",
+            f"spec.{name} cannot change on an existing queue: RabbitMQ fixes {what} when the queue is declared. "
+            f"To migrate, create a new CeleryQueue (another spec.name) with the new {name}, move the pools and "
+            f"task routes to it, then delete the old one once it is drained",
+            f".{name}"))
+    return rules
 
 
 def queue_status() -> Schema:
