@@ -60,6 +60,10 @@ ENV_RESULT_BACKEND: Final = "CELERY_RESULT_BACKEND"
 ENV_APP: Final = "CELERY_OPERATOR_APP"
 HEARTBEAT_FILE: Final = "/tmp/celery-worker-heartbeat"
 
+# kombu's Redis transport redelivers a message not acknowledged within this many seconds, unless the
+# app's broker_transport_options set visibility_timeout.
+REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS: Final = 3600
+
 # Condition types.
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
@@ -96,6 +100,10 @@ class Reason:
     POLICY_NOT_APPLIED: Final = "PolicyNotApplied"
     # The broker has no such feature (e.g. a TTL on Redis): the setting has no effect.
     UNSUPPORTED_BY_BROKER: Final = "UnsupportedByBroker"
+    # Redis redelivers a message unacknowledged for longer than its visibility timeout.
+    VISIBILITY_TIMEOUT_TOO_SHORT: Final = "VisibilityTimeoutTooShort"
+    # Messages prefetched by busy workers wait there instead of in the queue, out of other replicas' reach.
+    PREFETCH_HIDES_BACKLOG: Final = "PrefetchHidesBacklog"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

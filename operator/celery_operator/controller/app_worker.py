@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from celery_operator import api, autoscale, conditions
-from celery_operator.brokers import connect
+from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import Broker, BrokerError, BrokerUnreachable, DeclareResult, DepthReport
+from celery_operator.brokers.urls import broker_kind
 from celery_operator.controller import statuses
 from celery_operator.controller.connections import Endpoint, resolve
 from celery_operator.kube.client import ApiError, KubeClient
@@ -167,14 +168,15 @@ class AppWorker:
                 self._bodies[(kind, b["metadata"]["name"])] = b
         live = {k: [b for b in v if not b["metadata"].get("deletionTimestamp")] for k, v in bodies.items()}
         app = CeleryApp.of(app_body)
+        broker = await resolve(self.client, app, app.broker, "broker")
         topo = Topology.of(
             app,
             self._parse(CeleryExchange, live[api.EXCHANGE]), self._parse(CeleryQueue, live[api.QUEUE]),
-            self._parse(CeleryWorkerPool, live[api.POOL]), self._parse(CeleryBeatSchedule, live[api.SCHEDULE]))
+            self._parse(CeleryWorkerPool, live[api.POOL]), self._parse(CeleryBeatSchedule, live[api.SCHEDULE]),
+            external_broker_kind=_kind_of(broker.url))
         self._forget_gone(topo)
         self._topology = topo
 
-        broker = await resolve(self.client, app, app.broker, "broker")
         backend = await resolve(self.client, app, app.result_backend, "result-backend") \
             if app.result_backend is not None else None
         self._broker = broker
@@ -392,6 +394,13 @@ class AppWorker:
                 await self.recorder.emit(body, "Normal",
                                          api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
                                          f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
+
+
+def _kind_of(url: str | None) -> Literal["rabbitmq", "redis"] | None:
+    try:
+        return broker_kind(url) if url else None
+    except InvalidBrokerUrl:
+        return None
 
 
 def _severity(r: DeclareResult) -> int:

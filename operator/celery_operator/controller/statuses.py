@@ -78,14 +78,18 @@ async def write_reconcile_error(worker: AppWorker, error: str) -> None:
 
 # Problems that are worth saying but leave the object working: Ready stays True with this reason,
 # and the Event is a Warning.
-WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER})
+WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER,
+                      api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG})
 
 
-def _problem_conditions(topo: Topology, kind: str, name: str) -> list[Condition] | None:
+def _problem_conditions(topo: Topology, kind: str, name: str, *, warnings: bool = True) -> list[Condition] | None:
+    """Conditions for the object's topology problems; with `warnings=False`, only when one is not a warning."""
     problems = topo.problems_of(kind, name)
     if not problems:
         return None
     if all(p.reason in WARNINGS for p in problems):
+        if not warnings:
+            return None
         return conditions.ready(problems[0].reason, "; ".join(p.message for p in problems))
     return conditions.not_ready(problems[0].reason, "; ".join(p.message for p in problems))
 
@@ -125,6 +129,8 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
         conds = conditions.not_ready(api.Reason.SECRET_NOT_FOUND, backend.problem or "result backend URL unknown")
     if conds is None and apply_errors:
         conds = conditions.not_ready("ApplyFailed", "; ".join(apply_errors))
+    if conds is None:
+        conds = _problem_conditions(topo, api.APP, app.meta.name)
     await patch_status(worker, api.APP, app_body, app_status, conds or conditions.ready())
 
     broker_conds = _broker_conditions(worker, broker)
@@ -137,8 +143,8 @@ async def write_all(worker: AppWorker, topo: Topology, broker: Endpoint, backend
         result = worker.declare_result(kind, obj.name)
         conds = _problem_conditions(topo, kind, obj.meta.name) or _declared(result, broker_conds)
         # A policy that could not be applied leaves the queue itself declared.
-        declared = result is not None and (result.ok or result.kind == "policy")
-        await patch_status(worker, kind, body, {"declared": declared}, conds)
+        on_broker = result is not None and (result.ok or result.kind == "policy")
+        await patch_status(worker, kind, body, {"declared": on_broker}, conds)
     for pool in topo.pools:
         await write_pool(worker, topo, pool.meta.name, deployments, broker_conds)
     for sched in topo.schedules:
@@ -187,7 +193,8 @@ async def write_pool(worker: AppWorker, topo: Topology, pool_name: str, deployme
                        if v is not None})
     worker.metrics.set_pool_replicas(worker.namespace, topo.app.meta.name, pool_name, desired=desired,
                                      current=status["replicas"], ready=status["readyReplicas"])
-    conds = _problem_conditions(topo, api.POOL, pool_name)
+    # Warnings (settings that bite) show once the workers are ready; until then, their progress does.
+    conds = _problem_conditions(topo, api.POOL, pool_name, warnings=False)
     if conds is None and pool.autoscaling is not None and broker_conds is not None:
         # Replicas are held; say why the autoscaler is blind.
         conds = conditions.not_ready(broker_conds[0].reason,
@@ -197,7 +204,10 @@ async def write_pool(worker: AppWorker, topo: Topology, pool_name: str, deployme
             conds = conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "Deployment not created yet",
                                          progressing=True, degraded=False)
         elif status["readyReplicas"] >= desired:
-            conds = conditions.ready(api.Reason.DEPLOYMENT_READY, f"{status['readyReplicas']}/{desired} workers ready")
+            ready = f"{status['readyReplicas']}/{desired} workers ready"
+            warned = _problem_conditions(topo, api.POOL, pool_name)
+            conds = conditions.ready(warned[0].reason, f"{warned[0].message} ({ready})") if warned \
+                else conditions.ready(api.Reason.DEPLOYMENT_READY, ready)
         else:
             problem = workloads.pod_problem(await worker.client.list("Pod", worker.namespace, selector)) \
                 if selector else None

@@ -154,7 +154,18 @@ def _config() -> Schema:
     number gets the rule's message, an object or list a type error on that key. Lowercase key
     names are documented, not enforced, by the API server.
     """
-    props: dict[str, Schema] = {}
+    props: dict[str, Schema] = {
+        # Typed so the app's rules can read it (CEL sees only declared properties).
+        "broker_transport_options": {
+            "type": "object",
+            "description": "Options of the broker transport (kombu's transport_options), any JSON values.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {"visibility_timeout": {
+                "type": "number", "minimum": 0, "exclusiveMinimum": True,
+                "description": "Redis (and SQS): seconds a delivered message may stay unacknowledged before it "
+                               f"is delivered again. Default {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS}."}},
+        },
+    }
     rules = []
     for keys, use in RESERVED_CONFIG_KEYS.values():
         for k in keys:
@@ -203,12 +214,33 @@ def app_spec() -> Schema:
                                         "(task_default_routing_key).", default="celery",
                                         max_length=AMQP_NAME_MAX),
             "config": _config(),
+            "maxCountdownSeconds": integer(
+                "The longest countdown or ETA, in seconds from sending, the app's code gives tasks "
+                "(apply_async(countdown=..., eta=...), retries). Optional; declared so the operator can check "
+                "it against a Redis broker's visibility_timeout: a task waits unacknowledged in a worker until "
+                "it is due, and Redis delivers it again once the visibility timeout passes.",
+                minimum=0, fmt="int64"),
             "env": env(),
             "envFrom": env_from(),
             "podTemplate": pod_template("every worker and beat pod of this app"),
         },
         required=["image", "app", "broker"],
+        rules=[_countdown_within_visibility_timeout()],
     )
+
+
+def _countdown_within_visibility_timeout() -> Rule:
+    """A managed Redis broker is known to be Redis from this object alone (others: a condition)."""
+    vt = "self.config.broker_transport_options.visibility_timeout"
+    timeout = (f"(has(self.config) && has(self.config.broker_transport_options) && has({vt}) ? {vt} : "
+               f"{float(api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS)})")
+    return Rule(
+        f"!has(self.broker.redis) || !has(self.maxCountdownSeconds) || double(self.maxCountdownSeconds) < {timeout}",
+        "spec.maxCountdownSeconds must be less than the Redis broker's visibility timeout "
+        f"(spec.config.broker_transport_options.visibility_timeout, {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS} "
+        "s by default): a task waiting longer for its countdown/ETA is delivered again and runs twice; raise "
+        "visibility_timeout above it or lower maxCountdownSeconds",
+        ".maxCountdownSeconds")
 
 
 def app_status() -> Schema:
