@@ -58,6 +58,11 @@ BOOTSTRAP_MODULE: Final = "celery_operator_app"
 ENV_BROKER_URL: Final = "CELERY_BROKER_URL"
 ENV_RESULT_BACKEND: Final = "CELERY_RESULT_BACKEND"
 ENV_APP: Final = "CELERY_OPERATOR_APP"
+# Set on prefork workers: seconds the worker lets running tasks finish after SIGTERM before it
+# cancels (and so requeues) the rest; the bootstrap turns it into Celery's soft shutdown (5.5+).
+ENV_SOFT_SHUTDOWN_TIMEOUT: Final = "CELERY_OPERATOR_SOFT_SHUTDOWN_TIMEOUT"
+# billiard's switch that makes SIGTERM start Celery's cold shutdown, where the soft shutdown lives.
+ENV_REMAP_SIGTERM: Final = "REMAP_SIGTERM"
 HEARTBEAT_FILE: Final = "/tmp/celery-worker-heartbeat"
 
 # kombu's Redis transport redelivers a message not acknowledged within this many seconds, unless the

@@ -40,7 +40,7 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 # Env the operator sets and users cannot override (their entries of these names are dropped).
-OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP)
+OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP, api.ENV_SOFT_SHUTDOWN_TIMEOUT)
 
 
 def merge_templates(*templates: PodTemplate) -> PodTemplate:

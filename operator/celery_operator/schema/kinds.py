@@ -46,6 +46,8 @@ RESERVED_CONFIG_KEYS: dict[str, tuple[list[str], str]] = {
     "defaults": (["task_default_queue", "task_default_exchange", "task_default_routing_key"],
                  "spec.defaultQueue, spec.defaultExchange and spec.defaultRoutingKey"),
     "imports": (["imports"], "spec.imports"),
+    "shutdown": (["worker_soft_shutdown_timeout"],
+                 "each CeleryWorkerPool's spec.terminationGracePeriodSeconds, which it follows"),
 }
 
 
