@@ -55,10 +55,13 @@ print("sent {n} slow tasks", flush=True)
 
 
 def producer_job(images: dict[str, str]) -> dict[str, Any]:
-    """A Job from the sample image that loads the app's generated config, as any producer can."""
-    secret = {"name": "CELERY_BROKER_URL", "valueFrom": {"secretKeyRef": {"name": "proj-broker", "key": "url"}}}
-    backend = {"name": "CELERY_RESULT_BACKEND",
-               "valueFrom": {"secretKeyRef": {"name": "proj-result-backend", "key": "url"}}}
+    """A Job from the sample image that loads the app's generated config, as any producer can: wired by
+    `celery-operator producer-patch` (the one rendering of a producer's config mount and env)."""
+    from celery_operator.offline import producer_patch_files
+
+    wiring = yaml.safe_load(producer_patch_files([REPO / "sample_tasks" / "topology"], "producer",
+                                                 namespace=NAMESPACE))["spec"]["template"]["spec"]
+    [wired] = wiring["containers"]
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "producer", "namespace": NAMESPACE},
         "spec": {"backoffLimit": 2, "template": {"spec": {
@@ -67,15 +70,12 @@ def producer_job(images: dict[str, str]) -> dict[str, Any]:
             "containers": [{
                 "name": "producer", "image": images["sample-tasks"],
                 "command": ["python3", "-c", PRODUCER.format(n=SLOW_TASKS, seconds=SLOW_SECONDS)],
-                "env": [secret, backend, {"name": "CELERY_OPERATOR_APP", "value": "sample_tasks.app"},
-                        {"name": "PYTHONPATH", "value": "/etc/celery-operator"}, {"name": "HOME", "value": "/tmp"}],
+                "env": [*wired["env"], {"name": "HOME", "value": "/tmp"}],
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "config", "mountPath": "/etc/celery-operator", "readOnly": True},
-                                 {"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": [*wired["volumeMounts"], {"name": "tmp", "mountPath": "/tmp"}],
             }],
-            "volumes": [{"name": "config", "configMap": {"name": "proj-celery-config"}},
-                        {"name": "tmp", "emptyDir": {}}],
+            "volumes": [*wiring["volumes"], {"name": "tmp", "emptyDir": {}}],
         }}},
     }
 

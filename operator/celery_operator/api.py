@@ -60,7 +60,16 @@ BOOTSTRAP_MODULE: Final = "celery_operator_app"
 ENV_BROKER_URL: Final = "CELERY_BROKER_URL"
 ENV_RESULT_BACKEND: Final = "CELERY_RESULT_BACKEND"
 ENV_APP: Final = "CELERY_OPERATOR_APP"
+# Set on prefork workers: seconds the worker lets running tasks finish after SIGTERM before it
+# cancels (and so requeues) the rest; the bootstrap turns it into Celery's soft shutdown (5.5+).
+ENV_SOFT_SHUTDOWN_TIMEOUT: Final = "CELERY_OPERATOR_SOFT_SHUTDOWN_TIMEOUT"
+# billiard's switch that makes SIGTERM start Celery's cold shutdown, where the soft shutdown lives.
+ENV_REMAP_SIGTERM: Final = "REMAP_SIGTERM"
 HEARTBEAT_FILE: Final = "/tmp/celery-worker-heartbeat"
+
+# kombu's Redis transport redelivers a message not acknowledged within this many seconds, unless the
+# app's broker_transport_options set visibility_timeout.
+REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS: Final = 3600
 
 # Condition types.
 READY: Final = "Ready"
@@ -94,6 +103,14 @@ class Reason:
     TIMEZONE_CONFLICT: Final = "TimezoneConflict"
     RECONCILE_ERROR: Final = "ReconcileError"
     BROKER_NOT_READY: Final = "BrokerNotReady"
+    # A queue's changeable settings could not be applied as its RabbitMQ policy (management API).
+    POLICY_NOT_APPLIED: Final = "PolicyNotApplied"
+    # The broker has no such feature (e.g. a TTL on Redis): the setting has no effect.
+    UNSUPPORTED_BY_BROKER: Final = "UnsupportedByBroker"
+    # Redis redelivers a message unacknowledged for longer than its visibility timeout.
+    VISIBILITY_TIMEOUT_TOO_SHORT: Final = "VisibilityTimeoutTooShort"
+    # Messages prefetched by busy workers wait there instead of in the queue, out of other replicas' reach.
+    PREFETCH_HIDES_BACKLOG: Final = "PrefetchHidesBacklog"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

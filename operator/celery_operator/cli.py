@@ -1,4 +1,4 @@
-"""`celery-operator run | render | crds`."""
+"""`celery-operator run | render | producer-patch | crds`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("files", nargs="+", type=Path, help="YAML files (or folders) of celery-operator CRs")
     render.add_argument("-n", "--namespace", default="default", help="namespace of CRs that name none")
 
+    producer = sub.add_parser(
+        "producer-patch", help="print the strategic-merge patch that makes a Deployment's container send "
+                               "tasks routed like the app's workers (offline)")
+    producer.add_argument("files", nargs="+", type=Path, help="YAML files (or folders) holding the CeleryApp")
+    producer.add_argument("--app", help="metadata.name of the CeleryApp (needed when the files hold several)")
+    producer.add_argument("--container", required=True, help="name of the producer's container")
+    producer.add_argument("-n", "--namespace", default="default", help="namespace of CRs that name none")
+
     crds = sub.add_parser("crds", help="write (or print) the CRDs generated from the schema")
     crds.add_argument("--out", type=Path, help="folder to write one YAML per kind into (default: print)")
     return p
@@ -61,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         from celery_operator.offline import render_files
 
         sys.stdout.write(render_files(args.files, args.namespace))
+        return 0
+    if args.command == "producer-patch":
+        from celery_operator.offline import producer_patch_files
+
+        sys.stdout.write(producer_patch_files(args.files, args.container, args.app, args.namespace))
         return 0
     if args.command == "crds":
         from celery_operator import schema

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import api, conditions, drift, workloads
-from celery_operator.brokers.base import DepthReport
+from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
@@ -26,8 +26,10 @@ from celery_operator.topology import Topology
 Body = dict[str, Any]
 ObjKey = tuple[str, str]  # (kind, metadata.name)
 
-# Problems that are worth saying but leave the object working.
-WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT})
+# Problems that are worth saying but leave the object working: Ready stays True with this reason,
+# and the Event is a Warning.
+WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER,
+                      api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG})
 APPLY_FAILED = "ApplyFailed"
 
 
@@ -66,7 +68,7 @@ class Facts:
     pods: list[Body] = field(default_factory=list)
     scale: Mapping[str, PoolScale] = field(default_factory=dict)
     poll: Poll = field(default_factory=Poll)
-    declared: Mapping[ObjKey, tuple[bool, str]] = field(default_factory=dict)  # (kind, Celery name)
+    declared: Mapping[ObjKey, DeclareResult] = field(default_factory=dict)  # (kind, Celery name)
     apply_errors: list[str] = field(default_factory=list)
     managed_problem: workloads.Problem | None = None
     reconcile_error: str | None = None
@@ -89,13 +91,14 @@ def url_from_rendered(objects: list[Body], ref: SecretKeyRef) -> str | None:
     return None
 
 
-def _problems(topo: Topology, kind: str, name: str) -> list[Condition] | None:
+def _problems(topo: Topology, kind: str, name: str, *, warnings: bool = True) -> list[Condition] | None:
+    """Conditions for the object's topology problems; with `warnings=False`, only when one is not a warning."""
     problems = topo.problems_of(kind, name)
     if not problems:
         return None
     text = "; ".join(p.message for p in problems)
     if all(p.reason in WARNINGS for p in problems):
-        return conditions.ready(problems[0].reason, text)
+        return conditions.ready(problems[0].reason, text) if warnings else None
     return conditions.not_ready(problems[0].reason, text)
 
 
@@ -139,14 +142,18 @@ def _app(facts: Facts, topo: Topology) -> Desired:
         conds = conditions.not_ready(api.Reason.SECRET_NOT_FOUND, backend.problem or "result backend URL unknown")
     if conds is None and facts.apply_errors:
         conds = conditions.not_ready(APPLY_FAILED, "; ".join(facts.apply_errors))
+    if conds is None:
+        conds = _problems(topo, api.APP, app.meta.name)
     return Desired(fields, conds or conditions.ready())
 
 
-def _declared(result: tuple[bool, str] | None, broker_conds: list[Condition] | None) -> list[Condition]:
-    if result is not None and result[0]:
+def _declared(result: DeclareResult | None, broker_conds: list[Condition] | None) -> list[Condition]:
+    if result is not None and result.ok:
+        if result.reason:  # declared, but a setting has no effect on this broker
+            return conditions.ready(result.reason, result.message)
         return conditions.ready(api.Reason.DECLARED, "declared on the broker")
     if result is not None:
-        return conditions.not_ready(api.Reason.BROKER_CONFLICT, result[1])
+        return conditions.not_ready(result.reason or api.Reason.BROKER_CONFLICT, result.message)
     if broker_conds is not None:
         return broker_conds
     return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, "not declared yet", progressing=True, degraded=False)
@@ -170,7 +177,8 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
         fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
                                          ("depthSource", st.source), ("lastScaleTime", st.last_scale_time))
                        if v is not None})
-    conds = _problems(topo, api.POOL, pool.meta.name)
+    # Warnings (settings that bite) show once the workers are ready; until then, their progress does.
+    conds = _problems(topo, api.POOL, pool.meta.name, warnings=False)
     if conds is None and pool.autoscaling is not None and broker_conds is not None:
         # Replicas are held; say why the autoscaler is blind.
         conds = conditions.not_ready(broker_conds[0].reason,
@@ -182,7 +190,10 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
         return Desired(fields, conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "Deployment not created yet",
                                                     progressing=True, degraded=False))
     if ready >= desired:
-        return Desired(fields, conditions.ready(api.Reason.DEPLOYMENT_READY, f"{ready}/{desired} workers ready"))
+        text = f"{ready}/{desired} workers ready"
+        warned = _problems(topo, api.POOL, pool.meta.name)
+        return Desired(fields, conditions.ready(warned[0].reason, f"{warned[0].message} ({text})") if warned
+                       else conditions.ready(api.Reason.DEPLOYMENT_READY, text))
     problem = workloads.pod_problem([p for p in facts.pods if match and _labels_match(p, match)])
     if problem is not None:
         return Desired(fields, conditions.not_ready(problem.reason, f"{ready}/{desired} workers ready; "
@@ -215,7 +226,8 @@ def statuses(facts: Facts) -> dict[ObjKey, Desired]:
         if (kind, obj.meta.name) not in live:
             continue
         result = facts.declared.get((kind, obj.name))
-        fields: Body = {"declared": bool(result and result[0])}
+        # A policy that could not be applied leaves the queue itself declared.
+        fields: Body = {"declared": result is not None and (result.ok or result.kind == "policy")}
         if kind == api.QUEUE:
             fields.update(_queue_depth(facts.poll.report, obj.name))
         conds = _problems(topo, kind, obj.meta.name) or _declared(result, broker_conds)
@@ -261,7 +273,7 @@ def status_patch(body: Body, desired: Desired, now: str) -> tuple[Body | None, E
     if ready is not None and (before is None or before.get("reason") != ready.reason
                               or (before.get("status") == "True") != ready.status):
         kind, name = body.get("kind", "object"), body["metadata"]["name"]
-        event = Event("Normal" if ready.status else "Warning", ready.reason,
+        event = Event("Normal" if ready.status and ready.reason not in WARNINGS else "Warning", ready.reason,
                       ready.message or f"{kind} {name} is ready")
     return {"status": status}, event
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from celery_operator import api
+
 JSON = Any
 Body = dict[str, Any]
 
@@ -151,6 +153,7 @@ class CeleryApp:
     env: list[Body]
     env_from: list[Body]
     pod_template: PodTemplate
+    max_countdown_seconds: int | None = None  # the longest countdown/ETA the app's code uses
 
     @classmethod
     def of(cls, body: Body) -> CeleryApp:
@@ -172,7 +175,22 @@ class CeleryApp:
             env=list(s.get("env") or []),
             env_from=list(s.get("envFrom") or []),
             pod_template=PodTemplate.of(s.get("podTemplate")),
+            max_countdown_seconds=s.get("maxCountdownSeconds"),
         )
+
+    @property
+    def acks_late(self) -> bool:
+        """Whether the app's config sets task_acks_late (tasks may still set it one by one)."""
+        return self.config.get("task_acks_late") is True
+
+    @property
+    def visibility_timeout_seconds(self) -> float:
+        """The Redis visibility timeout the app's broker_transport_options give (kombu's default if none)."""
+        opts = self.config.get("broker_transport_options")
+        value = opts.get("visibility_timeout") if isinstance(opts, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return float(api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)

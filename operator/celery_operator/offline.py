@@ -21,7 +21,7 @@ from celery_operator.models import (
     CeleryQueue,
     CeleryWorkerPool,
 )
-from celery_operator.render import render_all
+from celery_operator.render import producer, render_all
 from celery_operator.render.broker import SecretsContext
 from celery_operator.topology import Topology
 
@@ -60,3 +60,15 @@ def render_documents(docs: list[dict[str, Any]], namespace: str = "default") -> 
 
 def render_files(paths: Iterable[Path], namespace: str = "default") -> str:
     return yaml.safe_dump_all(render_documents(_documents(paths), namespace), sort_keys=False)
+
+
+def producer_patch_files(paths: Iterable[Path], container: str, app_name: str | None = None,
+                         namespace: str = "default") -> str:
+    """The producer patch (`render.producer.producer_patch`) for the CeleryApp in the files."""
+    apps = [schema.apply_defaults(api.APP, {**d, "metadata": {"namespace": namespace, **d.get("metadata", {})}})
+            for d in _documents(paths) if d.get("apiVersion") == api.API_VERSION and d.get("kind") == api.APP]
+    found = [a for a in apps if app_name is None or a["metadata"]["name"] == app_name]
+    if len(found) != 1:
+        names = ", ".join(a["metadata"]["name"] for a in apps) or "none"
+        raise SystemExit(f"need exactly one CeleryApp{f' named {app_name}' if app_name else ''}; found: {names}")
+    return yaml.safe_dump(producer.producer_patch(CeleryApp.of(found[0]), container), sort_keys=False)

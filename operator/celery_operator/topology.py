@@ -20,6 +20,16 @@ schedules claiming one beat entry. Rules:
   stored under an older CRD may hold one) gets `InvalidSpec` and is dropped.
 - Celery has one timezone per app: the app's `config.timezone` if set, else the oldest schedule's.
   A schedule with another timezone gets `TimezoneConflict`; its entries run in the app's timezone.
+
+Settings that work but bite (warnings: the object stays in effect):
+- On a Redis broker, a message not acknowledged within the visibility timeout
+  (`broker_transport_options.visibility_timeout`, 3600 s by default) is delivered again. With
+  `task_acks_late`, a pool whose `timeLimitSeconds` reaches it gets `VisibilityTimeoutTooShort` (a
+  long task runs twice); whatever the ack mode, so does the app when its `maxCountdownSeconds`
+  reaches it (a countdown/ETA task waits unacknowledged in a worker until it is due).
+- An autoscaled pool with `task_acks_late` and `prefetchMultiplier` other than 1 gets
+  `PrefetchHidesBacklog`: each worker reserves messages it cannot start yet, which neither other
+  replicas nor new ones can take.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from celery_operator import api, cron
 from celery_operator.models import (
@@ -41,6 +51,7 @@ from celery_operator.models import (
 )
 
 Key = tuple[str, str]  # (kind, metadata.name)
+BrokerKind = Literal["rabbitmq", "redis"]
 
 DEFAULT_TIMEZONE = "UTC"
 
@@ -75,22 +86,54 @@ class QueueDecl:
     source: CeleryQueue | None = None
 
 
+# Which queue settings go where on RabbitMQ. A queue's declare arguments can never change: RabbitMQ
+# refuses a redeclare with other arguments (PRECONDITION_FAILED). Settings a policy can carry are
+# therefore applied as an operator-owned policy (brokers/rabbitmq.py), which RabbitMQ applies to the
+# live queue and its messages; only what no policy can set stays in the declaration (and in the
+# generated config, since workers and producers declare the queue too):
+# - x-queue-type: fixed at declare time, not a policy key;
+# - x-max-priority: fixed at declare time (RabbitMQ does not accept it from policies);
+# - durable, auto-delete: declare properties, not arguments.
+# message-ttl, max-length, dead-letter-exchange and dead-letter-routing-key are policy keys.
+
+
 def queue_arguments(q: CeleryQueue) -> dict[str, Any]:
-    """The AMQP `x-*` arguments a CeleryQueue asks for (names as RabbitMQ spells them)."""
+    """The AMQP `x-*` arguments fixed when the queue is declared (names as RabbitMQ spells them)."""
     args: dict[str, Any] = {}
     if q.max_priority is not None:
         args["x-max-priority"] = q.max_priority
-    if q.message_ttl_seconds is not None:
-        args["x-message-ttl"] = round(q.message_ttl_seconds * 1000)
-    if q.max_length is not None:
-        args["x-max-length"] = q.max_length
-    if q.dead_letter is not None:
-        args["x-dead-letter-exchange"] = q.dead_letter.exchange
-        if q.dead_letter.routing_key is not None:
-            args["x-dead-letter-routing-key"] = q.dead_letter.routing_key
     if q.queue_type != "classic":
         args["x-queue-type"] = q.queue_type
     return args
+
+
+def queue_policy(q: CeleryQueue) -> dict[str, Any]:
+    """The settings of a CeleryQueue that can change on a live queue: a RabbitMQ policy definition
+    (keys as RabbitMQ spells them). Empty when the queue sets none of them."""
+    definition: dict[str, Any] = {}
+    if q.message_ttl_seconds is not None:
+        definition["message-ttl"] = round(q.message_ttl_seconds * 1000)
+    if q.max_length is not None:
+        definition["max-length"] = q.max_length
+    if q.dead_letter is not None:
+        definition["dead-letter-exchange"] = q.dead_letter.exchange
+        if q.dead_letter.routing_key is not None:
+            definition["dead-letter-routing-key"] = q.dead_letter.routing_key
+    return definition
+
+
+# The spec fields behind each policy key (what a condition names when a policy cannot be applied).
+POLICY_FIELDS: dict[str, str] = {
+    "message-ttl": "messageTTLSeconds",
+    "max-length": "maxLength",
+    "dead-letter-exchange": "deadLetter",
+    "dead-letter-routing-key": "deadLetter",
+}
+
+
+def policy_fields(q: CeleryQueue) -> list[str]:
+    """The spec fields of `q` that are applied as a policy (in spec order, no repeats)."""
+    return list(dict.fromkeys(POLICY_FIELDS[k] for k in queue_policy(q)))
 
 
 class _HasMeta(Protocol):
@@ -115,6 +158,8 @@ class Topology:
     queues: Sequence[CeleryQueue] = ()
     pools: Sequence[CeleryWorkerPool] = ()
     schedules: Sequence[CeleryBeatSchedule] = ()
+    # What an external broker's URL says it is (the caller reads the Secret); None when unknown.
+    external_broker_kind: BrokerKind | None = None
 
     @classmethod
     def of(
@@ -124,6 +169,7 @@ class Topology:
         queues: Iterable[CeleryQueue] = (),
         pools: Iterable[CeleryWorkerPool] = (),
         schedules: Iterable[CeleryBeatSchedule] = (),
+        external_broker_kind: BrokerKind | None = None,
     ) -> Topology:
         """Keep only the objects in the app's namespace whose appRef names it, oldest first."""
         name, ns = app.meta.name, app.meta.namespace
@@ -132,7 +178,17 @@ class Topology:
             return oldest_first(o for o in objs if o.app_name == name and o.meta.namespace == ns)
 
         return cls(app, tuple(mine(exchanges)), tuple(mine(queues)), tuple(mine(pools)),
-                   tuple(mine(schedules)))
+                   tuple(mine(schedules)), external_broker_kind)
+
+    @property
+    def broker_kind(self) -> BrokerKind | None:
+        """RabbitMQ or Redis: from the spec for brokers the operator knows, else from the URL."""
+        b = self.app.broker
+        if b.managed is not None:
+            return b.managed.kind
+        if b.rabbitmq_cluster is not None:
+            return "rabbitmq"
+        return self.external_broker_kind
 
     # -- analysis (computed once; the dataclass is frozen) --------------------------------------
 
@@ -147,6 +203,7 @@ class Topology:
     @property
     def _problems(self) -> dict[Key, list[Problem]]:
         _ = self.effective_exchanges, self.effective_queues, self.effective_pools, self.beat_entries
+        _ = self._settings_checked
         return self._found
 
     def problems(self) -> dict[Key, list[Problem]]:
@@ -301,6 +358,37 @@ class Topology:
                 owner[entry.name] = sched.meta.name
                 kept.append((sched, entry))
         return kept
+
+    @cached_property
+    def _settings_checked(self) -> bool:
+        """Record the warnings of settings that work but bite (see the module docstring)."""
+        app = self.app
+        acks_late = app.acks_late
+        if self.broker_kind == "redis":
+            vt = app.visibility_timeout_seconds
+            fix = (f"raise broker_transport_options.visibility_timeout in CeleryApp {app.meta.name}'s "
+                   f"spec.config above it")
+            if app.max_countdown_seconds is not None and app.max_countdown_seconds >= vt:
+                self._add(api.APP, app.meta.name, api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT,
+                          f"maxCountdownSeconds {app.max_countdown_seconds} reaches the Redis broker's "
+                          f"visibility_timeout {vt:g} s: a task waiting for its countdown/ETA is delivered "
+                          f"again to another worker and runs twice; {fix}, or lower maxCountdownSeconds")
+            for pool in self.effective_pools if acks_late else ():
+                limit = pool.time_limit_seconds
+                if limit is not None and limit >= vt:
+                    self._add(api.POOL, pool.meta.name, api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT,
+                              f"timeLimitSeconds {limit} reaches the Redis broker's visibility_timeout {vt:g} s "
+                              f"with task_acks_late: a task still running then is delivered again to another "
+                              f"worker and runs twice; {fix}, or lower timeLimitSeconds")
+        for pool in self.effective_pools if acks_late else ():
+            if pool.autoscaling is not None and pool.prefetch_multiplier != 1:
+                reserved = ("every ready message" if pool.prefetch_multiplier == 0 else
+                            f"up to {pool.prefetch_multiplier * pool.concurrency} messages")
+                self._add(api.POOL, pool.meta.name, api.Reason.PREFETCH_HIDES_BACKLOG,
+                          f"prefetchMultiplier {pool.prefetch_multiplier} with task_acks_late on an autoscaled "
+                          f"pool: each worker reserves {reserved} while it runs {pool.concurrency}, so backlog "
+                          "waits in busy workers where new replicas cannot take it; set prefetchMultiplier: 1")
+        return True
 
     @property
     def has_beat(self) -> bool:

@@ -13,10 +13,12 @@ from typing import Any
 import amqp
 import pytest
 
+from celery_operator import api
 from celery_operator.brokers import BrokerUnreachable, QueueDepth, connect
-from celery_operator.brokers.rabbitmq import RabbitMQBroker
-from localenv.brokers import RabbitMQ, free_port
+from celery_operator.brokers.rabbitmq import POLICY_PRIORITY, RabbitMQBroker
+from localenv.brokers import RabbitMQ, ServerError, free_port
 from tests.fixtures.brokers import Vhost, exchange_model, queue_model
+from tests.fixtures.operator import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,9 +107,9 @@ def test_declare_creates_exchanges_queues_and_bindings_with_their_arguments(rabb
         "fanout", False, True)
     assert ex["plain"]["type"] == "direct"  # Celery's implicit exchange, named like the queue
     q = {x["name"]: x for x in _api(rabbitmq_vhost, "/api/queues/{vhost}")}
-    assert q["orders"]["arguments"] == {
-        "x-max-priority": 9, "x-message-ttl": 60000, "x-max-length": 1000,
-        "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead"}
+    assert q["orders"]["arguments"] == {"x-max-priority": 9}  # the rest is its policy, which can change
+    assert _api(rabbitmq_vhost, "/api/policies/{vhost}/celery-operator.orders")["definition"] == {
+        "message-ttl": 60000, "max-length": 1000, "dead-letter-exchange": "dlx", "dead-letter-routing-key": "dead"}
     assert q["orders"]["durable"] is True
     assert (q["fanned"]["durable"], q["fanned"]["auto_delete"]) == (False, True)
     assert q["safe"]["type"] == "quorum"
@@ -297,3 +299,127 @@ def test_queue_on_the_default_exchange_needs_no_binding(rabbitmq_vhost: Vhost) -
     finally:
         conn.close()
     assert broker.measure_passive(["by-name"]).queues["by-name"].ready == 2
+
+
+# -- changeable queue settings: an operator-owned policy per queue -----------------------------------
+
+def _queue_info(vhost: Vhost, name: str) -> dict[str, Any]:
+    return dict(_api(vhost, "/api/queues/{vhost}/" + urllib.parse.quote(name, safe="")))
+
+
+def _policy(vhost: Vhost, queue: str) -> dict[str, Any] | None:
+    try:
+        return dict(_api(vhost, "/api/policies/{vhost}/" + urllib.parse.quote(f"celery-operator.{queue}", safe="")))
+    except ServerError as e:
+        if "HTTP 404" in str(e):
+            return None
+        raise
+
+
+def _effective(vhost: Vhost, queue: str, definition: dict[str, Any]) -> bool:
+    return _queue_info(vhost, queue).get("effective_policy_definition") == definition
+
+
+def test_ttl_and_max_length_edits_apply_to_a_live_queue_without_losing_its_messages(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    assert all(r.ok for r in broker.declare([], [queue_model("jobs", messageTTLSeconds=600, maxLength=100)]))
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "jobs", 5)
+
+        # The edit a redeclare could never make (PRECONDITION_FAILED): longer TTL, shorter max length.
+        results = broker.declare([], [queue_model("jobs", messageTTLSeconds=1200, maxLength=8)])
+
+        assert [(r.kind, r.ok, r.conflict) for r in results if r.kind != "exchange"] == [
+            ("queue", True, False), ("binding", True, False), ("policy", True, False)]
+        wait_for(lambda: _effective(rabbitmq_vhost, "jobs", {"message-ttl": 1200000, "max-length": 8}), 30,
+                 "the new TTL and max length in effect on the live queue")
+        assert broker.measure_passive(["jobs"]).queues["jobs"].ready == 5  # nothing lost
+        assert _queue_info(rabbitmq_vhost, "jobs")["arguments"] == {}
+        # The new max length is enforced on that same queue: the oldest messages are dropped past 8.
+        _publish(ch, "", "jobs", 6)
+    finally:
+        conn.close()
+    assert broker.measure_passive(["jobs"]).queues["jobs"].ready == 8
+    policy = _policy(rabbitmq_vhost, "jobs")
+    assert policy is not None
+    assert (policy["pattern"], policy["apply-to"], policy["priority"]) == ("^jobs$", "queues", POLICY_PRIORITY)
+
+
+def test_unset_settings_leave_the_policy_and_a_queue_without_settings_has_none(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([], [queue_model("jobs", messageTTLSeconds=60, maxLength=10)])
+
+    assert all(r.ok for r in broker.declare([], [queue_model("jobs", messageTTLSeconds=60)]))
+    wait_for(lambda: _effective(rabbitmq_vhost, "jobs", {"message-ttl": 60000}), 30, "max-length gone")
+    policy = _policy(rabbitmq_vhost, "jobs")
+    assert policy is not None and policy["definition"] == {"message-ttl": 60000}
+
+    results = broker.declare([], [queue_model("jobs")])
+    assert [r.kind for r in results if r.kind != "exchange"] == ["queue", "binding"]  # no policy to report
+    assert _policy(rabbitmq_vhost, "jobs") is None
+    wait_for(lambda: _queue_info(rabbitmq_vhost, "jobs").get("policy") in (None, ""), 30, "no policy applied")
+
+
+def test_dead_letter_policy_sends_expired_messages_to_the_dead_letter_exchange(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    results = broker.declare(
+        [exchange_model("dlx", "direct")],
+        [queue_model("jobs", messageTTLSeconds=0.2, deadLetter={"exchange": "dlx", "routingKey": "dead"}),
+         queue_model("graveyard", exchange="dlx", routingKey="dead")])
+    assert all(r.ok for r in results)
+    wait_for(lambda: _queue_info(rabbitmq_vhost, "jobs").get("policy") == "celery-operator.jobs", 30,
+             "the policy applied")
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        _publish(ch, "", "jobs", 3)
+    finally:
+        conn.close()
+    wait_for(lambda: broker.measure_passive(["graveyard"]).queues["graveyard"].ready == 3, 30,
+             "expired messages dead-lettered")
+    assert broker.measure_passive(["jobs"]).queues["jobs"].ready == 0
+
+
+def test_policy_pattern_matches_only_its_own_queue(rabbitmq_vhost: Vhost) -> None:
+    """A '.' in a queue name is escaped: the policy of `a.b` does not catch `aXb`."""
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([], [queue_model("a.b", maxLength=1), queue_model("aXb"), queue_model("a.bc")])
+    wait_for(lambda: _queue_info(rabbitmq_vhost, "a.b").get("policy") == "celery-operator.a.b", 30,
+             "the policy applied")
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        for q in ("a.b", "aXb", "a.bc"):
+            _publish(ch, "", q, 3)
+    finally:
+        conn.close()
+    depths = broker.measure_passive(["a.b", "aXb", "a.bc"]).queues
+    assert {q: d.ready for q, d in depths.items()} == {"a.b": 1, "aXb": 3, "a.bc": 3}
+
+
+def test_settings_without_the_management_api_are_reported_and_the_queue_still_declares(
+        rabbitmq_vhost: Vhost) -> None:
+    wrong = f"http://{rabbitmq_vhost.server.user}:{rabbitmq_vhost.server.password}@127.0.0.1:{free_port()}"
+    broker = RabbitMQBroker(rabbitmq_vhost.url, wrong)
+
+    results = broker.declare([], [queue_model("jobs", messageTTLSeconds=60, maxLength=10), queue_model("plain")])
+
+    by_key = {(r.kind, r.name): r for r in results}
+    assert by_key[("queue", "jobs")].ok and by_key[("queue", "plain")].ok
+    assert ("policy", "plain") not in by_key
+    failed = by_key[("policy", "jobs")]
+    assert (failed.ok, failed.reason) == (False, api.Reason.POLICY_NOT_APPLIED)
+    assert "messageTTLSeconds, maxLength not applied" in failed.message
+    assert "managementUrlSecretRef" in failed.message
+    assert rabbitmq_vhost.server.password not in failed.message
+
+
+def test_deleting_a_queue_deletes_its_policy(rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker.declare([], [queue_model("jobs", maxLength=10)])
+    assert _policy(rabbitmq_vhost, "jobs") is not None
+
+    broker.delete_queue("jobs")
+
+    assert _policy(rabbitmq_vhost, "jobs") is None
+    assert "jobs" not in {q["name"] for q in _api(rabbitmq_vhost, "/api/queues/{vhost}")}
+    broker.delete_queue("jobs")  # absent queue, absent policy: not an error

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
+from celery_operator import api
 from celery_operator.brokers import BrokerUnreachable, connect
 from celery_operator.brokers.redis import RedisBroker
 from localenv.brokers import free_port
@@ -170,6 +171,19 @@ def test_headers_exchanges_are_refused_on_redis_without_stopping_the_rest(redis_
         [exchange_model("h", "headers")], [queue_model("hq", exchange="h"), queue_model("ok")])
     assert [(r.kind, r.name) for r in results if not r.ok] == [("exchange", "h"), ("binding", "hq")]
     assert any(r.kind == "binding" and r.name == "ok" and r.ok for r in results)
+
+
+def test_queue_ttl_length_and_dead_letter_are_reported_as_having_no_effect_on_redis(redis_db: RedisDb) -> None:
+    broker = RedisBroker(redis_db.url)
+    results = broker.declare([], [queue_model("jobs", messageTTLSeconds=60, maxLength=10,
+                                              deadLetter={"exchange": "dlx"}), queue_model("plain")])
+    assert all(r.ok for r in results)  # the queues work: only the settings are ignored
+    [ignored] = [r for r in results if r.kind == "policy"]
+    assert (ignored.name, ignored.reason) == ("jobs", api.Reason.UNSUPPORTED_BY_BROKER)
+    assert ignored.message.startswith("messageTTLSeconds, maxLength, deadLetter have no effect on a Redis broker")
+    with redis_db.client() as c:
+        c.rpush("jobs", *[f"m{i}" for i in range(12)])
+    assert broker.measure(["jobs"]).queues["jobs"].ready == 12  # no length limit is enforced
 
 
 def test_unreachable_redis_raises_broker_unreachable(redis_db: RedisDb) -> None:

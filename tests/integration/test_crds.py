@@ -130,6 +130,23 @@ def test_status_subresource_ignores_spec_and_keeps_status(
     assert "DeploymentProgressing" in out.splitlines()[1]
 
 
+def test_queue_settings_a_policy_applies_may_change_and_a_renamed_queue_may_change_type(
+        kubectl: Any, crds_installed: Path, namespace: str) -> None:
+    """The transition rules forbid only what RabbitMQ fixes at declare time, and only for the same queue."""
+    queue = {"apiVersion": api.API_VERSION, "kind": api.QUEUE, "metadata": {"name": "jobs"},
+             "spec": {"appRef": {"name": "proj"}, "messageTTLSeconds": 60, "maxLength": 10, "maxPriority": 5}}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(queue))
+    queue["spec"].update(messageTTLSeconds=120, deadLetter={"exchange": "dlx"})
+    del queue["spec"]["maxLength"]
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(queue))
+    queue["spec"].update(name="jobs_v2", queueType="quorum", durable=True)
+    del queue["spec"]["maxPriority"]
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(queue))
+    spec = get(kubectl, namespace, api.QUEUE, "jobs")["spec"]
+    assert (spec["name"], spec["queueType"], spec["messageTTLSeconds"], "maxLength" in spec) == (
+        "jobs_v2", "quorum", 120, False)
+
+
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_invalid_object_is_rejected_with_a_message_that_names_the_fix(
         kubectl: Any, crds_installed: Path, namespace: str, path: Path) -> None:

@@ -15,7 +15,7 @@ from celery_operator.brokers.urls import (
     redact,
 )
 from celery_operator.models import CeleryQueue
-from celery_operator.topology import queue_arguments
+from celery_operator.topology import policy_fields, queue_arguments, queue_policy
 
 
 @pytest.mark.parametrize(("url", "vhost"), [
@@ -105,14 +105,15 @@ def _queue(**spec: object) -> CeleryQueue:
     return CeleryQueue.of({"metadata": {"name": "q", "namespace": "ns"}, "spec": {**base, **spec}})
 
 
-def test_queue_arguments_map_the_spec_to_rabbitmq_x_arguments() -> None:
+def test_queue_spec_splits_into_declare_arguments_and_a_policy_definition() -> None:
     q = _queue(maxPriority=9, messageTTLSeconds=1.5, maxLength=100,
                deadLetter={"exchange": "dlx", "routingKey": "dead"}, queueType="quorum")
-    assert queue_arguments(q) == {
-        "x-max-priority": 9, "x-message-ttl": 1500, "x-max-length": 100,
-        "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead", "x-queue-type": "quorum",
-    }
+    assert queue_arguments(q) == {"x-max-priority": 9, "x-queue-type": "quorum"}
+    assert queue_policy(q) == {"message-ttl": 1500, "max-length": 100, "dead-letter-exchange": "dlx",
+                               "dead-letter-routing-key": "dead"}
+    assert policy_fields(q) == ["messageTTLSeconds", "maxLength", "deadLetter"]
     assert queue_arguments(_queue()) == {}
+    assert queue_policy(_queue()) == {}
 
 
 def test_redis_priority_lists_follow_kombu_steps_separator_and_prefix() -> None:

@@ -22,7 +22,8 @@ def test_task_queues_carry_exchange_routing_key_and_arguments() -> None:
         {"name": "high_queue", "exchange": "task", "exchange_type": "topic", "routing_key": "high_task",
          "durable": True, "auto_delete": False, "queue_arguments": {"x-max-priority": 10}},
         {"name": "low_queue", "exchange": "task", "exchange_type": "topic", "routing_key": "low_task",
-         "durable": True, "auto_delete": False, "queue_arguments": {"x-message-ttl": 60000}},
+         # its TTL is a RabbitMQ policy, never a declare argument
+         "durable": True, "auto_delete": False, "queue_arguments": {}},
     ]
     assert config["exchanges"] == [
         {"name": "default", "type": "direct", "durable": True, "auto_delete": False, "arguments": {}},

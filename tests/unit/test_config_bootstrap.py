@@ -76,7 +76,7 @@ def test_bootstrap_applies_queues_with_their_exchanges(seeded: ModuleType) -> No
         ("low_queue", "task", "topic", "low_task"),
     ]
     assert queues[1].queue_arguments == {"x-max-priority": 10}
-    assert queues[2].queue_arguments == {"x-message-ttl": 60000}
+    assert queues[2].queue_arguments is None  # its TTL is a broker policy: redeclares never conflict
     assert all(q.durable and not q.auto_delete for q in queues)
     assert queues[1].exchange.durable is True
 
@@ -150,3 +150,15 @@ def test_worker_signals_touch_the_heartbeat_file(tmp_path: Path, seeded: ModuleT
     os.utime(heartbeat, (past, past))
     signals.heartbeat_sent.send(sender=None)
     assert time.time() - heartbeat.stat().st_mtime < 60
+
+
+def test_soft_shutdown_timeout_from_the_environment_becomes_celerys_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REMAP_SIGTERM already set: the module configures the app and does not start the process again."""
+    module = load_bootstrap(tmp_path, monkeypatch, celery_config(crs.seed()), user_module(tmp_path),
+                            {api.ENV_SOFT_SHUTDOWN_TIMEOUT: "54", api.ENV_REMAP_SIGTERM: "SIGQUIT"})
+    assert module.app.conf.worker_soft_shutdown_timeout == 54.0
+
+
+def test_without_the_soft_shutdown_variable_the_worker_shutdown_is_celerys_default(seeded: ModuleType) -> None:
+    assert seeded.app.conf.worker_soft_shutdown_timeout == 0.0

@@ -22,3 +22,19 @@ def test_readme_names_every_kind_and_its_short_name() -> None:
 def test_readme_quick_start_names_the_two_commands() -> None:
     quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "make demo" in quick and "make test" in quick
+
+
+def test_readme_states_the_queue_policys_name_pattern_and_priority() -> None:
+    from celery_operator.brokers import rabbitmq
+
+    section = README.split("## Queue settings that can change", 1)[1].split("\n## ", 1)[0]
+    assert f"| name | `{rabbitmq.policy_name('<queue>')}`" in section
+    assert f"| priority | {rabbitmq.POLICY_PRIORITY} |" in section
+    assert f"| apply-to | `{rabbitmq.POLICY_APPLY_TO}` |" in section
+    assert rabbitmq.policy_pattern("a.b") == r"^a\.b$"
+
+
+def test_readme_names_every_settings_reason() -> None:
+    for reason in (api.Reason.POLICY_NOT_APPLIED, api.Reason.UNSUPPORTED_BY_BROKER,
+                   api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG):
+        assert f"`{reason}`" in README

@@ -97,6 +97,19 @@ def test_urls_come_from_secrets_never_literal() -> None:
     assert api.ENV_RESULT_BACKEND not in env_of(render(backend=None))
 
 
+@pytest.mark.parametrize(("grace", "timeout"), [(60, 54), (600, 590), (3600, 3590), (20, 18), (5, 4), (1, 0)])
+def test_prefork_workers_get_a_soft_shutdown_that_ends_before_the_grace_period(grace: int, timeout: int) -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], terminationGracePeriodSeconds=grace,
+                                                  env=[{"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": "9999"}])])
+    assert env_of(render(topo, "p"))[api.ENV_SOFT_SHUTDOWN_TIMEOUT] == str(timeout)
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "gevent", "eventlet"])
+def test_pools_that_cannot_cancel_a_running_task_keep_celerys_warm_shutdown(pool: str) -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], pool=pool, concurrency=1)])
+    assert api.ENV_SOFT_SHUTDOWN_TIMEOUT not in env_of(render(topo, "p"))
+
+
 def test_pool_env_wins_over_app_env_and_user_cannot_replace_operator_env() -> None:
     topo = Topology.of(
         crs.app(env=[{"name": "A", "value": "app"}, {"name": "B", "value": "app"},

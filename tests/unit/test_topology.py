@@ -108,12 +108,12 @@ def test_problem_messages_name_the_missing_thing() -> None:
 
 
 def test_duplicate_queue_leaves_the_older_in_effect() -> None:
-    topo = Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs", maxLength=5),
-                                          crs.queue("a", OLD, name="jobs", maxLength=7)])
+    topo = Topology.of(crs.app(), queues=[crs.queue("b", NEW, name="jobs", maxPriority=5),
+                                          crs.queue("a", OLD, name="jobs", maxPriority=7)])
     assert [q.meta.name for q in topo.effective_queues] == ["a"]
     decl = topo.declared_queue("jobs")
     assert decl is not None
-    assert decl.arguments == {"x-max-length": 7}
+    assert decl.arguments == {"x-max-priority": 7}
 
 
 def test_queue_with_unknown_exchange_is_not_declared_and_pools_cannot_use_it() -> None:
@@ -164,15 +164,15 @@ def test_implicit_default_queue_uses_the_apps_default_exchange_and_key() -> None
     assert [e.name for e in topo.declared_exchanges] == ["dx"]
 
 
-def test_queue_arguments_use_rabbitmq_names_and_milliseconds() -> None:
+def test_declared_queue_carries_only_the_arguments_fixed_at_declare_time() -> None:
+    """TTL, max length and dead-lettering can change on a live queue: they go to a policy, not the
+    declaration that workers and producers repeat."""
     topo = Topology.of(crs.app(), queues=[crs.queue(
         "q", maxPriority=10, messageTTLSeconds=1.5, maxLength=100, queueType="quorum",
         deadLetter={"exchange": "dlx", "routingKey": "dead"})])
     decl = topo.declared_queue("q")
     assert decl is not None
-    assert decl.arguments == {"x-max-priority": 10, "x-message-ttl": 1500, "x-max-length": 100,
-                              "x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead",
-                              "x-queue-type": "quorum"}
+    assert decl.arguments == {"x-max-priority": 10, "x-queue-type": "quorum"}
 
 
 def test_app_config_timezone_wins_over_schedules() -> None:
@@ -193,3 +193,73 @@ def test_an_entry_stored_under_an_older_crd_with_a_cron_celery_refuses_is_droppe
     assert problem.reason == R.INVALID_SPEC
     assert "cron must be a five-field crontab" in problem.message
     assert not topo.has_beat
+
+
+# -- settings that work but bite ---------------------------------------------------------------------
+
+REDIS_EXTERNAL = {"external": {"urlSecretRef": {"name": "broker", "key": "url"}}}
+ACKS_LATE = {"task_acks_late": True}
+AUTOSCALED = {"autoscaling": {**crs.AUTOSCALING_DEFAULTS, "maxReplicas": 4}}
+
+
+def _reasons(topo: Topology, kind: str, name: str) -> list[str]:
+    return [p.reason for p in topo.problems_of(kind, name)]
+
+
+def test_redis_visibility_timeout_below_a_pools_time_limit_with_acks_late_is_a_warning_on_the_pool() -> None:
+    app = crs.app(broker=REDIS_EXTERNAL, config={**ACKS_LATE, "broker_transport_options": {"visibility_timeout": 600}})
+    pools = [crs.pool("long", ["celery"], timeLimitSeconds=600, terminationGracePeriodSeconds=600),
+             crs.pool("short", ["celery"], timeLimitSeconds=599), crs.pool("unbounded", ["celery"])]
+    topo = Topology.of(app, pools=pools, external_broker_kind="redis")
+    [problem] = topo.problems_of(api.POOL, "long")
+    assert problem.reason == R.VISIBILITY_TIMEOUT_TOO_SHORT
+    assert "timeLimitSeconds 600 reaches the Redis broker's visibility_timeout 600 s" in problem.message
+    assert "raise broker_transport_options.visibility_timeout in CeleryApp proj's spec.config" in problem.message
+    assert _reasons(topo, api.POOL, "short") == _reasons(topo, api.POOL, "unbounded") == []
+    assert [p.meta.name for p in topo.effective_pools] == ["long", "short", "unbounded"]  # still in effect
+
+
+def test_visibility_timeout_defaults_to_kombus_hour_and_matters_only_on_redis_with_acks_late() -> None:
+    pool = crs.pool("long", ["celery"], timeLimitSeconds=3600, terminationGracePeriodSeconds=3600)
+    redis_late = Topology.of(crs.app(broker=REDIS_EXTERNAL, config=ACKS_LATE), pools=[pool],
+                             external_broker_kind="redis")
+    assert _reasons(redis_late, api.POOL, "long") == [R.VISIBILITY_TIMEOUT_TOO_SHORT]
+    for topo in (Topology.of(crs.app(broker=REDIS_EXTERNAL), pools=[pool], external_broker_kind="redis"),
+                 Topology.of(crs.app(config=ACKS_LATE), pools=[pool]),  # managed RabbitMQ
+                 Topology.of(crs.app(broker=REDIS_EXTERNAL, config=ACKS_LATE), pools=[pool])):  # kind unknown
+        assert _reasons(topo, api.POOL, "long") == []
+
+
+def test_managed_redis_broker_is_known_to_be_redis_without_a_url() -> None:
+    app = crs.app(broker={"redis": {"image": "redis:7.2"}}, config=ACKS_LATE)
+    topo = Topology.of(app, pools=[crs.pool("long", ["celery"], timeLimitSeconds=4000,
+                                            terminationGracePeriodSeconds=4000)])
+    assert topo.broker_kind == "redis"
+    assert _reasons(topo, api.POOL, "long") == [R.VISIBILITY_TIMEOUT_TOO_SHORT]
+
+
+def test_countdown_reaching_the_visibility_timeout_is_a_warning_on_the_app_whatever_the_ack_mode() -> None:
+    app = crs.app(broker=REDIS_EXTERNAL, maxCountdownSeconds=86400,
+                  config={"broker_transport_options": {"visibility_timeout": 43200}})
+    topo = Topology.of(app, external_broker_kind="redis")
+    [problem] = topo.problems_of(api.APP, "proj")
+    assert problem.reason == R.VISIBILITY_TIMEOUT_TOO_SHORT
+    assert "maxCountdownSeconds 86400 reaches the Redis broker's visibility_timeout 43200 s" in problem.message
+    fine = crs.app(broker=REDIS_EXTERNAL, maxCountdownSeconds=43199,
+                   config={"broker_transport_options": {"visibility_timeout": 43200}})
+    assert Topology.of(fine, external_broker_kind="redis").problems() == {}
+
+
+def test_prefetch_above_one_with_acks_late_on_an_autoscaled_pool_is_a_warning() -> None:
+    pools = [crs.pool("greedy", ["celery"], prefetchMultiplier=4, concurrency=3, **AUTOSCALED),
+             crs.pool("unlimited", ["celery"], prefetchMultiplier=0, **AUTOSCALED),
+             crs.pool("one", ["celery"], prefetchMultiplier=1, **AUTOSCALED),
+             crs.pool("fixed", ["celery"], prefetchMultiplier=4)]
+    topo = Topology.of(crs.app(config=ACKS_LATE), pools=pools)
+    [greedy] = topo.problems_of(api.POOL, "greedy")
+    assert greedy.reason == R.PREFETCH_HIDES_BACKLOG
+    assert "reserves up to 12 messages while it runs 3" in greedy.message
+    assert greedy.message.endswith("set prefetchMultiplier: 1")
+    assert "reserves every ready message" in topo.problems_of(api.POOL, "unlimited")[0].message
+    assert _reasons(topo, api.POOL, "one") == _reasons(topo, api.POOL, "fixed") == []
+    assert Topology.of(crs.app(), pools=pools).problems() == {}  # without acks_late

@@ -18,7 +18,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 IO_TIMEOUT_SECONDS = 10.0
 
 DepthSource = Literal["management", "passive", "redis"]
-DeclaredKind = Literal["exchange", "queue", "binding"]
+DeclaredKind = Literal["exchange", "queue", "binding", "policy"]
 
 
 class BrokerError(Exception):
@@ -35,7 +35,9 @@ class DeclareResult:
 
     `conflict` is True when the broker refused because the object already exists with other
     properties (AMQP 406 PRECONDITION_FAILED); `message` is then the broker's own text.
-    For bindings, `name` is the queue and `exchange`/`routing_key` say what it was bound to.
+    For bindings and policies, `name` is the queue and `exchange`/`routing_key` say what it was bound to.
+    `reason` (an `api.Reason`) says why when it is not the plain outcome: a policy that could not be
+    applied (`ok` False), or a setting the broker ignores (`ok` True: the queue works without it).
     """
 
     kind: DeclaredKind
@@ -45,6 +47,7 @@ class DeclareResult:
     message: str = ""
     exchange: str | None = None
     routing_key: str | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,15 @@ class Broker(Protocol):
 
     def declare(self, exchanges: Sequence[CeleryExchange],
                 queues: Sequence[CeleryQueue]) -> list[DeclareResult]:
-        """Declare exchanges, then queues, then each queue's binding. One result per object;
-        a refused object does not stop the rest. Raises BrokerUnreachable."""
+        """Declare exchanges, then queues, then each queue's binding, then the settings that can
+        change on a live queue (a RabbitMQ policy per queue; a `policy` result for each queue that
+        has such settings). One result per object; a refused object does not stop the rest.
+        Raises BrokerUnreachable."""
         ...
 
     def delete_queue(self, name: str) -> None:
-        """Delete a queue (and its messages). Deleting an absent queue is not an error."""
+        """Delete a queue (and its messages, and its operator-owned policy). Deleting an absent
+        queue is not an error."""
         ...
 
     def delete_exchange(self, name: str) -> None:

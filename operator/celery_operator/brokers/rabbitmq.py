@@ -10,6 +10,15 @@ price is that it has no consumer counts (`consumers` is None). `stats="full"` dr
 
 When the management API cannot be reached but AMQP can, depth falls back to one passive
 `queue.declare` per queue over one connection: ready and consumers are live, in-flight is unknown.
+
+Queue settings that can change on a live queue (TTL, max length, dead-lettering: see
+`topology.queue_policy`) are not declare arguments, which RabbitMQ never lets change: each queue
+that sets them gets its own policy, `celery-operator.<queue>`, through the management API
+(`PUT /api/policies/<vhost>/<name>`): pattern `^<queue>$` (regex-escaped, so it matches that queue
+only), `apply-to: queues`, priority `POLICY_PRIORITY`. RabbitMQ applies one policy per queue, the
+highest-priority match, so this one takes over from users' policies of lower priority that match
+the same queue. A declare costs one `GET /api/policies/<vhost>` plus one request per policy that
+changes; a queue whose settings are all unset loses its policy.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import socket
 import ssl
 import urllib.error
@@ -29,6 +39,7 @@ from typing import Any, Literal, Self
 import amqp
 import amqp.exceptions
 
+from celery_operator import api
 from celery_operator.brokers.base import (
     CONNECT_TIMEOUT_SECONDS,
     IO_TIMEOUT_SECONDS,
@@ -47,11 +58,30 @@ from celery_operator.brokers.urls import (
     redact,
 )
 from celery_operator.models import CeleryExchange, CeleryQueue
-from celery_operator.topology import queue_arguments
+from celery_operator.topology import policy_fields, queue_arguments, queue_policy
 
 PRECONDITION_FAILED = 406
 NOT_FOUND = 404
 QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
+# Operator-owned policies: the name marks them ours; the priority puts them above users' policies,
+# which usually keep the default priority 0 or a small number.
+POLICY_PREFIX = "celery-operator."
+POLICY_PRIORITY = 100
+POLICY_APPLY_TO = "queues"
+
+
+def policy_name(queue: str) -> str:
+    return f"{POLICY_PREFIX}{queue}"
+
+
+def policy_pattern(queue: str) -> str:
+    """A regex that matches exactly the queue named `queue` (metacharacters escaped)."""
+    return f"^{re.escape(queue)}$"
+
+
+def policy_body(queue: str, definition: dict[str, Any]) -> dict[str, Any]:
+    return {"pattern": policy_pattern(queue), "definition": definition, "priority": POLICY_PRIORITY,
+            "apply-to": POLICY_APPLY_TO}
 
 # Errors that mean "the network or the broker went away", as opposed to a refused operation.
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
@@ -136,13 +166,106 @@ class RabbitMQBroker:
                     continue
                 results.append(ch.run("binding", q.name, lambda c, q=q, ex=ex: c.queue_bind(
                     q.name, ex, q.routing_key), exchange=ex, routing_key=q.routing_key))
-        return results
+        return results + self.apply_policies(queues)
 
     def delete_queue(self, name: str) -> None:
         with self._connection() as conn:
             result = _Channel(conn).run("queue", name, lambda c: c.queue_delete(name))
         if not result.ok and NOT_FOUND_TEXT not in result.message:
             raise BrokerError(f"deleting queue {name!r}: {result.message}")
+        try:
+            self._http("DELETE", f"/api/policies/{self._vhost}/{_quote(policy_name(name))}")
+        except _HttpStatus as e:
+            if e.code != NOT_FOUND:
+                raise BrokerError(f"queue {name!r} deleted, but not its policy {policy_name(name)!r}: {e}") from None
+        except BrokerError as e:
+            raise BrokerError(f"queue {name!r} deleted, but not its policy {policy_name(name)!r}: {e}") from None
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """The operator-owned policies of the vhost, by name (one management-API request)."""
+        rows = self._http("GET", f"/api/policies/{self._vhost}")
+        if not isinstance(rows, list):
+            raise BrokerError(f"management API {self.management.base} answered {type(rows).__name__}")
+        return {r["name"]: r for r in rows
+                if isinstance(r, dict) and str(r.get("name", "")).startswith(POLICY_PREFIX)}
+
+    def apply_policies(self, queues: Sequence[CeleryQueue]) -> list[DeclareResult]:
+        """Make each queue's operator-owned policy match its changeable settings: create or replace
+        it (keys that were unset disappear with the old definition), delete it when none is set.
+        One `policy` result per queue that has settings, or whose stale policy could not be removed."""
+        wanted = {q.name: queue_policy(q) for q in queues}
+        try:
+            existing = self.policies()
+        except BrokerError as e:
+            # Without the management API nothing can be compared: only queues with settings say so.
+            return [self._policy_failure(q, e) for q in queues if wanted[q.name]]
+        results: list[DeclareResult] = []
+        for q in queues:
+            name, definition = policy_name(q.name), wanted[q.name]
+            current = existing.get(name)
+            try:
+                if not definition:
+                    if current is not None:
+                        self._http("DELETE", f"/api/policies/{self._vhost}/{_quote(name)}")
+                    continue
+                body = policy_body(q.name, definition)
+                if current is None or any(current.get(k) != v for k, v in body.items()):
+                    self._http("PUT", f"/api/policies/{self._vhost}/{_quote(name)}", body)
+            except BrokerError as e:
+                results.append(self._policy_failure(q, e, stale=not definition))
+                continue
+            results.append(DeclareResult(kind="policy", name=q.name, ok=True,
+                                         message=f"policy {name} applied: {json.dumps(definition)}"))
+        return results
+
+    def _policy_failure(self, q: CeleryQueue, e: BrokerError, stale: bool = False) -> DeclareResult:
+        name = policy_name(q.name)
+        if stale:
+            what = f"the unset settings are still applied by its old policy {name}, which"
+        else:
+            what = (f"{', '.join(policy_fields(q))} not applied: they are the policy {name}, which the "
+                    f"operator writes through RabbitMQ's management API, and that")
+        if isinstance(e, _HttpStatus) and e.code in (401, 403):
+            fix = "give the management user the policymaker (or administrator) tag"
+        elif isinstance(e, _HttpStatus):
+            fix = "fix the reported problem"
+        else:
+            fix = ("set spec.broker.external.managementUrlSecretRef to a reachable management API URL "
+                   "(a user with the policymaker tag), or remove these settings from the CeleryQueue")
+        return DeclareResult(kind="policy", name=q.name, ok=False, reason=api.Reason.POLICY_NOT_APPLIED,
+                             message=f"{what} failed: {e}; {fix}")
+
+    # -- management HTTP API ----------------------------------------------------------------------
+
+    @property
+    def _vhost(self) -> str:
+        return _quote(self.url.vhost)
+
+    def _http(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
+        """One management-API request; the decoded JSON answer (None when empty).
+        Raises `_HttpStatus` for an HTTP error, BrokerUnreachable when no answer came."""
+        url = f"{self.management.base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        token = base64.b64encode(
+            f"{self.management.username}:{self.management.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.connect_timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise _HttpStatus(method, f"{self.management.base}{path}", e.code, _error_text(e)) from None
+        except OSError as e:
+            raise BrokerUnreachable(f"management API {self.management.base}: {_describe(e)}") from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError as e:
+            raise BrokerUnreachable(f"management API {self.management.base}: {_describe(e)}") from None
 
     def delete_exchange(self, name: str) -> None:
         with self._connection() as conn:
@@ -180,20 +303,7 @@ class RabbitMQBroker:
         params = {"columns": QUEUE_COLUMNS}
         if self.stats == "totals":
             params.update(disable_stats="true", enable_queue_totals="true")
-        vhost = urllib.parse.quote(self.url.vhost, safe="")
-        url = f"{self.management.base}/api/queues/{vhost}?{urllib.parse.urlencode(params)}"
-        token = base64.b64encode(
-            f"{self.management.username}:{self.management.password}".encode()).decode()
-        req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}",
-                                                   "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.connect_timeout) as resp:
-                data = json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            raise BrokerError(f"GET {self.management.base}/api/queues/{vhost}: HTTP {e.code}") from None
-        except (OSError, ValueError) as e:
-            raise BrokerUnreachable(
-                f"management API {self.management.base}: {_describe(e)}") from None
+        data = self._http("GET", f"/api/queues/{self._vhost}", query=params)
         if not isinstance(data, list):
             raise BrokerError(f"management API {self.management.base} answered {type(data).__name__}")
         return data
@@ -229,6 +339,27 @@ class RabbitMQBroker:
 
 
 NOT_FOUND_TEXT = "NOT_FOUND"
+
+
+class _HttpStatus(BrokerError):
+    """The management API answered with an HTTP error status."""
+
+    def __init__(self, method: str, url: str, code: int, text: str) -> None:
+        super().__init__(f"{method} {url}: HTTP {code}{f' {text}' if text else ''}")
+        self.code = code
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _error_text(e: urllib.error.HTTPError) -> str:
+    """RabbitMQ's own reason from an error answer ({"error": ..., "reason": ...}), kept short."""
+    try:
+        body = json.loads(e.read() or b"{}")
+    except (OSError, ValueError):
+        return ""
+    return str(body.get("reason") or body.get("error") or "")[:300] if isinstance(body, dict) else ""
 
 
 class DeclareError:

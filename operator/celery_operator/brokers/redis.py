@@ -34,6 +34,7 @@ import redis
 import redis.exceptions
 from kombu.transport.virtual.exchange import TopicExchange
 
+from celery_operator import api
 from celery_operator.brokers.base import (
     CONNECT_TIMEOUT_SECONDS,
     IO_TIMEOUT_SECONDS,
@@ -46,6 +47,7 @@ from celery_operator.brokers.base import (
 )
 from celery_operator.brokers.urls import parse_redis, redact
 from celery_operator.models import CeleryExchange, CeleryQueue
+from celery_operator.topology import policy_fields
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -116,7 +118,9 @@ class RedisBroker:
     def declare(self, exchanges: Sequence[CeleryExchange],
                 queues: Sequence[CeleryQueue]) -> list[DeclareResult]:
         """Record each queue's binding as kombu does; exchanges and queues themselves have no
-        state on Redis (lists appear with the first message), so they always declare."""
+        state on Redis (lists appear with the first message), so they always declare.
+        Queue TTL, max length and dead-lettering do not exist on Redis: a queue that sets them
+        gets a `policy` result that says they have no effect (`ok`: the queue itself works)."""
         types = {x.name: x.type for x in exchanges}
         results: list[DeclareResult] = []
         for x in exchanges:
@@ -148,7 +152,7 @@ class RedisBroker:
                                        routing_key=q.routing_key))
         with self._io("recording bindings"):
             pipe.execute()
-        return results + bound
+        return results + bound + [_ignored_settings(q) for q in queues if policy_fields(q)]
 
     def delete_queue(self, name: str) -> None:
         """Delete the queue's priority lists and every binding member that names it."""
@@ -258,6 +262,14 @@ class RedisBroker:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _ignored_settings(q: CeleryQueue) -> DeclareResult:
+    fields = ", ".join(policy_fields(q))
+    return DeclareResult(
+        kind="policy", name=q.name, ok=True, reason=api.Reason.UNSUPPORTED_BY_BROKER,
+        message=f"{fields} have no effect on a Redis broker (kombu's Redis transport has no queue TTL, "
+                "length limit or dead-lettering): remove them from the CeleryQueue, or use RabbitMQ")
 
 
 def _route(table: list[tuple[str, str, str]] | None, exchange: str, routing_key: str) -> set[str]:

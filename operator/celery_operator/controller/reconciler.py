@@ -18,11 +18,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from celery_operator import api, conditions, decide, endpoints, workloads
-from celery_operator.brokers import connect
-from celery_operator.brokers.base import BrokerError
+from celery_operator.brokers import InvalidBrokerUrl, connect
+from celery_operator.brokers.base import BrokerError, DeclareResult
+from celery_operator.brokers.urls import broker_kind
 from celery_operator.controller.observe import ClusterCache, Key, ObjKey
 from celery_operator.controller.state import AppState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
@@ -57,15 +58,27 @@ def _parse(cls: Any, bodies: list[Body]) -> list[Any]:
     return out
 
 
-def topology_of(bodies: dict[ObjKey, Body], app_body: Body) -> Topology:
+def topology_of(bodies: dict[ObjKey, Body], app: CeleryApp, broker_url: str | None) -> Topology:
     live = [b for b in bodies.values() if not b["metadata"].get("deletionTimestamp")]
 
     def of(kind: str) -> list[Body]:
         return [b for b in live if b.get("kind") == kind]
 
-    return Topology.of(CeleryApp.of(app_body), _parse(CeleryExchange, of(api.EXCHANGE)),
+    return Topology.of(app, _parse(CeleryExchange, of(api.EXCHANGE)),
                        _parse(CeleryQueue, of(api.QUEUE)), _parse(CeleryWorkerPool, of(api.POOL)),
-                       _parse(CeleryBeatSchedule, of(api.SCHEDULE)))
+                       _parse(CeleryBeatSchedule, of(api.SCHEDULE)), external_broker_kind=_kind_of(broker_url))
+
+
+def _kind_of(url: str | None) -> Literal["rabbitmq", "redis"] | None:
+    try:
+        return broker_kind(url) if url else None
+    except InvalidBrokerUrl:
+        return None
+
+
+def _severity(r: DeclareResult) -> int:
+    """Per object, the result that says most: a failure, else an ignored setting, else success."""
+    return 2 if not r.ok else 1 if r.reason else 0
 
 
 def _age(body: Body) -> float:
@@ -128,8 +141,7 @@ class Reconciler:
     async def _reconcile(self, key: Key, state: AppState, bodies: dict[ObjKey, Body], app_body: Body,
                          full: bool) -> None:
         ns, name = key
-        topo = topology_of(bodies, app_body)
-        app = topo.app
+        app = CeleryApp.of(app_body)
         transport = app.config.get("broker_transport_options")
         state.transport_options = transport if isinstance(transport, dict) else None
         secret_data = await self.cache.secrets.data(ns, endpoints.referenced_secrets(app)) \
@@ -137,6 +149,7 @@ class Reconciler:
         broker = endpoints.resolve(app, app.broker, "broker", secret_data, self._password)
         backend = endpoints.resolve(app, app.result_backend, "result-backend", secret_data, self._password) \
             if app.result_backend is not None else None
+        topo = topology_of(bodies, app, broker.url)
         self._forget_gone(state, topo)
         live = await self.cache.children(ns, name, [s for s in endpoints.referenced_secrets(app)])
         rendered = render_all(
@@ -239,13 +252,13 @@ class Reconciler:
         except BrokerError as e:
             state.broker_up, state.poll_error = False, str(e)
             return
-        declared: dict[tuple[str, str], tuple[bool, str]] = {}
+        declared: dict[tuple[str, str], DeclareResult] = {}
         for r in results:
-            kind = {"exchange": api.EXCHANGE, "queue": api.QUEUE, "binding": api.QUEUE}[r.kind]
+            kind = api.EXCHANGE if r.kind == "exchange" else api.QUEUE  # bindings and policies: the queue's
             prev = declared.get((kind, r.name))
-            if prev is not None and not prev[0]:
-                continue  # keep the first failure for this object
-            declared[(kind, r.name)] = (r.ok, r.message)
+            if prev is not None and _severity(prev) >= _severity(r):
+                continue
+            declared[(kind, r.name)] = r
         state.declared = declared
         if all(r.ok for r in results):
             state.declared_hash, state.declared_at = h, time.monotonic()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import autoscale
-from celery_operator.brokers.base import DepthReport
+from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.decide import Poll, PoolScale
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryWorkerPool
@@ -43,7 +43,7 @@ class AppState:
     consumers_at: float = float("-inf")
     declared_hash: str | None = None
     declared_at: float = float("-inf")
-    declared: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+    declared: dict[tuple[str, str], DeclareResult] = field(default_factory=dict)
     apply_errors: list[str] = field(default_factory=list)
     failures: int = 0  # reconciles failed in a row
     last_error: str | None = None

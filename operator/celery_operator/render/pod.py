@@ -40,7 +40,7 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 # Env the operator sets and users cannot override (their entries of these names are dropped).
-OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP)
+OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP, api.ENV_SOFT_SHUTDOWN_TIMEOUT)
 
 
 def merge_templates(*templates: PodTemplate) -> PodTemplate:
@@ -95,18 +95,21 @@ def celery_env(topology: Topology, broker_ref: SecretKeyRef, backend_ref: Secret
     return fixed + merge_env(defaults, [{"name": "PYTHONPATH", "value": pythonpath}], user)
 
 
+def config_volume(app_name: str) -> Body:
+    """The app's generated config and bootstrap module (workers, beat and producers mount it)."""
+    return {"name": CONFIG_VOLUME, "configMap": {"name": names.config_map(app_name)}}
+
+
+def config_mount() -> Body:
+    return {"name": CONFIG_VOLUME, "mountPath": api.CONFIG_MOUNT_PATH, "readOnly": True}
+
+
 def volumes(app_name: str) -> list[Body]:
-    return [
-        {"name": CONFIG_VOLUME, "configMap": {"name": names.config_map(app_name)}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
-    ]
+    return [config_volume(app_name), {"name": TMP_VOLUME, "emptyDir": {}}]
 
 
 def volume_mounts() -> list[Body]:
-    return [
-        {"name": CONFIG_VOLUME, "mountPath": api.CONFIG_MOUNT_PATH, "readOnly": True},
-        {"name": TMP_VOLUME, "mountPath": TMP_PATH},
-    ]
+    return [config_mount(), {"name": TMP_VOLUME, "mountPath": TMP_PATH}]
 
 
 def celery_container(topology: Topology, name: str, image: str, command: list[str], env: list[Body],

@@ -5,6 +5,14 @@ Python start per probe): the bootstrap module touches `api.HEARTBEAT_FILE` on `w
 on every `heartbeat_sent` (about every 2 s, from the worker's main loop, events on or off).
 A `solo` pool runs tasks in that loop, so its heartbeat may stall for a whole task: its allowed
 age is stretched to cover the pool's time limit.
+
+Warm shutdown: Celery's own on SIGTERM waits for running tasks with no bound, so a task longer than
+the grace period is killed mid-run by SIGKILL. Prefork workers get `api.ENV_SOFT_SHUTDOWN_TIMEOUT`
+= the grace period less a margin (`soft_shutdown_timeout`); the bootstrap module makes it Celery's
+soft shutdown (Celery 5.5+): tasks get that long to finish, then the rest are cancelled and their
+messages requeued (with acks_late: on RabbitMQ when the connection closes, on Redis by kombu's
+restore of unacked messages) while the pod still lives. Other pools cannot cancel a running task
+(threads, solo) or block in the signal handler (gevent, eventlet): they keep the warm shutdown.
 """
 
 from __future__ import annotations
@@ -19,6 +27,18 @@ from celery_operator.topology import Topology
 
 CONTAINER = "worker"
 SOLO_DEFAULT_TASK_SECONDS = 3600
+# Seconds kept between the soft shutdown's end and the kubelet's SIGKILL, to cancel, requeue, exit.
+SOFT_SHUTDOWN_MARGIN_MAX_SECONDS = 10
+
+
+def soft_shutdown_timeout(pool: CeleryWorkerPool) -> int | None:
+    """Seconds running tasks get after SIGTERM: the grace period less a tenth of it (1 to 10 s).
+    None for pools without a soft shutdown (only prefork can cancel a running task)."""
+    if pool.pool != "prefork":
+        return None
+    grace = pool.termination_grace_period_seconds
+    margin = max(1, min(SOFT_SHUTDOWN_MARGIN_MAX_SECONDS, grace // 10))
+    return max(0, grace - margin)
 
 
 def heartbeat_max_age(pool: CeleryWorkerPool) -> int:
@@ -66,9 +86,14 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
     own = lbl.labels(app_name, api.COMPONENT_WORKER, instance=name, pool=pool.meta.name)
     template = pod.merge_templates(app.pod_template, pool.pod_template)
     check = heartbeat_check(heartbeat_max_age(pool))
+    env = pod.celery_env(topology, broker_ref, backend_ref, pool.env)
+    soft = soft_shutdown_timeout(pool)
+    if soft is not None:
+        after_app = next(i for i, e in enumerate(env) if e["name"] == api.ENV_APP) + 1
+        env.insert(after_app, {"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": str(soft)})
     container = pod.celery_container(
-        topology, CONTAINER, pool.image or app.image, worker_command(topology, pool),
-        pod.celery_env(topology, broker_ref, backend_ref, pool.env), template, pool.resources)
+        topology, CONTAINER, pool.image or app.image, worker_command(topology, pool), env, template,
+        pool.resources)
     container["startupProbe"] = {"exec": {"command": check}, "periodSeconds": 10,
                                  "timeoutSeconds": 10, "failureThreshold": 30}
     container["livenessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,

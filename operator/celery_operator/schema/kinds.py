@@ -46,6 +46,8 @@ RESERVED_CONFIG_KEYS: dict[str, tuple[list[str], str]] = {
     "defaults": (["task_default_queue", "task_default_exchange", "task_default_routing_key"],
                  "spec.defaultQueue, spec.defaultExchange and spec.defaultRoutingKey"),
     "imports": (["imports"], "spec.imports"),
+    "shutdown": (["worker_soft_shutdown_timeout"],
+                 "each CeleryWorkerPool's spec.terminationGracePeriodSeconds, which it follows"),
 }
 
 
@@ -154,7 +156,18 @@ def _config() -> Schema:
     number gets the rule's message, an object or list a type error on that key. Lowercase key
     names are documented, not enforced, by the API server.
     """
-    props: dict[str, Schema] = {}
+    props: dict[str, Schema] = {
+        # Typed so the app's rules can read it (CEL sees only declared properties).
+        "broker_transport_options": {
+            "type": "object",
+            "description": "Options of the broker transport (kombu's transport_options), any JSON values.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {"visibility_timeout": {
+                "type": "number", "minimum": 0, "exclusiveMinimum": True,
+                "description": "Redis (and SQS): seconds a delivered message may stay unacknowledged before it "
+                               f"is delivered again. Default {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS}."}},
+        },
+    }
     rules = []
     for keys, use in RESERVED_CONFIG_KEYS.values():
         for k in keys:
@@ -203,12 +216,33 @@ def app_spec() -> Schema:
                                         "(task_default_routing_key).", default="celery",
                                         max_length=AMQP_NAME_MAX),
             "config": _config(),
+            "maxCountdownSeconds": integer(
+                "The longest countdown or ETA, in seconds from sending, the app's code gives tasks "
+                "(apply_async(countdown=..., eta=...), retries). Optional; declared so the operator can check "
+                "it against a Redis broker's visibility_timeout: a task waits unacknowledged in a worker until "
+                "it is due, and Redis delivers it again once the visibility timeout passes.",
+                minimum=0, fmt="int64"),
             "env": env(),
             "envFrom": env_from(),
             "podTemplate": pod_template("every worker and beat pod of this app"),
         },
         required=["image", "app", "broker"],
+        rules=[_countdown_within_visibility_timeout()],
     )
+
+
+def _countdown_within_visibility_timeout() -> Rule:
+    """A managed Redis broker is known to be Redis from this object alone (others: a condition)."""
+    vt = "self.config.broker_transport_options.visibility_timeout"
+    timeout = (f"(has(self.config) && has(self.config.broker_transport_options) && has({vt}) ? {vt} : "
+               f"{float(api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS)})")
+    return Rule(
+        f"!has(self.broker.redis) || !has(self.maxCountdownSeconds) || double(self.maxCountdownSeconds) < {timeout}",
+        "spec.maxCountdownSeconds must be less than the Redis broker's visibility timeout "
+        f"(spec.config.broker_transport_options.visibility_timeout, {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS} "
+        "s by default): a task waiting longer for its countdown/ETA is delivered again and runs twice; raise "
+        "visibility_timeout above it or lower maxCountdownSeconds",
+        ".maxCountdownSeconds")
 
 
 def app_status() -> Schema:
@@ -260,7 +294,10 @@ def queue_spec() -> Schema:
              "x-max-priority before 4.0; remove maxPriority or use queueType: classic", ".maxPriority"),
     ]
     return obj(
-        "Desired state of a queue declared on the app's broker, its binding, and the tasks Celery routes to it.",
+        "Desired state of a queue declared on the app's broker, its binding, and the tasks Celery routes to it. "
+        "queueType, maxPriority, durable and autoDelete are fixed when the queue is declared and cannot change "
+        "(unless spec.name changes too: that is another queue); messageTTLSeconds, maxLength and deadLetter "
+        "can, and are applied to the live queue as a RabbitMQ policy.",
         {
             "appRef": app_ref(),
             "name": celery_name("queue"),
@@ -297,8 +334,35 @@ def queue_spec() -> Schema:
             "deletionPolicy": deletion_policy("queue"),
         },
         required=["appRef"],
-        rules=quorum_rules,
+        rules=quorum_rules + _fixed_at_declare_rules(),
     )
+
+
+# Queue fields RabbitMQ fixes when it declares the queue (a redeclare with another value fails with
+# PRECONDITION_FAILED, and a policy cannot set them): (field, what fixes it, optional).
+FIXED_AT_DECLARE: list[tuple[str, str, bool]] = [
+    ("queueType", "its type (x-queue-type)", False),
+    ("maxPriority", "its x-max-priority", True),
+    ("durable", "its durability", False),
+    ("autoDelete", "its auto-delete property", False),
+]
+_SAME_QUEUE = ("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)")
+
+
+def _fixed_at_declare_rules() -> list[Rule]:
+    """Transition rules (they run on update only): a field fixed at declare time keeps its value while
+    the queue keeps its name. Optional fields compare presence too."""
+    rules = []
+    for name, what, optional in FIXED_AT_DECLARE:
+        same = (f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})"
+                if optional else f"self.{name} == oldSelf.{name}")
+        rules.append(Rule(
+            f"!({_SAME_QUEUE}) || ({same})",
+            f"spec.{name} cannot change on an existing queue: RabbitMQ fixes {what} when the queue is declared. "
+            f"To migrate, create a new CeleryQueue (another spec.name) with the new {name}, move the pools and "
+            f"task routes to it, then delete the old one once it is drained",
+            f".{name}"))
+    return rules
 
 
 def queue_status() -> Schema:
