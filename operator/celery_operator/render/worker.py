@@ -35,6 +35,15 @@ def heartbeat_check(max_age_seconds: int, path: str = api.HEARTBEAT_FILE) -> lis
     return ["python3", "-c", script]
 
 
+def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
+    """The `pool` label of the pod's task metrics; with prefork, prometheus_client's multiprocess
+    directory (children write their values there, the main process serves their sum)."""
+    env = [{"name": api.ENV_POOL, "value": pool.meta.name}]
+    if pool.pool == "prefork":
+        env.append({"name": api.ENV_PROMETHEUS_MULTIPROC_DIR, "value": api.METRICS_MULTIPROC_DIR})
+    return env
+
+
 def worker_command(topology: Topology, pool: CeleryWorkerPool) -> list[str]:
     cmd = ["celery", "-A", api.BOOTSTRAP_MODULE, "worker",
            "-Q", ",".join(topology.pool_queues(pool)),
@@ -68,7 +77,7 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
     check = heartbeat_check(heartbeat_max_age(pool))
     container = pod.celery_container(
         topology, CONTAINER, pool.image or app.image, worker_command(topology, pool),
-        pod.celery_env(topology, broker_ref, backend_ref, pool.env), template, pool.resources)
+        pod.celery_env(topology, broker_ref, backend_ref, pool.env, metrics_env(pool)), template, pool.resources)
     container["startupProbe"] = {"exec": {"command": check}, "periodSeconds": 10,
                                  "timeoutSeconds": 10, "failureThreshold": 30}
     container["livenessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
@@ -79,7 +88,8 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
         "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_WORKER, pool=pool.meta.name)},
         "revisionHistoryLimit": 3,
         "template": {
-            "metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash}),
+            "metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash,
+                                                              **pod.METRICS_ANNOTATIONS}),
             "spec": pod.pod_spec(topology, container, template, pool.termination_grace_period_seconds),
         },
     }
