@@ -23,6 +23,7 @@ from celery_operator.brokers import connect
 from celery_operator.brokers.base import Broker, BrokerError, BrokerUnreachable, DepthReport
 from celery_operator.controller import statuses
 from celery_operator.controller.connections import Endpoint, resolve
+from celery_operator.controller.monitoring import POD_MONITORS
 from celery_operator.kube.client import ApiError, KubeClient
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics
@@ -187,7 +188,8 @@ class AppWorker:
         self._existing = {d["metadata"]["name"]: d for d in await self.client.list(
             "Deployment", self.namespace, f"{api.LABEL_APP}={self.name}")}
         objects = render_all(topo, secrets_ctx, replicas_of=self._replicas_for,
-                             broker_transport_options=self._transport_options)
+                             broker_transport_options=self._transport_options,
+                             pod_monitor=await POD_MONITORS.served(self.client))
         chash = next((o["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH, "")
                       for o in objects if o["kind"] == "ConfigMap"), "")
         apply_errors: list[str] = []
