@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+import pytest
+import yaml
+
 from celery_operator import api
 from celery_operator.render import SecretsContext, monitoring, render_all
 from celery_operator.topology import Topology
+from localenv.procs import REPO
 from tests.unit import crs
 
+POD_MONITOR_CRD = REPO / "tests" / "fixtures" / "crds" / "monitoring.coreos.com_podmonitors.yaml"
 SECRETS = SecretsContext(broker_password="bp", result_backend_password="rp")
 
 
@@ -66,3 +72,34 @@ def test_pod_monitor_is_a_namespaced_monitoring_coreos_com_v1_object_with_our_la
     assert pm["spec"]["selector"]["matchLabels"]
     assert all(isinstance(ep["port"], str) for ep in pm["spec"]["podMetricsEndpoints"])
     assert "namespaceSelector" not in pm["spec"]  # its own namespace: where the pods are
+
+
+def strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema as the API server applies it to server-side apply: unknown fields are errors."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        if not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pod_monitor_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(POD_MONITOR_CRD.read_text())
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (api.MONITORING_GROUP, api.POD_MONITOR)
+    assert crd["spec"]["names"]["plural"] == api.POD_MONITOR_PLURAL
+    [v1] = [v for v in crd["spec"]["versions"] if f"{api.MONITORING_GROUP}/{v['name']}" == api.MONITORING_API_VERSION]
+    return strict(v1["schema"]["openAPIV3Schema"])
+
+
+def test_pod_monitor_validates_against_prometheus_operators_own_crd(pod_monitor_schema: dict[str, Any]) -> None:
+    pm = render_all(crs.seed(), SECRETS, pod_monitor=True)[-1]
+    jsonschema.validate(pm, pod_monitor_schema)
+    # The check has teeth: a field in the wrong place is rejected.
+    misplaced = {**pm, "spec": {**pm["spec"], "honorLabels": True}}
+    with pytest.raises(jsonschema.ValidationError, match="honorLabels"):
+        jsonschema.validate(misplaced, pod_monitor_schema)
