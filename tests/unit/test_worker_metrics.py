@@ -7,7 +7,6 @@ A real worker process, its prefork children and a real scrape: tests/integration
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, signals
-from celery.exceptions import Reject, Retry
 from celery.utils.serialization import UnpickleableExceptionWrapper
-from kombu import Exchange, Queue
 from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -30,52 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from celery_operator import api, metrics
 from celery_operator.config import module_sources
 from localenv.procs import free_port
+from tests.unit.taskmetrics import load_module, make_app
 
 LABELS = {"namespace": "team", "app": "proj"}
-_counter = itertools.count()
-
-
-def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> ModuleType:
-    """A fresh copy of the metrics module, imported under `env` (it reads its env at import)."""
-    for key in (api.ENV_METRICS_PORT, api.ENV_POOL, api.ENV_PROMETHEUS_MULTIPROC_DIR):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    module = ModuleType(f"celery_operator_metrics_{next(_counter)}")
-    exec(compile(module_sources()[api.METRICS_FILE], api.METRICS_FILE, "exec"), module.__dict__)
-    return module
-
-
-def make_app() -> Celery:
-    app = Celery(f"t{next(_counter)}", broker="memory://", set_as_current=False)
-    app.conf.update(task_queues=[
-        Queue("adds", Exchange("adds", "direct"), "adds"),
-        Queue("events", Exchange("bus", "topic"), "orders.*.created"),
-        Queue("all", Exchange("broadcast", "fanout")),
-    ], task_default_queue="adds", task_store_eager_result=False)
-
-    @app.task(name="t.add", shared=False)
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="t.fail", shared=False)
-    def fail() -> None:
-        raise KeyError("boom")
-
-    @app.task(name="t.retry", shared=False)
-    def retry() -> None:
-        raise Retry("again")
-
-    @app.task(name="t.reject", shared=False)
-    def reject() -> None:
-        raise Reject("no", requeue=False)
-
-    return app
 
 
 @pytest.fixture
-def module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    return load(monkeypatch, **{api.ENV_POOL: "fast"})
+def module() -> ModuleType:
+    return load_module(**{api.ENV_POOL: "fast"})
 
 
 @pytest.fixture
@@ -217,9 +176,9 @@ def test_a_task_first_received_gets_its_outcome_counters_at_zero(
 
 
 def test_worker_ready_serves_the_registry_and_the_worker_gauges(
-        monkeypatch: pytest.MonkeyPatch, app: Celery) -> None:
+        app: Celery) -> None:
     port = free_port()
-    module = load(monkeypatch, **{api.ENV_POOL: "fast", api.ENV_METRICS_PORT: str(port)})
+    module = load_module(**{api.ENV_POOL: "fast", api.ENV_METRICS_PORT: str(port)})
     registry = CollectorRegistry()
     tm = module.install(app, LABELS, registry)
     try:
@@ -244,8 +203,8 @@ def test_worker_ready_serves_the_registry_and_the_worker_gauges(
             server.server_close()
 
 
-def test_metrics_are_off_with_port_zero(monkeypatch: pytest.MonkeyPatch, app: Celery) -> None:
-    module = load(monkeypatch, **{api.ENV_METRICS_PORT: "0"})
+def test_metrics_are_off_with_port_zero(app: Celery) -> None:
+    module = load_module(**{api.ENV_METRICS_PORT: "0"})
     assert module.install(app, LABELS, CollectorRegistry()) is None
 
 
@@ -263,7 +222,7 @@ def test_a_name_already_registered_turns_metrics_off_without_leaving_half_of_the
 def test_without_prometheus_client_workers_say_so_once_ready(
         monkeypatch: pytest.MonkeyPatch, app: Celery, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # `import prometheus_client` fails
-    module = load(monkeypatch)
+    module = load_module()
     assert module.prometheus_client is None
     try:
         assert module.install(app, LABELS) is None
