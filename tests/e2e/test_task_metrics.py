@@ -170,6 +170,14 @@ def test_prometheus_counts_every_task_of_the_worker_pods_by_task_and_pool(
     assert by(prom, f'sum(celery_task_runtime_bucket{{{ns}, le="+Inf"}})') == {(): 110}
     assert by(prom, f"sum by (queue_name) (celery_task_received_total{{{ns}}})", "queue_name") == {
         ("adds",): 100, ("fails",): 10}
+    # What celery-mixin's dashboards select (README): its default job selector, its worker count, its
+    # variables' labels (namespace and job from celery_worker_up, queue_name and name from received).
+    mixin = f'job=~".*celery.*", {ns}'
+    assert by(prom, f"count(celery_worker_up{{{mixin}}} == 1)") == {(): 3}
+    assert set(by(prom, f'celery_task_received_total{{{mixin}, queue_name!~"None"}}', "queue_name", "name")) == {
+        ("adds", ADD), ("fails", FAIL)}
+    assert by(prom, f"sum by (exception) (celery_task_failed_total{{{mixin}}}) > 0", "exception") == {
+        ("SampleTaskError",): 10}
 
     # A pod that goes takes its celery_worker_up with it.
     cp.kubectl("patch", "celeryworkerpool", "adders", "-n", namespace, "--type=merge",

@@ -203,6 +203,27 @@ def test_worker_ready_serves_the_registry_and_the_worker_gauges(
             server.server_close()
 
 
+def test_beat_serves_what_it_sends_without_worker_gauges(app: Celery) -> None:
+    port = free_port()
+    module = load_module(**{api.ENV_METRICS_PORT: str(port)})
+    registry = CollectorRegistry()
+    tm = module.install(app, LABELS, registry)
+    try:
+        signals.beat_init.send(sender=None)
+        app.tasks["t.add"].apply_async((1, 2))  # what beat's scheduler does for a due entry
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{api.METRICS_PATH}", timeout=5) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        [sent] = families["celery_task_sent"].samples
+        assert (sent.labels, sent.value) == ({**LABELS, "pool": "", "name": "t.add", "queue_name": "adds"}, 1)
+        assert metrics.WORKER_UP not in families
+    finally:
+        tm.disconnect()
+        if tm.server is not None:
+            server, _ = tm.server
+            server.shutdown()
+            server.server_close()
+
+
 def test_metrics_are_off_with_port_zero(app: Celery) -> None:
     module = load_module(**{api.ENV_METRICS_PORT: "0"})
     assert module.install(app, LABELS, CollectorRegistry()) is None
