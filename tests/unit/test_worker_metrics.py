@@ -120,6 +120,17 @@ def test_published_tasks_are_counted_by_name_and_destination_queue(
     assert value(registry, "celery_task_started_total", name="t.add", queue_name="adds") is None
 
 
+def test_a_worker_resolves_received_messages_among_its_queues_and_sent_ones_among_all(
+        installed: tuple[Any, CollectorRegistry], app: Celery) -> None:
+    tm, registry = installed
+    app.amqp.queues.select(["adds", "all"])  # what `celery worker -Q adds,all` does
+    app.tasks["t.add"].apply_async((1, 1), exchange="bus", routing_key="orders.us.created")
+    assert value(registry, "celery_task_sent_total", name="t.add", queue_name="events") == 1
+    # Received from the broadcast exchange: of this worker's queues, only `all` is bound to it.
+    assert tm.queue_of({"exchange": "broadcast", "routing_key": "x"}) == "all"
+    assert tm.queue_of({"exchange": "bus", "routing_key": "orders.us.created"}) == ""
+
+
 def test_every_series_carries_namespace_app_and_pool_never_a_hostname(
         installed: tuple[Any, CollectorRegistry], app: Celery) -> None:
     _, registry = installed
