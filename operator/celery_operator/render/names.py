@@ -52,7 +52,7 @@ def beat(app: str) -> str:
 
 def pod_monitor(app: str) -> str:
     """The app's PodMonitor (a suffix, so it never takes the name of a PodMonitor of the user's own)."""
-    return f"{app}-celery"
+    return fit(f"{app}-celery")
 
 
 def broker_server(app: str, kind: str) -> str:
