@@ -70,6 +70,7 @@ demo: up ## helm-install the operator, run the sample topology and a producer on
 bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline measured in the same run)
 	$(PY) bench/poll_cost.py
 	$(PY) bench/scale_latency.py
+	$(PY) bench/task_metrics.py
 
 .PHONY: image
 image: system-deps venv binaries ## build every image with buildah (operator, sample-tasks, rabbitmq, redis, ...)

@@ -1,5 +1,7 @@
 """A real Prometheus server (the Debian `prometheus` binary) scraping given targets every second.
 
+Besides static `targets`, it takes whole `scrape_configs` (e.g. Kubernetes service discovery).
+
 Binds 127.0.0.1 on a free port; config, TSDB and log live in a temp directory removed on `stop()`.
 `query(promql)` runs an instant query through the HTTP API; `wait_for(promql)` polls until it
 returns something, since a fresh server needs a scrape or two before data appears.
@@ -40,25 +42,28 @@ def binary() -> str:
     return found
 
 
-def scrape_config(targets: Sequence[str], metrics_path: str = "/metrics") -> dict[str, Any]:
+def scrape_config(targets: Sequence[str], metrics_path: str = "/metrics",
+                  scrape_configs: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    static = [{
+        "job_name": "targets",
+        "scrape_interval": SCRAPE_INTERVAL,
+        "scrape_timeout": SCRAPE_INTERVAL,
+        "metrics_path": metrics_path,
+        "static_configs": [{"targets": list(targets)}],
+    }] if targets else []
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [{
-            "job_name": "targets",
-            "scrape_interval": SCRAPE_INTERVAL,
-            "scrape_timeout": SCRAPE_INTERVAL,
-            "metrics_path": metrics_path,
-            "static_configs": [{"targets": list(targets)}],
-        }],
+        "scrape_configs": [*static, *scrape_configs],
     }
 
 
 class Prometheus:
     def __init__(self, targets: Sequence[str], workdir: Path | None = None, metrics_path: str = "/metrics",
-                 rule_files: Sequence[Path] = ()) -> None:
+                 rule_files: Sequence[Path] = (), scrape_configs: Sequence[dict[str, Any]] = ()) -> None:
         self.targets = list(targets)
         self.metrics_path = metrics_path
         self.rule_files = [Path(p) for p in rule_files]
+        self.scrape_configs = list(scrape_configs)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="prometheus-"))
         self.port = 0
@@ -74,7 +79,7 @@ class Prometheus:
 
     def start(self) -> Self:
         exe = binary()
-        config = scrape_config(self.targets, self.metrics_path)
+        config = scrape_config(self.targets, self.metrics_path, self.scrape_configs)
         if self.rule_files:
             config["rule_files"] = [str(p.resolve()) for p in self.rule_files]
         config_file = self.workdir / "prometheus.yml"

@@ -52,6 +52,13 @@ COMPONENT_BEAT: Final = "beat"
 COMPONENT_BROKER: Final = "broker"
 COMPONENT_RESULT_BACKEND: Final = "result-backend"
 COMPONENT_CONFIG: Final = "config"
+COMPONENT_METRICS: Final = "metrics"
+
+# Prometheus Operator's API (the PodMonitor the operator creates when its CRD is installed).
+MONITORING_GROUP: Final = "monitoring.coreos.com"
+MONITORING_API_VERSION: Final = f"{MONITORING_GROUP}/v1"
+POD_MONITOR: Final = "PodMonitor"
+POD_MONITOR_PLURAL: Final = "podmonitors"
 
 # Where the generated Celery config is mounted in every worker and beat pod.
 CONFIG_MOUNT_PATH: Final = "/etc/celery-operator"
@@ -120,3 +127,23 @@ ENV_CONFIG_DIR: Final = "CELERY_OPERATOR_CONFIG_DIR"
 ENV_HEARTBEAT_FILE: Final = "CELERY_OPERATOR_HEARTBEAT_FILE"
 # A worker whose heartbeat file is older than this is restarted by its liveness probe.
 HEARTBEAT_MAX_AGE_SECONDS: Final = 120
+
+# Task and worker metrics (the metrics module every worker and beat pod imports; names in metrics.py).
+METRICS_MODULE: Final = "celery_operator_metrics"
+METRICS_FILE: Final = f"{METRICS_MODULE}.py"
+# The port worker and beat pods serve /metrics on: celery-exporter's registered default port, since
+# these are celery-exporter's metrics and a pod that serves them needs no exporter beside it.
+METRICS_PORT: Final = 9808
+METRICS_PORT_NAME: Final = "metrics"
+METRICS_PATH: Final = "/metrics"
+# Key of the generated config holding the labels every metric carries (namespace, app): any process
+# that loads the config knows them, producers outside the operator's pods included.
+CONFIG_METRICS_LABELS_KEY: Final = "metrics_labels"
+# The worker pool's name (CeleryWorkerPool metadata.name), set on worker pods: the `pool` label.
+ENV_POOL: Final = "CELERY_OPERATOR_POOL"
+# prometheus_client's multiprocess mode: prefork workers' children write their values to files here
+# (on the pod's /tmp emptyDir; the root filesystem is read-only).
+ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_MULTIPROC_DIR: Final = "/tmp/celery-operator-metrics"
+# Override of METRICS_PORT for tests, benchmarks and local runs; "0" turns the metrics hooks off.
+ENV_METRICS_PORT: Final = "CELERY_OPERATOR_METRICS_PORT"

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print every object the operator would create for CR files (offline)")
     render.add_argument("files", nargs="+", type=Path, help="YAML files (or folders) of celery-operator CRs")
     render.add_argument("-n", "--namespace", default="default", help="namespace of CRs that name none")
+    render.add_argument("--pod-monitor", action="store_true",
+                        help="include the PodMonitor the operator adds where Prometheus Operator is installed")
 
     producer = sub.add_parser(
         "producer-patch", help="print the strategic-merge patch that makes a Deployment's container send "
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render":
         from celery_operator.offline import render_files
 
-        sys.stdout.write(render_files(args.files, args.namespace))
+        sys.stdout.write(render_files(args.files, args.namespace, args.pod_monitor))
         return 0
     if args.command == "producer-patch":
         from celery_operator.offline import producer_patch_files

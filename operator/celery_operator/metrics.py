@@ -1,9 +1,14 @@
-"""Every Prometheus metric the operator exports: names, labels and the calls that set them.
+"""Every Prometheus metric the operator and its pods export: names, labels and the calls that set them.
 
 Queue metrics reuse celery-exporter's names (`celery_queue_length`, `celery_active_consumer_count`,
 label `queue_name`) so existing celery-mixin dashboards and alerts work unchanged; everything about
 the operator itself is prefixed `celery_operator_`. No pod or hostname labels: series identity is
 the Kubernetes object (namespace, app, pool/queue), so a restarted operator continues the same series.
+
+Task and worker metrics (`WORKER_METRICS`) are exported by the worker and beat pods themselves, from
+the metrics module the ConfigMap ships (`config/bootstrap.py` fills this module's names into it):
+celery-exporter's names, types and labels, with its `hostname` label replaced by namespace, app and
+pool. Prometheus' own `instance` label tells the pods of a pool apart at scrape time.
 
 `OperatorMetrics` owns a `CollectorRegistry` (tests make fresh ones); `DEFAULT` is the operator's,
 and the module-level functions are its bound methods. The HTTP server serves `exposition()`.
@@ -15,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -44,17 +50,80 @@ BROKER_POLLS: Final = "celery_operator_broker_polls_total"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
 
-ALL_METRIC_NAMES: Final[tuple[str, ...]] = (
+OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
 )
-COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
-HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
+OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
+OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
 
 QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
 POOL_LABELS: Final = ("namespace", "app", "pool")
 APP_LABELS: Final = ("namespace", "app")
+
+# --- task and worker metrics, exported by worker and beat pods ---------------------------------------
+TASK_SENT: Final = "celery_task_sent_total"
+TASK_RECEIVED: Final = "celery_task_received_total"
+TASK_STARTED: Final = "celery_task_started_total"
+TASK_SUCCEEDED: Final = "celery_task_succeeded_total"
+TASK_FAILED: Final = "celery_task_failed_total"
+TASK_RETRIED: Final = "celery_task_retried_total"
+TASK_REVOKED: Final = "celery_task_revoked_total"
+TASK_REJECTED: Final = "celery_task_rejected_total"
+TASK_RUNTIME: Final = "celery_task_runtime"
+WORKER_UP: Final = "celery_worker_up"
+WORKER_TASKS_ACTIVE: Final = "celery_worker_tasks_active"
+
+# celery-exporter labels these by `hostname`; here the pod's CeleryApp and pool take its place.
+WORKER_LABELS: Final = POOL_LABELS
+TASK_LABELS: Final = (*WORKER_LABELS, "name", "queue_name")
+TASK_FAILED_LABELS: Final = (*TASK_LABELS, "exception")
+# celery-exporter's runtime buckets (prometheus_client's defaults), so quantiles compare.
+TASK_RUNTIME_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class WorkerMetric:
+    """One metric of the pods' metrics module; `role` is what that module calls it."""
+
+    role: str
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...]
+
+
+WORKER_METRICS: Final = (
+    WorkerMetric("sent", TASK_SENT, "counter",
+                 "Task messages published, by workers, beat and any producer that loads the generated config.",
+                 TASK_LABELS),
+    WorkerMetric("received", TASK_RECEIVED, "counter", "Task messages a worker received from its queues.",
+                 TASK_LABELS),
+    WorkerMetric("started", TASK_STARTED, "counter", "Tasks a worker started to run.", TASK_LABELS),
+    WorkerMetric("succeeded", TASK_SUCCEEDED, "counter", "Tasks that returned.", TASK_LABELS),
+    WorkerMetric("failed", TASK_FAILED, "counter", "Tasks that raised, by exception class.", TASK_FAILED_LABELS),
+    WorkerMetric("retried", TASK_RETRIED, "counter", "Task runs that ended in a retry.", TASK_LABELS),
+    WorkerMetric("revoked", TASK_REVOKED, "counter", "Tasks revoked (cancelled, terminated or expired).",
+                 TASK_LABELS),
+    WorkerMetric("rejected", TASK_REJECTED, "counter", "Tasks that raised Reject (requeued or dead-lettered).",
+                 TASK_LABELS),
+    WorkerMetric("runtime", TASK_RUNTIME, "histogram",
+                 "Seconds each task run took, whatever its outcome (succeeded, failed, retried, rejected).",
+                 TASK_LABELS),
+    WorkerMetric("up", WORKER_UP, "gauge",
+                 "1 while the worker serving this scrape runs and is not shutting down: sum() counts live workers.",
+                 WORKER_LABELS),
+    WorkerMetric("tasks_active", WORKER_TASKS_ACTIVE, "gauge", "Tasks the worker is running now.",
+                 WORKER_LABELS),
+)
+WORKER_METRIC_NAMES: Final = tuple(m.name for m in WORKER_METRICS)
+
+ALL_METRIC_NAMES: Final[tuple[str, ...]] = (*OPERATOR_METRIC_NAMES, *WORKER_METRIC_NAMES)
+COUNTERS: Final = OPERATOR_COUNTERS | {m.name for m in WORKER_METRICS if m.type == "counter"}
+HISTOGRAMS: Final = OPERATOR_HISTOGRAMS | {m.name for m in WORKER_METRICS if m.type == "histogram"}
 REPLICA_KINDS: Final = ("desired", "current", "ready")
 
 POLL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -40,7 +40,9 @@ def _documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return docs
 
 
-def render_documents(docs: list[dict[str, Any]], namespace: str = "default") -> list[dict[str, Any]]:
+def render_documents(docs: list[dict[str, Any]], namespace: str = "default",
+                     pod_monitor: bool = False) -> list[dict[str, Any]]:
+    """`pod_monitor`: as on a cluster that serves Prometheus Operator's PodMonitor kind."""
     ours = [d for d in docs if d.get("apiVersion") == api.API_VERSION and d.get("kind") in api.KINDS]
     for i, d in enumerate(ours):
         md = d.setdefault("metadata", {})
@@ -54,12 +56,13 @@ def render_documents(docs: list[dict[str, Any]], namespace: str = "default") -> 
         topo = Topology.of(app, parts[api.EXCHANGE], parts[api.QUEUE], parts[api.POOL], parts[api.SCHEDULE])
         secrets = SecretsContext(broker_password=PLACEHOLDER_PASSWORD, result_backend_password=PLACEHOLDER_PASSWORD)
         opts = app.config.get("broker_transport_options")
-        out += render_all(topo, secrets, broker_transport_options=opts if isinstance(opts, dict) else None)
+        out += render_all(topo, secrets, broker_transport_options=opts if isinstance(opts, dict) else None,
+                          pod_monitor=pod_monitor)
     return out
 
 
-def render_files(paths: Iterable[Path], namespace: str = "default") -> str:
-    return yaml.safe_dump_all(render_documents(_documents(paths), namespace), sort_keys=False)
+def render_files(paths: Iterable[Path], namespace: str = "default", pod_monitor: bool = False) -> str:
+    return yaml.safe_dump_all(render_documents(_documents(paths), namespace, pod_monitor), sort_keys=False)
 
 
 def producer_patch_files(paths: Iterable[Path], container: str, app_name: str | None = None,

@@ -43,6 +43,8 @@ NAMESPACED: Final = (
          "pod and claim failures (image pull, crash loop, unschedulable, unbound) become pool and app conditions"),
     Rule(("",), ("persistentvolumeclaims",), ("delete",),
          "a managed server whose storage changed: its claims that never bound are replaced"),
+    Rule((api.MONITORING_GROUP,), (api.POD_MONITOR_PLURAL,), _WRITE,
+         "each app's PodMonitor scraping its worker and beat pods, where Prometheus Operator is installed"),
     Rule(("",), ("events",), ("create", "patch", "list"),
          "Events on the custom resources; a claim's Events say why it does not bind"),
     Rule(("events.k8s.io",), ("events",), ("create", "patch"), "kopf posts events.k8s.io Events"),

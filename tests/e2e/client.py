@@ -7,8 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 
 import celery_operator_app  # the module the operator ships in the ConfigMap
+
+
+def sent_counts() -> dict[str, dict[str, object]]:
+    """celery_task_sent_total as this process counted it: task name -> {value, labels}."""
+    from prometheus_client import REGISTRY
+
+    return {s.labels["name"]: {"value": s.value, "labels": s.labels}
+            for family in REGISTRY.collect() if family.name == "celery_task_sent"
+            for s in family.samples if s.name == "celery_task_sent_total"}
 
 
 def main(what: str) -> None:
@@ -21,6 +31,21 @@ def main(what: str) -> None:
     elif what == "add-default":
         r = add.delay(1, 2)
         out = {"id": r.id, "result": r.get(timeout=150)}
+    elif what.startswith("tasks:"):
+        # n adds and m failing tasks, all awaited; what this producer counted as sent, by task name.
+        _, n_add, n_fail = what.split(":")
+        fail = app.tasks["sample_tasks.tasks.fail"]
+        results = [add.delay(i, i) for i in range(int(n_add))] + [fail.delay("expected") for _ in range(int(n_fail))]
+        for r in results:
+            r.get(timeout=150, propagate=False)
+        states = [r.state for r in results]
+        out = {"states": {s: states.count(s) for s in set(states)}, "sent": sent_counts()}
+    elif what == "revoked":
+        # A task revoked before it is sent: the worker drops it on receipt.
+        task_id = str(uuid.uuid4())
+        replies = app.control.revoke(task_id, reply=True, timeout=10)
+        add.apply_async((1, 1), task_id=task_id)
+        out = {"id": task_id, "replies": len(replies)}
     elif what.startswith("publish:"):
         _, queue, n, seconds = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]

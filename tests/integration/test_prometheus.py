@@ -6,13 +6,18 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from celery import signals
+from prometheus_client import CollectorRegistry, generate_latest
 
+from celery_operator import api
 from celery_operator.metrics import OperatorMetrics
 from localenv.procs import ServerError
 from localenv.prometheus import MetricsTarget
 from tests.fixtures.prometheus import PrometheusFactory
+from tests.unit.taskmetrics import load_module, make_app
 
 pytestmark = pytest.mark.integration
 
@@ -71,25 +76,49 @@ def test_dashboard_queries_and_alert_rules_work_on_the_operators_real_metrics(
         return m.exposition()
 
     target = metrics_target(failing_operator)
-    prom = prometheus_factory([target.address], rule_files=[RULES])
+    # One worker of the low pool (4 desired), as the pods' metrics module exports it: between every
+    # two scrapes it receives, publishes and runs a task that succeeds and one that fails, retries,
+    # rejects, and has one revoked.
+    module = load_module(**{api.ENV_POOL: "low"})
+    app = make_app()
+    registry = CollectorRegistry()
+    tm = module.install(app, {"namespace": "ns", "app": "proj"}, registry)
+    registry.register(module.WorkerCollector(tm.labels))
 
-    prom.wait_for("count_over_time(celery_queue_length[1m]) >= 3")
-    dashboard = json.loads(DASHBOARD.read_text())
-    for panel in dashboard["panels"]:
-        for t in panel.get("targets", []):
-            expr = t["expr"].replace("$__rate_interval", "1m")
-            for var in ("namespace", "app", "pool", "queue"):
-                expr = expr.replace(f"${var}", ".*")
-            assert prom.query(expr), (panel["title"], expr)
+    def received(name: str) -> SimpleNamespace:  # what task_received and task_revoked read of a Request
+        return SimpleNamespace(name=name, delivery_info={"exchange": "", "routing_key": "adds"})
 
-    # Every rule evaluates cleanly; the conditions that hold are pending (their `for` has not passed).
-    deadline = time.monotonic() + 30
-    while True:
-        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
-        pending = {a["labels"]["alertname"] for a in prom.api("alerts")["alerts"]}
-        if len(pending) == 4 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
-    assert pending == {"CeleryQueueNoConsumers", "CeleryWorkerPoolSaturated", "CeleryBrokerDown",
-                       "CeleryOperatorReconcileErrors"}
+    def busy_worker() -> bytes:
+        for name, args in (("t.add", (1, 2)), ("t.fail", ()), ("t.retry", ()), ("t.reject", ())):
+            signals.task_received.send(sender=None, request=received(name=name))
+            app.tasks[name].apply_async(args)
+            app.tasks[name].apply(args, exchange="", routing_key="adds")
+        signals.task_revoked.send(sender=app.tasks["t.add"], request=received(name="t.add"))
+        return generate_latest(registry)
+
+    worker = metrics_target(busy_worker)
+    try:
+        prom = prometheus_factory([target.address, worker.address], rule_files=[RULES])
+        prom.wait_for("count_over_time(celery_queue_length[1m]) >= 3")
+        prom.wait_for("count_over_time(celery_task_received_total[1m]) >= 3")
+        dashboard = json.loads(DASHBOARD.read_text())
+        for panel in dashboard["panels"]:
+            for t in panel.get("targets", []):
+                expr = t["expr"].replace("$__rate_interval", "1m")
+                for var in ("namespace", "app", "pool", "queue", "task"):
+                    expr = expr.replace(f"${var}", ".*")
+                assert prom.query(expr), (panel["title"], expr)
+
+        # Every rule evaluates cleanly; the conditions that hold are pending (their `for` has not passed).
+        deadline = time.monotonic() + 30
+        while True:
+            rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+            pending = {a["labels"]["alertname"] for a in prom.api("alerts")["alerts"]}
+            if len(pending) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
+        assert pending == {"CeleryQueueNoConsumers", "CeleryWorkerPoolSaturated", "CeleryBrokerDown",
+                           "CeleryOperatorReconcileErrors", "CeleryTaskFailureRatioHigh", "CeleryWorkersDown"}
+    finally:
+        tm.disconnect()

@@ -257,6 +257,8 @@ def test_service_monitor_scrapes_the_metrics_service_port(render: Render) -> Non
     sm = rendered.one("ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    # Series keep the namespace of the app they describe, not the operator's own.
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     selector = sm["spec"]["selector"]["matchLabels"]
     assert selector.items() <= svc["metadata"]["labels"].items()
     assert svc["spec"]["selector"].items() <= rendered.one("Deployment")["spec"]["template"]["metadata"][

@@ -22,7 +22,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from celery_operator import api
-from celery_operator.config import bootstrap_source, celery_config, config_json
+from celery_operator.config import celery_config, config_json, module_sources
 from tests.unit import crs
 
 _counter = itertools.count()
@@ -41,15 +41,21 @@ def user_module(tmp_path: Path, attr: str = "app") -> str:
 
 def load_bootstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any],
                    app_ref: str, env: dict[str, str] | None = None) -> ModuleType:
-    """Write the ConfigMap's two files to a dir and import the bootstrap from it."""
+    """Write the ConfigMap's files to a dir and import the bootstrap from it, as a pod does.
+
+    Task metrics are off (they register process-wide metrics; test_worker_metrics tests them)."""
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / api.CONFIG_JSON_KEY).write_text(config_json(config))
-    (config_dir / api.BOOTSTRAP_FILE).write_text(bootstrap_source())
+    for key, source in module_sources().items():
+        (config_dir / key).write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(config_dir))
+    monkeypatch.delitem(sys.modules, api.METRICS_MODULE, raising=False)
     monkeypatch.setenv(api.ENV_CONFIG_DIR, str(config_dir))
     monkeypatch.setenv(api.ENV_HEARTBEAT_FILE, str(tmp_path / "heartbeat"))
     monkeypatch.setenv(api.ENV_APP, app_ref)
+    monkeypatch.setenv(api.ENV_METRICS_PORT, "0")
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
     spec = importlib.util.spec_from_file_location(f"bootstrap_{next(_counter)}",
@@ -110,6 +116,11 @@ def test_bootstrap_takes_urls_from_env_and_sets_defaults(seeded: ModuleType) -> 
     assert conf.timezone == "UTC"
     assert conf.broker_connection_retry_on_startup is True
     assert "exchanges" not in conf
+    assert api.CONFIG_METRICS_LABELS_KEY not in conf
+
+
+def test_bootstrap_leaves_metrics_off_when_its_port_is_zero(seeded: ModuleType) -> None:
+    assert seeded.TASK_METRICS is None
 
 
 def test_bootstrap_keeps_the_apps_own_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Keys Grafana itself writes that the foundation SDK's dashboard schema does not model.
 GRAFANA_KEYS_OUTSIDE_SDK_SCHEMA = {"builtIn", "definition"}
 # Which dashboard variable filters which label.
-VARIABLE_OF_LABEL = {"namespace": "namespace", "app": "app", "pool": "pool", "queue_name": "queue"}
+VARIABLE_OF_LABEL = {"namespace": "namespace", "app": "app", "pool": "pool", "queue_name": "queue", "name": "task"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_variables_exist_and_query_label_values(dashboard: dict[str, Any]) -> No
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     queries = variable_queries(dashboard)
-    for name in ("namespace", "app", "pool", "queue"):
+    for name in ("namespace", "app", "pool", "queue", "task"):
         assert variables[name]["type"] == "query"
         assert queries[name].startswith("label_values(")
         assert variables[name]["includeAll"]
@@ -156,6 +156,19 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
     assert any('result="error"' in e for e in expressions(dashboard))
 
 
+def test_dashboard_shows_tasks_and_workers(dashboard: dict[str, Any]) -> None:
+    names = {n for expr in expressions(dashboard) for n in metric_names(expr)}
+    wanted = {metrics.WORKER_UP, metrics.WORKER_TASKS_ACTIVE, metrics.TASK_RECEIVED, metrics.TASK_SUCCEEDED,
+              metrics.TASK_FAILED, metrics.TASK_SENT, metrics.TASK_RETRIED, metrics.TASK_REVOKED,
+              metrics.TASK_REJECTED, metrics.TASK_RUNTIME + "_bucket"}
+    assert wanted <= names
+    assert any("histogram_quantile" in e and metrics.TASK_RUNTIME in e for e in expressions(dashboard))
+    # Live workers are compared with what the operator wants, per pool.
+    assert any({metrics.WORKER_UP, metrics.POOL_REPLICAS} <= {n for t in p["targets"] for n in metric_names(t["expr"])}
+               for p in panels(dashboard))
+    assert any("by (name, exception)" in e for e in expressions(dashboard))
+
+
 def test_selectors_filter_by_every_variable_their_metric_has(dashboard: dict[str, Any]) -> None:
     labels_of = {
         metrics.QUEUE_LENGTH: metrics.QUEUE_LABELS, metrics.QUEUE_CONSUMERS: metrics.QUEUE_LABELS,
@@ -163,11 +176,12 @@ def test_selectors_filter_by_every_variable_their_metric_has(dashboard: dict[str
         metrics.POOL_MAX_REPLICAS: metrics.POOL_LABELS, metrics.SCALE_EVENTS: metrics.POOL_LABELS,
         metrics.BROKER_UP: metrics.APP_LABELS, metrics.BROKER_POLL_DURATION + "_bucket": metrics.APP_LABELS,
         metrics.DEPTH_SOURCE: metrics.APP_LABELS,
+        **{m.name + ("_bucket" if m.type == "histogram" else ""): m.labels for m in metrics.WORKER_METRICS},
     }
     checked = 0
     for expr in expressions(dashboard):
         for name, matchers in selectors(expr):
-            for label in labels_of.get(name, ()):
+            for label in (lb for lb in labels_of.get(name, ()) if lb in VARIABLE_OF_LABEL):
                 assert f'{label}=~"${VARIABLE_OF_LABEL[label]}"' in matchers, (name, expr)
                 checked += 1
     assert checked > 20

@@ -7,7 +7,17 @@ import subprocess
 import pytest
 
 from celery_operator import __version__, metrics
-from celery_operator.metrics import ALL_METRIC_NAMES, COUNTERS, HISTOGRAMS, OperatorMetrics
+from celery_operator.metrics import (
+    ALL_METRIC_NAMES,
+    COUNTERS,
+    HISTOGRAMS,
+    OPERATOR_COUNTERS,
+    OPERATOR_HISTOGRAMS,
+    OPERATOR_METRIC_NAMES,
+    WORKER_METRIC_NAMES,
+    WORKER_METRICS,
+    OperatorMetrics,
+)
 
 
 @pytest.fixture
@@ -147,13 +157,36 @@ def test_forget_app_removes_every_series_of_the_app_and_nothing_else(m: Operator
     assert sample(m, "celery_operator_broker_up", namespace="ns", app="proj") == 1
 
 
-def test_all_metric_names_lists_exactly_what_the_registry_exports(m: OperatorMetrics) -> None:
+def test_operator_metric_names_list_exactly_what_the_registry_exports(m: OperatorMetrics) -> None:
     populate(m)
     families = {family.name + ("_total" if family.type == "counter" else ""): family.type
                 for family in m.registry.collect()}
-    assert set(families) == set(ALL_METRIC_NAMES)
-    assert {n for n, t in families.items() if t == "counter"} == COUNTERS
-    assert {n for n, t in families.items() if t == "histogram"} == HISTOGRAMS
+    assert set(families) == set(OPERATOR_METRIC_NAMES)
+    assert {n for n, t in families.items() if t == "counter"} == OPERATOR_COUNTERS
+    assert {n for n, t in families.items() if t == "histogram"} == OPERATOR_HISTOGRAMS
+
+
+def test_all_metric_names_are_the_operators_and_the_workers_each_once() -> None:
+    assert len(set(ALL_METRIC_NAMES)) == len(ALL_METRIC_NAMES)
+    assert set(ALL_METRIC_NAMES) == set(OPERATOR_METRIC_NAMES) | set(WORKER_METRIC_NAMES)
+    assert OPERATOR_COUNTERS | {m.name for m in WORKER_METRICS if m.type == "counter"} == COUNTERS
+    assert OPERATOR_HISTOGRAMS | {metrics.TASK_RUNTIME} == HISTOGRAMS
+
+
+def test_worker_metrics_use_celery_exporter_names_with_pool_labels_instead_of_hostname() -> None:
+    by_name = {m.name: m for m in WORKER_METRICS}
+    # celery-exporter's counters (`_total`), its runtime histogram and its worker gauges.
+    assert {n for n, m in by_name.items() if m.type == "counter"} == {
+        f"celery_task_{state}_total"
+        for state in ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")}
+    assert {n for n, m in by_name.items() if m.type != "counter"} == {
+        "celery_task_runtime", "celery_worker_up", "celery_worker_tasks_active"}
+    for m in WORKER_METRICS:
+        assert "hostname" not in m.labels, m.name
+        assert m.labels[:3] == ("namespace", "app", "pool"), m.name
+    assert by_name["celery_task_failed_total"].labels[3:] == ("name", "queue_name", "exception")
+    assert by_name["celery_worker_up"].labels == ("namespace", "app", "pool")
+    assert len({m.role for m in WORKER_METRICS}) == len(WORKER_METRICS)
 
 
 def test_no_series_carries_pod_or_host_labels(m: OperatorMetrics) -> None:

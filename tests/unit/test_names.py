@@ -101,7 +101,7 @@ def references(obj: dict[str, Any]) -> set[tuple[str, str]]:
 @settings(max_examples=300, deadline=None)
 @given(topologies())
 def test_names_at_the_limits_give_valid_children_names_and_labels(topology: Topology) -> None:
-    objs = render_all(topology, SECRETS)
+    objs = render_all(topology, SECRETS, pod_monitor=True)
     assert [p for o in objs for p in name_problems(o)] == []
     keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
     assert len(keys) == len(set(keys)), "two children of one kind share a name"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,13 @@ def test_render_applies_the_api_servers_defaults_like_the_operator_reads_them() 
     assert "--concurrency" in args and args[args.index("--concurrency") + 1] == "2"
     assert args[args.index("--prefetch-multiplier") + 1] == "1"
     assert args[args.index("--pool") + 1] == "prefork"
+
+
+def test_render_adds_the_pod_monitor_only_when_asked() -> None:
+    topology = str(REPO / "sample_tasks" / "topology")
+    for flag, expected in (([], []), (["--pod-monitor"], [("PodMonitor", "proj-celery")])):
+        out = subprocess.run([sys.executable, "-m", "celery_operator", "render", *flag, topology],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert [(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] == "PodMonitor"] == expected

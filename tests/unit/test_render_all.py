@@ -34,6 +34,13 @@ def test_seed_renders_servers_config_workers_and_beat_in_order() -> None:
     ]
 
 
+def test_pod_monitor_comes_last_owned_by_the_app_only_when_asked_for() -> None:
+    objs = render_all(crs.seed(), SECRETS, pod_monitor=True)
+    assert objs[:-1] == render_all(crs.seed(), SECRETS)
+    assert kinds_names(objs[-1:]) == [(api.POD_MONITOR, "proj-celery")]
+    assert objs[-1]["metadata"]["ownerReferences"][0]["kind"] == api.APP
+
+
 def test_render_all_is_deterministic_whatever_the_input_order() -> None:
     topo = crs.seed()
     reordered = Topology.of(topo.app, reversed(topo.exchanges), reversed(topo.queues),

@@ -37,3 +37,12 @@ def test_beat_runs_the_bootstrap_with_its_schedule_in_tmp() -> None:
 def test_beat_pods_roll_on_config_change() -> None:
     annotations = render()["spec"]["template"]["metadata"]["annotations"]
     assert annotations[api.ANNOTATION_CONFIG_HASH] == "h1"
+
+
+def test_beat_serves_its_sent_count_on_the_metrics_port() -> None:
+    dep = render()
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    assert c["ports"] == [{"name": api.METRICS_PORT_NAME, "containerPort": api.METRICS_PORT, "protocol": "TCP"}]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(api.METRICS_PORT)
+    env = {e["name"] for e in c["env"]}
+    assert api.ENV_POOL not in env and api.ENV_PROMETHEUS_MULTIPROC_DIR not in env

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from celery_operator import api
-from celery_operator.config import bootstrap_source, celery_config, config_json
+from celery_operator.config import celery_config, config_json, module_sources
 from celery_operator.models import SecretKeyRef
-from celery_operator.render import worker
+from celery_operator.render import pod, worker
 from celery_operator.render.labels import owner_reference
 from celery_operator.topology import Topology
 from tests.unit import crs
@@ -127,6 +127,39 @@ def test_pool_env_wins_over_app_env_and_user_cannot_replace_operator_env() -> No
     assert container(dep)["envFrom"] == [{"secretRef": {"name": "extra"}}]
 
 
+def test_worker_serves_metrics_on_the_named_port_with_scrape_annotations() -> None:
+    dep = render()
+    assert container(dep)["ports"] == [{"name": "metrics", "containerPort": api.METRICS_PORT, "protocol": "TCP"}]
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(api.METRICS_PORT)
+    assert annotations["prometheus.io/path"] == api.METRICS_PATH
+
+
+@pytest.mark.parametrize(("pool_kind", "multiprocess"),
+                         [("prefork", True), ("threads", False), ("solo", False), ("gevent", False)])
+def test_worker_env_names_its_pool_and_gives_prefork_a_multiprocess_metrics_dir(
+        pool_kind: str, multiprocess: bool) -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], pool=pool_kind,
+                                                  **({"concurrency": 1} if pool_kind == "solo" else {}))])
+    env = env_of(render(topo, "p"))
+    assert env[api.ENV_POOL] == "p"
+    assert env.get(api.ENV_PROMETHEUS_MULTIPROC_DIR) == (api.METRICS_MULTIPROC_DIR if multiprocess else None)
+    assert api.METRICS_MULTIPROC_DIR.startswith(pod.TMP_PATH + "/")  # the writable emptyDir
+
+
+def test_users_cannot_replace_the_metrics_env() -> None:
+    topo = Topology.of(
+        crs.app(env=[{"name": api.ENV_POOL, "value": "app"}, {"name": api.ENV_PROMETHEUS_MULTIPROC_DIR,
+                                                               "value": "/elsewhere"}]),
+        pools=[crs.pool("p", ["celery"], pool="threads", env=[{"name": api.ENV_POOL, "value": "pool"}])])
+    dep = render(topo, "p")
+    env = env_of(dep)
+    assert env[api.ENV_POOL] == "p"
+    assert api.ENV_PROMETHEUS_MULTIPROC_DIR not in env
+    assert [e["name"] for e in container(dep)["env"]].count(api.ENV_POOL) == 1
+
+
 def test_config_is_mounted_read_only_and_tmp_is_writable() -> None:
     dep = render()
     spec = dep["spec"]["template"]["spec"]
@@ -169,7 +202,8 @@ def test_pod_templates_merge_app_then_pool() -> None:
     assert tmpl["metadata"]["labels"]["team"] == "a"
     assert tmpl["metadata"]["labels"]["tier"] == "pool"
     assert tmpl["metadata"]["labels"][api.LABEL_POOL] == "p"
-    assert tmpl["metadata"]["annotations"] == {"x": "1", api.ANNOTATION_CONFIG_HASH: "abc123"}
+    assert tmpl["metadata"]["annotations"] == {"x": "1", api.ANNOTATION_CONFIG_HASH: "abc123",
+                                               **pod.METRICS_ANNOTATIONS}
     assert spec["nodeSelector"] == {"disk": "ssd", "zone": "z1"}
     assert spec["tolerations"] == [{"key": "pool"}]
     assert spec["priorityClassName"] == "high"
@@ -232,13 +266,14 @@ def test_rendered_command_runs_a_real_worker_that_keeps_the_heartbeat_fresh(tmp_
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / api.CONFIG_JSON_KEY).write_text(config_json(celery_config(topo)))
-    (config_dir / api.BOOTSTRAP_FILE).write_text(bootstrap_source())
+    for key, source in module_sources().items():
+        (config_dir / key).write_text(source)
     heartbeat = tmp_path / "heartbeat"
     command = container(render(topo, "solo"))["command"]
     sample_tasks_root = Path(__file__).resolve().parents[2] / "sample_tasks"
     env = {**os.environ, "PYTHONPATH": f"{config_dir}:{sample_tasks_root}",
            api.ENV_CONFIG_DIR: str(config_dir), api.ENV_HEARTBEAT_FILE: str(heartbeat),
-           api.ENV_APP: "sample_tasks.app", api.ENV_BROKER_URL: "memory://"}
+           api.ENV_APP: "sample_tasks.app", api.ENV_BROKER_URL: "memory://", api.ENV_METRICS_PORT: "0"}
     celery_bin = str(Path(sys.executable).with_name("celery"))
     proc = subprocess.Popen([celery_bin, *command[1:]], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,8 +1,8 @@
-"""The source of the bootstrap module workers and beat load with `celery -A`.
+"""The sources of the modules workers and beat load with `celery -A`: the bootstrap and its metrics.
 
-The source is a package data file (`data/celery_operator_app.py.txt`) so it can be read, shipped
-in the ConfigMap and run in the user's image, where this package is not installed. Its constants
-are filled in from `celery_operator.api` here, so each fact still has one source.
+The sources are package data files (`data/*.py.txt`) so they can be read, shipped in the ConfigMap
+and run in the user's image, where this package is not installed. Their constants are filled in
+from `celery_operator.api` and `celery_operator.metrics` here, so each fact still has one source.
 """
 
 from __future__ import annotations
@@ -10,31 +10,60 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from celery_operator import api
+from celery_operator import api, metrics
 
-TEMPLATE = "celery_operator_app.py.txt"
+# ConfigMap key (the module's file name) -> template.
+TEMPLATES = {
+    api.BOOTSTRAP_FILE: "celery_operator_app.py.txt",
+    api.METRICS_FILE: "celery_operator_metrics.py.txt",
+}
+
+
+def _worker_metrics() -> str:
+    """The metrics module's table: role -> (name, type, help, label names), as a Python literal."""
+    rows = (f"    {m.role!r}: ({m.name!r}, {m.type!r},\n        {m.help!r},\n        {m.labels!r}),"
+            for m in metrics.WORKER_METRICS)
+    return "{\n" + "\n".join(rows) + "\n}"
+
 
 _PLACEHOLDERS = {
     "BOOTSTRAP_MODULE": api.BOOTSTRAP_MODULE,
     "CONFIG_JSON_KEY": api.CONFIG_JSON_KEY,
+    "CONFIG_METRICS_LABELS_KEY": api.CONFIG_METRICS_LABELS_KEY,
     "CONFIG_MOUNT_PATH": api.CONFIG_MOUNT_PATH,
     "ENV_APP": api.ENV_APP,
     "ENV_BROKER_URL": api.ENV_BROKER_URL,
     "ENV_CONFIG_DIR": api.ENV_CONFIG_DIR,
     "ENV_HEARTBEAT_FILE": api.ENV_HEARTBEAT_FILE,
     "ENV_REMAP_SIGTERM": api.ENV_REMAP_SIGTERM,
+    "ENV_METRICS_PORT": api.ENV_METRICS_PORT,
+    "ENV_POOL": api.ENV_POOL,
+    "ENV_PROMETHEUS_MULTIPROC_DIR": api.ENV_PROMETHEUS_MULTIPROC_DIR,
     "ENV_RESULT_BACKEND": api.ENV_RESULT_BACKEND,
     "ENV_SOFT_SHUTDOWN_TIMEOUT": api.ENV_SOFT_SHUTDOWN_TIMEOUT,
     "HEARTBEAT_FILE": api.HEARTBEAT_FILE,
+    "METRICS_MODULE": api.METRICS_MODULE,
+    "METRICS_PORT": str(api.METRICS_PORT),
+    "TASK_RUNTIME_BUCKETS": repr(metrics.TASK_RUNTIME_BUCKETS),
+    "WORKER_METRICS": _worker_metrics(),
 }
 
 
-@cache
-def bootstrap_source() -> str:
-    """The bootstrap module's Python source, as written into the ConfigMap."""
-    text = resources.files("celery_operator").joinpath("data", TEMPLATE).read_text(encoding="utf-8")
+def _fill(template: str) -> str:
+    text = resources.files("celery_operator").joinpath("data", template).read_text(encoding="utf-8")
     for key, value in _PLACEHOLDERS.items():
         text = text.replace(f"@@{key}@@", value)
     if "@@" in text:
-        raise ValueError(f"{TEMPLATE} has a placeholder with no value")
+        raise ValueError(f"{template} has a placeholder with no value")
     return text
+
+
+@cache
+def module_sources() -> dict[str, str]:
+    """ConfigMap key -> Python source of every module the ConfigMap ships (the bootstrap first)."""
+    return {key: _fill(template) for key, template in TEMPLATES.items()}
+
+
+def bootstrap_source() -> str:
+    """The bootstrap module's Python source, as written into the ConfigMap."""
+    return module_sources()[api.BOOTSTRAP_FILE]

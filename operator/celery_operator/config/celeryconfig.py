@@ -1,8 +1,9 @@
 """The generated Celery config: plain JSON data the bootstrap module turns into Celery settings.
 
 Keys are Celery setting names, except `exchanges` (the exchange declarations `task_queues` refer
-to by name). The user's `spec.config` is the base; the operator's keys override it, and
-`broker_url`/`result_backend` are dropped from it (they come from Secrets through the environment).
+to by name) and `metrics_labels` (the app's namespace and name, which every task metric carries).
+The user's `spec.config` is the base; the operator's keys override it, and `broker_url`/
+`result_backend` are dropped from it (they come from Secrets through the environment).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from celery_operator.config.bootstrap import bootstrap_source
+from celery_operator import api
+from celery_operator.config.bootstrap import module_sources
 from celery_operator.cron import parse_cron
 from celery_operator.models import BeatEntry
 from celery_operator.topology import ExchangeDecl, QueueDecl, Topology
@@ -79,6 +81,7 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
         "beat_schedule": {entry.name: beat_entry_data(entry) for _, entry in topology.beat_entries},
         "timezone": topology.timezone,
         "broker_connection_retry_on_startup": True,
+        api.CONFIG_METRICS_LABELS_KEY: {"namespace": app.meta.namespace, "app": app.meta.name},
     })
     return config
 
@@ -89,10 +92,11 @@ def config_json(config: Config) -> str:
 
 
 def config_hash(config: Config) -> str:
-    """sha256 of the canonical config and the bootstrap source: changes when pods must restart."""
+    """sha256 of the canonical config and the modules' sources: changes when pods must restart."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256()
     digest.update(canonical.encode())
-    digest.update(b"\0")
-    digest.update(bootstrap_source().encode())
+    for source in module_sources().values():
+        digest.update(b"\0")
+        digest.update(source.encode())
     return digest.hexdigest()

@@ -20,7 +20,8 @@ Key = tuple[str, str]  # (namespace, app)
 ObjKey = tuple[str, str]  # (kind, name)
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
 WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap")
-CHILD_KINDS = (*WATCHED_CHILDREN, "Secret")
+# Children whose kind may not be served by every cluster: watched once the cluster serves it.
+OPTIONAL_CHILDREN = (api.POD_MONITOR,)
 
 
 class Index(Protocol):
@@ -62,7 +63,7 @@ class ClusterCache:
         """The app's children: by its label, and the Secrets it renders (read through the SecretCache)."""
         mine = {api.LABEL_APP: app, api.LABEL_MANAGED_BY: api.OPERATOR_NAME}
         out = {(kind, o["metadata"]["name"]): o
-               for kind in WATCHED_CHILDREN for o in self._select(kind, namespace, mine)}
+               for kind in (*WATCHED_CHILDREN, *OPTIONAL_CHILDREN) for o in self._select(kind, namespace, mine)}
         if self.secrets is not None:
             names = {o["metadata"]["name"] for o in self._select("Secret", namespace, mine)} | set(wanted_secrets)
             for name in sorted(names):

@@ -24,6 +24,7 @@ from celery_operator import api, conditions, decide, endpoints, workloads
 from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import BrokerError, DeclareResult
 from celery_operator.brokers.urls import broker_kind
+from celery_operator.controller.monitoring import POD_MONITORS
 from celery_operator.controller.observe import ClusterCache, Key, ObjKey
 from celery_operator.controller.state import AppState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
@@ -103,6 +104,7 @@ class Reconciler:
     states: dict[Key, AppState]
     requeue: Callable[[Key, float], None]  # (key, delay): reconcile again later
     on_app: Callable[[Key, AppState | None], None]  # the app exists (state) or is gone (None): pollers follow
+    watch: Callable[[str], None]  # start watching an optional child kind the cluster now serves
 
     async def reconcile(self, key: Key, full: bool) -> None:
         ns, name = key
@@ -151,12 +153,15 @@ class Reconciler:
             if app.result_backend is not None else None
         topo = topology_of(bodies, app, broker.url)
         self._forget_gone(state, topo)
+        pod_monitor = await POD_MONITORS.served(self.client)
+        if pod_monitor:
+            self.watch(api.POD_MONITOR)
         live = await self.cache.children(ns, name, [s for s in endpoints.referenced_secrets(app)])
         rendered = render_all(
             topo, endpoints.secrets_context(broker, backend),
             replicas_of=lambda p: state.replicas_for(p, (live.get(("Deployment", names.worker(name, p.meta.name)))
                                                         or {}).get("spec", {}).get("replicas")),
-            broker_transport_options=state.transport_options)
+            broker_transport_options=state.transport_options, pod_monitor=pod_monitor)
         for ep in (broker, backend):
             if ep is not None and ep.managed and ep.url is None:
                 ep.url = decide.url_from_rendered(rendered, ep.ref)

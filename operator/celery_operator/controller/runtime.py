@@ -74,7 +74,7 @@ class Runtime:
         self.cache = ClusterCache(indexes={})
         self.reconciler = Reconciler(self.client, self.cache, recorder, self.metrics, self.states,
                                      requeue=lambda key, delay: self.queue.add(key, delay=delay),
-                                     on_app=self._on_app)
+                                     on_app=self._on_app, watch=self._watch)
         self.poller = Poller(self.client, self.cache, recorder, self.metrics,
                              after_poll=lambda key: self.queue.add(key, full=False))
         self.queue = WorkQueue(self._work)
@@ -176,13 +176,27 @@ class Runtime:
     def _informer(self, kind: str, namespace: str | None, **kw: Any) -> Informer:
         return Informer(self.client, kind, namespace, **kw)
 
+    def _children_informers(self, kind: str) -> list[Informer]:
+        return [self._informer(kind, ns, label_selector=MANAGED,
+                               on_change=lambda ev, new, old, kind=kind: self._child_changed(kind, ev, new, old))
+                for ns in self._scopes()]
+
+    def _scopes(self) -> list[str | None]:
+        return list(self.namespaces) or [None]
+
+    def _watch(self, kind: str) -> None:
+        """Start watching a child kind the cluster serves now (PodMonitor once its CRD is installed)."""
+        if kind in self.cache.informers:
+            return
+        self.cache.informers[kind] = self._children_informers(kind)
+        for inf in self.cache.informers[kind]:
+            self._tasks.append(asyncio.create_task(inf.run(), name=f"informer:{kind}:{inf.namespace or '*'}"))
+
     async def start(self, indexes: Mapping[str, Index]) -> None:
         self.cache.indexes = dict(indexes)
-        scopes: list[str | None] = list(self.namespaces) or [None]
+        scopes = self._scopes()
         for kind in (*WATCHED_CHILDREN, "Pod"):
-            self.cache.informers[kind] = [self._informer(
-                kind, ns, label_selector=MANAGED,
-                on_change=lambda ev, new, old, kind=kind: self._child_changed(kind, ev, new, old)) for ns in scopes]
+            self.cache.informers[kind] = self._children_informers(kind)
         secrets = SecretCache(self.client, on_change=self._secret_changed)
         secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe)
                              for ns in scopes]

@@ -29,7 +29,8 @@ _CORE: Final = {"Service": "services", "ConfigMap": "configmaps", "Secret": "sec
                 "PersistentVolumeClaim": "persistentvolumeclaims"}
 _GROUPED: Final = {"Deployment": ("apps/v1", "deployments"), "StatefulSet": ("apps/v1", "statefulsets"),
                    "ReplicaSet": ("apps/v1", "replicasets"),
-                   "Lease": ("coordination.k8s.io/v1", "leases")}
+                   "Lease": ("coordination.k8s.io/v1", "leases"),
+                   api.POD_MONITOR: (api.MONITORING_API_VERSION, api.POD_MONITOR_PLURAL)}
 
 
 REQUEST_TIMEOUT_SECONDS = 30
@@ -198,6 +199,17 @@ class KubeClient:
             "PATCH", path_for(obj["kind"], md.get("namespace"), md["name"]),
             params={"fieldManager": field_manager, "force": "true"}, body=obj,
             content_type="application/apply-patch+yaml")
+
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves a resource (discovery: e.g. a CRD installed and established)."""
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            found = await self.request("GET", base)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
 
     async def create(self, obj: Body) -> Body:
         md = obj["metadata"]

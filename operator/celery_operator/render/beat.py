@@ -44,7 +44,8 @@ def deployment(topology: Topology, broker_ref: SecretKeyRef, backend_ref: Secret
             "revisionHistoryLimit": 3,
             "template": {
                 "metadata": pod.template_metadata(own, template,
-                                                  {api.ANNOTATION_CONFIG_HASH: config_hash}),
+                                                  {api.ANNOTATION_CONFIG_HASH: config_hash,
+                                                   **pod.METRICS_ANNOTATIONS}),
                 "spec": pod.pod_spec(topology, container, template, TERMINATION_GRACE_PERIOD_SECONDS),
             },
         },

@@ -1,11 +1,11 @@
-"""The ConfigMap `<app>-celery-config`: the generated config and the bootstrap module."""
+"""The ConfigMap `<app>-celery-config`: the generated config, the bootstrap module and its metrics module."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery_operator import api
-from celery_operator.config import bootstrap_source, celery_config, config_hash, config_json
+from celery_operator.config import celery_config, config_hash, config_json, module_sources
 from celery_operator.config.celeryconfig import Config
 from celery_operator.models import Body
 from celery_operator.render import labels as lbl
@@ -24,5 +24,5 @@ def config_map(topology: Topology, owner: dict[str, Any] | None, config: Config 
         "metadata": lbl.metadata(name, app.meta.namespace,
                                  lbl.labels(app.meta.name, api.COMPONENT_CONFIG, instance=name),
                                  owner, {api.ANNOTATION_CONFIG_HASH: config_hash(config)}),
-        "data": {api.CONFIG_JSON_KEY: config_json(config), api.BOOTSTRAP_FILE: bootstrap_source()},
+        "data": {api.CONFIG_JSON_KEY: config_json(config), **module_sources()},
     }

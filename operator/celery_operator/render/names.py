@@ -50,6 +50,11 @@ def beat(app: str) -> str:
     return fit(f"{app}-beat")
 
 
+def pod_monitor(app: str) -> str:
+    """The app's PodMonitor (a suffix, so it never takes the name of a PodMonitor of the user's own)."""
+    return fit(f"{app}-celery")
+
+
 def broker_server(app: str, kind: str) -> str:
     """StatefulSet and client Service of a managed broker: `<app>-rabbitmq` or `<app>-redis`."""
     return fit(f"{app}-{kind}", STATEFULSET_NAME_MAX)

@@ -9,6 +9,9 @@ imagePullSecrets) and other values replace what came before when set.
 `PYTHONPATH` is set to the config mount (where the bootstrap module lives), which hides an image's
 own `ENV PYTHONPATH`: an image that needs one should also name it in the CeleryApp's env, whose
 value is appended.
+
+Both containers serve task metrics on the named port `metrics` (the bootstrap's metrics module),
+and their pods carry the `prometheus.io/*` annotations annotation-driven scrape configs look for.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 # Env the operator sets and users cannot override (their entries of these names are dropped).
-OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP, api.ENV_SOFT_SHUTDOWN_TIMEOUT)
+OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP, api.ENV_SOFT_SHUTDOWN_TIMEOUT,
+                api.ENV_POOL, api.ENV_PROMETHEUS_MULTIPROC_DIR)
+METRICS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(api.METRICS_PORT),
+                       "prometheus.io/path": api.METRICS_PATH}
 
 
 def merge_templates(*templates: PodTemplate) -> PodTemplate:
@@ -79,12 +85,14 @@ def merge_env(*lists: list[Body]) -> list[Body]:
 
 
 def celery_env(topology: Topology, broker_ref: SecretKeyRef, backend_ref: SecretKeyRef | None,
-               pool_env: list[Body] | None = None) -> list[Body]:
-    """Operator env (URLs from Secrets, never literal), then the app's env, then the pool's."""
+               pool_env: list[Body] | None = None, operator_env: list[Body] | None = None) -> list[Body]:
+    """Operator env (URLs from Secrets, never literal; then `operator_env`), then the app's env,
+    then the pool's."""
     fixed = [secret_env(api.ENV_BROKER_URL, broker_ref)]
     if backend_ref is not None:
         fixed.append(secret_env(api.ENV_RESULT_BACKEND, backend_ref))
     fixed.append({"name": api.ENV_APP, "value": topology.app.app})
+    fixed += operator_env or []
     defaults = [{"name": "HOME", "value": TMP_PATH}]
     user = [e for e in merge_env(topology.app.env, pool_env or []) if e["name"] not in OPERATOR_ENV]
     pythonpath = api.CONFIG_MOUNT_PATH
@@ -116,7 +124,8 @@ def celery_container(topology: Topology, name: str, image: str, command: list[st
                      template: PodTemplate, resources: Body | None = None) -> Body:
     """A container running `celery -A <bootstrap>` with the config mounted."""
     app = topology.app
-    c: Body = {"name": name, "image": image, "command": command, "env": env}
+    c: Body = {"name": name, "image": image, "command": command, "env": env,
+               "ports": [{"name": api.METRICS_PORT_NAME, "containerPort": api.METRICS_PORT, "protocol": "TCP"}]}
     if app.image_pull_policy:
         c["imagePullPolicy"] = app.image_pull_policy
     if app.env_from:

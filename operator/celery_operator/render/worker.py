@@ -55,6 +55,15 @@ def heartbeat_check(max_age_seconds: int, path: str = api.HEARTBEAT_FILE) -> lis
     return ["python3", "-c", script]
 
 
+def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
+    """The `pool` label of the pod's task metrics; with prefork, prometheus_client's multiprocess
+    directory (children write their values there, the main process serves their sum)."""
+    env = [{"name": api.ENV_POOL, "value": pool.meta.name}]
+    if pool.pool == "prefork":
+        env.append({"name": api.ENV_PROMETHEUS_MULTIPROC_DIR, "value": api.METRICS_MULTIPROC_DIR})
+    return env
+
+
 def worker_command(topology: Topology, pool: CeleryWorkerPool) -> list[str]:
     cmd = ["celery", "-A", api.BOOTSTRAP_MODULE, "worker",
            "-Q", ",".join(topology.pool_queues(pool)),
@@ -86,11 +95,11 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
     own = lbl.labels(app_name, api.COMPONENT_WORKER, instance=name, pool=pool.meta.name)
     template = pod.merge_templates(app.pod_template, pool.pod_template)
     check = heartbeat_check(heartbeat_max_age(pool))
-    env = pod.celery_env(topology, broker_ref, backend_ref, pool.env)
+    operator_env = metrics_env(pool)
     soft = soft_shutdown_timeout(pool)
     if soft is not None:
-        after_app = next(i for i, e in enumerate(env) if e["name"] == api.ENV_APP) + 1
-        env.insert(after_app, {"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": str(soft)})
+        operator_env.append({"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": str(soft)})
+    env = pod.celery_env(topology, broker_ref, backend_ref, pool.env, operator_env)
     container = pod.celery_container(
         topology, CONTAINER, pool.image or app.image, worker_command(topology, pool), env, template,
         pool.resources)
@@ -104,7 +113,8 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
         "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_WORKER, pool=pool.meta.name)},
         "revisionHistoryLimit": 3,
         "template": {
-            "metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash}),
+            "metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash,
+                                                              **pod.METRICS_ANNOTATIONS}),
             "spec": pod.pod_spec(topology, container, template, pool.termination_grace_period_seconds),
         },
     }
