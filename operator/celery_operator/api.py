@@ -118,6 +118,8 @@ class Reason:
     VISIBILITY_TIMEOUT_TOO_SHORT: Final = "VisibilityTimeoutTooShort"
     # Messages prefetched by busy workers wait there instead of in the queue, out of other replicas' reach.
     PREFETCH_HIDES_BACKLOG: Final = "PrefetchHidesBacklog"
+    # Beat skipped runs of an entry by its catch-up rule (startingDeadlineSeconds): an Event per skip.
+    RUNS_SKIPPED: Final = "RunsSkipped"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"
@@ -147,3 +149,30 @@ ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_MULTIPROC_DIR: Final = "/tmp/celery-operator-metrics"
 # Override of METRICS_PORT for tests, benchmarks and local runs; "0" turns the metrics hooks off.
 ENV_METRICS_PORT: Final = "CELERY_OPERATOR_METRICS_PORT"
+
+# Beat (render/beat.py, the scheduler module celery_operator_beat.py and the pure schedule module it shares
+# with the operator, celery_operator.schedule, shipped as celery_operator_schedule.py).
+BEAT_MODULE: Final = "celery_operator_beat"
+BEAT_FILE: Final = f"{BEAT_MODULE}.py"
+BEAT_SCHEDULER: Final = f"{BEAT_MODULE}:Scheduler"  # `celery beat -S`
+SCHEDULE_MODULE: Final = "celery_operator_schedule"
+SCHEDULE_FILE: Final = f"{SCHEDULE_MODULE}.py"
+# Key of the generated config with what only the operator's scheduler reads per entry (its catch-up deadline).
+CONFIG_BEAT_ENTRIES_KEY: Final = "beat_entries"
+# Set on the beat container: the ConfigMap holding beat's state, the Lease electing the one beat that sends,
+# and (downward API) the pod's namespace and name (the Lease holder's identity starts with it).
+ENV_BEAT_STATE: Final = "CELERY_OPERATOR_BEAT_STATE"
+ENV_BEAT_LEASE: Final = "CELERY_OPERATOR_BEAT_LEASE"
+ENV_NAMESPACE: Final = "CELERY_OPERATOR_NAMESPACE"
+ENV_POD_NAME: Final = "CELERY_OPERATOR_POD_NAME"
+# Where beat finds its service-account token and CA (the in-cluster path; an override for tests).
+ENV_SERVICE_ACCOUNT_DIR: Final = "CELERY_OPERATOR_SERVICE_ACCOUNT_DIR"
+SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The message header of every task beat sends: the run's scheduled time (RFC 3339, UTC).
+BEAT_SCHEDULED_TIME_HEADER: Final = "celery_operator_scheduled_time"
+# The beat Lease's timing, client-go's leader election defaults: the holder renews every retry period
+# and stops sending once it has not renewed for the renew deadline; another beat takes the lease only
+# after seeing it unchanged for the lease duration.
+BEAT_LEASE_SECONDS: Final = 15
+BEAT_RENEW_DEADLINE_SECONDS: Final = 10
+BEAT_RETRY_SECONDS: Final = 2

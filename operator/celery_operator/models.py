@@ -351,6 +351,7 @@ class BeatEntry:
     queue: str | None
     priority: int | None
     expires_seconds: float | None
+    starting_deadline_seconds: int | None = None
 
     @classmethod
     def of(cls, d: Body) -> BeatEntry:
@@ -364,6 +365,7 @@ class BeatEntry:
             queue=d.get("queue"),
             priority=d.get("priority"),
             expires_seconds=d.get("expiresSeconds"),
+            starting_deadline_seconds=d.get("startingDeadlineSeconds"),
         )
 
 

@@ -45,6 +45,11 @@ NAMESPACED: Final = (
          "a managed server whose storage changed: its claims that never bound are replaced"),
     Rule((api.MONITORING_GROUP,), (api.POD_MONITOR_PLURAL,), _WRITE,
          "each app's PodMonitor scraping its worker and beat pods, where Prometheus Operator is installed"),
+    Rule(("",), ("serviceaccounts",), _WRITE, "each app's beat runs as a ServiceAccount of its own"),
+    Rule(("rbac.authorization.k8s.io",), ("roles", "rolebindings"), _WRITE,
+         "beat's Role (its state ConfigMap and its Lease, by name: BEAT below) and its binding"),
+    Rule(("coordination.k8s.io",), ("leases",), _WRITE,
+         "each app's beat Lease (beat renews it; the operator creates it and must hold what beat's Role grants)"),
     Rule(("",), ("events",), ("create", "patch", "list"),
          "Events on the custom resources; a claim's Events say why it does not bind"),
     Rule(("events.k8s.io",), ("events",), ("create", "patch"), "kopf posts events.k8s.io Events"),
@@ -61,6 +66,16 @@ CLUSTER_READ: Final = (
 LEASE: Final = (
     Rule(("coordination.k8s.io",), ("leases",), ("get", "list", "watch", "create", "update", "patch"),
          "leader election"),
+)
+
+# What each app's beat may do, granted by a Role the operator creates in the app's namespace, each rule
+# restricted to the one object of its resource (render/beat.py: the state ConfigMap, the Lease). The
+# operator can only grant what it holds itself: NAMESPACED includes all of it.
+BEAT: Final = (
+    Rule(("",), ("configmaps",), ("get", "patch"),
+         "read beat's state, and claim runs in it with compare-and-swap patches"),
+    Rule(("coordination.k8s.io",), ("leases",), ("get", "update"),
+         "hold the Lease that elects the one beat that sends"),
 )
 
 # Chart file name -> rules (the chart's templates include these files).

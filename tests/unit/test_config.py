@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from celery_operator import api
 from celery_operator.config import celery_config, config_hash, config_json
 from celery_operator.topology import Topology
 from tests.unit import crs
@@ -50,6 +51,16 @@ def test_defaults_routes_beat_and_timezone() -> None:
     }
     assert config["timezone"] == "UTC"
     assert config["broker_connection_retry_on_startup"] is True
+    assert config[api.CONFIG_BEAT_ENTRIES_KEY] == {"add-every-minute": {"starting_deadline_seconds": None},
+                                                   "slow-every-30s": {"starting_deadline_seconds": None}}
+
+
+def test_each_entrys_starting_deadline_reaches_beats_scheduler_beside_celerys_schedule() -> None:
+    topo = Topology.of(crs.app(), schedules=[crs.schedule("s", [
+        {"name": "tick", "task": "t.tick", "everySeconds": 10, "startingDeadlineSeconds": 60}])])
+    config = celery_config(topo)
+    assert config[api.CONFIG_BEAT_ENTRIES_KEY] == {"tick": {"starting_deadline_seconds": 60}}
+    assert "starting_deadline_seconds" not in json.dumps(config["beat_schedule"])
 
 
 def test_user_config_is_kept_but_cannot_override_operator_keys_or_carry_urls() -> None:

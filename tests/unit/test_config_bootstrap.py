@@ -117,6 +117,7 @@ def test_bootstrap_takes_urls_from_env_and_sets_defaults(seeded: ModuleType) -> 
     assert conf.broker_connection_retry_on_startup is True
     assert "exchanges" not in conf
     assert api.CONFIG_METRICS_LABELS_KEY not in conf
+    assert api.CONFIG_BEAT_ENTRIES_KEY not in conf
 
 
 def test_bootstrap_leaves_metrics_off_when_its_port_is_zero(seeded: ModuleType) -> None:

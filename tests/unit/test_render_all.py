@@ -30,7 +30,8 @@ def test_seed_renders_servers_config_workers_and_beat_in_order() -> None:
         ("Service", "proj-result-backend"),
         ("ConfigMap", "proj-celery-config"),
         ("Deployment", "proj-default"), ("Deployment", "proj-high"), ("Deployment", "proj-low"),
-        ("Deployment", "proj-beat"),
+        ("ServiceAccount", "proj-beat"), ("Role", "proj-beat"), ("RoleBinding", "proj-beat"),
+        ("ConfigMap", "proj-beat-state"), ("Lease", "proj-beat"), ("Deployment", "proj-beat"),
     ]
 
 
@@ -89,7 +90,7 @@ def test_pool_without_known_queue_and_app_without_schedules_render_no_deployment
 
 def test_workers_and_beat_share_the_config_maps_hash() -> None:
     objs = render_all(crs.seed(), SECRETS)
-    [cm] = [o for o in objs if o["kind"] == "ConfigMap"]
+    [cm] = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "proj-celery-config"]
     digest = cm["metadata"]["annotations"][api.ANNOTATION_CONFIG_HASH]
     for dep in (o for o in objs if o["kind"] == "Deployment"):
         assert dep["spec"]["template"]["metadata"]["annotations"][api.ANNOTATION_CONFIG_HASH] == digest

@@ -101,7 +101,7 @@ def test_printer_columns_point_at_schema_fields(kind: str) -> None:
     (version,) = crd(kind)["spec"]["versions"]
     names = {p for p, _ in walk(openapi_schema(kind))}
     for col in version["additionalPrinterColumns"]:
-        path = re.sub(r"\[\?\(.*?\)\]", "[]", col["jsonPath"])
+        path = re.sub(r"\[(\?\(.*?\)|\*)\]", "[]", col["jsonPath"])
         assert path in names or path.startswith(".metadata."), col
     column_names = [c["name"] for c in version["additionalPrinterColumns"]]
     assert column_names[-3:] == ["Ready", "Reason", "Age"]

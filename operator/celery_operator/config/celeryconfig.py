@@ -1,7 +1,8 @@
 """The generated Celery config: plain JSON data the bootstrap module turns into Celery settings.
 
 Keys are Celery setting names, except `exchanges` (the exchange declarations `task_queues` refer
-to by name) and `metrics_labels` (the app's namespace and name, which every task metric carries).
+to by name), `metrics_labels` (the app's namespace and name, which every task metric carries) and
+`beat_entries` (per beat entry, what only the operator's scheduler reads: its catch-up deadline).
 The user's `spec.config` is the base; the operator's keys override it, and `broker_url`/
 `result_backend` are dropped from it (they come from Secrets through the environment).
 """
@@ -79,6 +80,8 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
         "task_routes": {**user_routes,
                         **{pattern: {"queue": q} for pattern, q in topology.task_routes().items()}},
         "beat_schedule": {entry.name: beat_entry_data(entry) for _, entry in topology.beat_entries},
+        api.CONFIG_BEAT_ENTRIES_KEY: {entry.name: {"starting_deadline_seconds": entry.starting_deadline_seconds}
+                                      for _, entry in topology.beat_entries},
         "timezone": topology.timezone,
         "broker_connection_retry_on_startup": True,
         api.CONFIG_METRICS_LABELS_KEY: {"namespace": app.meta.namespace, "app": app.meta.name},

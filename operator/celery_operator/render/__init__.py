@@ -1,7 +1,7 @@
 """Pure builders: a Topology in, the Kubernetes objects the operator creates for it out.
 
 `render_all` lists every object of one app, in a fixed order (managed servers, ConfigMap, worker
-Deployments, beat, and the PodMonitor when asked for); the operator applies these and
+Deployments, beat's objects, and the PodMonitor when asked for); the operator applies these and
 `celery-operator render` prints them.
 """
 
@@ -44,7 +44,7 @@ def render_all(topology: Topology, secrets: SecretsContext, owner_of: OwnerOf = 
         out.append(worker.deployment(topology, pool, broker_ref, backend_ref, digest,
                                      owner_of(api.POOL, pool.meta), replicas_of(pool)))
     if topology.has_beat:
-        out.append(beat.deployment(topology, broker_ref, backend_ref, digest, app_owner))
+        out += beat.objects(topology, broker_ref, backend_ref, digest, app_owner)
     if pod_monitor:
         out.append(monitoring.pod_monitor(topology, app_owner))
     return out

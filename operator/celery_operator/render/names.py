@@ -47,7 +47,13 @@ def worker(app: str, pool: str) -> str:
 
 
 def beat(app: str) -> str:
+    """The beat Deployment, and the ServiceAccount, Role, RoleBinding and Lease of beat."""
     return fit(f"{app}-beat")
+
+
+def beat_state(app: str) -> str:
+    """The ConfigMap beat keeps its state in (last runs, skipped runs)."""
+    return fit(f"{app}-beat-state")
 
 
 def pod_monitor(app: str) -> str:

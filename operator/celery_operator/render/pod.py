@@ -44,7 +44,8 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 
 # Env the operator sets and users cannot override (their entries of these names are dropped).
 OPERATOR_ENV = (api.ENV_BROKER_URL, api.ENV_RESULT_BACKEND, api.ENV_APP, api.ENV_SOFT_SHUTDOWN_TIMEOUT,
-                api.ENV_POOL, api.ENV_PROMETHEUS_MULTIPROC_DIR)
+                api.ENV_POOL, api.ENV_PROMETHEUS_MULTIPROC_DIR, api.ENV_BEAT_STATE, api.ENV_BEAT_LEASE,
+                api.ENV_NAMESPACE, api.ENV_POD_NAME)
 METRICS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(api.METRICS_PORT),
                        "prometheus.io/path": api.METRICS_PATH}
 

@@ -515,6 +515,13 @@ def schedule_spec() -> Schema:
             "priority": integer("Message priority (needs a queue with maxPriority).", minimum=0, maximum=255),
             "expiresSeconds": number("Discard the message if no worker starts it within this many seconds.",
                                      minimum=0, exclusive_minimum=True),
+            "startingDeadlineSeconds": integer(
+                "How late a run missed while no beat was running (a restart, a rollout, a lost node) may still "
+                "be sent, as CronJob's field of that name. Set: when beat is back, every missed run of this entry "
+                "that is at most this many seconds late is sent once, oldest first, and older ones are skipped. "
+                "Unset: only the most recent missed run is sent, however late, and older ones are skipped. "
+                "Skipped runs are counted in status.entries[].skippedRuns and each skip is a RunsSkipped Event.",
+                minimum=1, fmt="int64"),
         },
         required=["name", "task"],
         rules=[Rule("has(self.cron) != has(self.everySeconds)",
@@ -534,8 +541,23 @@ def schedule_spec() -> Schema:
 
 
 def schedule_status() -> Schema:
+    entry = obj(
+        "One entry the app's beat serves from this schedule, as beat's state records it.",
+        {
+            "name": string("The entry's name.", min_length=1, max_length=200),
+            "lastRunTime": string("Scheduled time of the last run beat sent (absent before the first).",
+                                  fmt="date-time"),
+            "nextRunTime": string("Scheduled time of the next run. In the past, beat is late: it has not run, "
+                                  "lost its lease or cannot reach the API server.", fmt="date-time"),
+            "skippedRuns": integer("Runs skipped by the catch-up rule (startingDeadlineSeconds) since beat "
+                                   "started keeping this entry.", minimum=0, fmt="int64"),
+        },
+        required=["name"],
+    )
     return status("CeleryBeatSchedule", {
-        "entries": integer("Entries the beat currently serves from this schedule.", minimum=0),
+        "entries": array("The entries the app's beat serves from this schedule, with their last and next run "
+                         "(absent until beat has taken the entry on).", entry, max_items=256, list_type="map",
+                         map_keys=["name"]),
     })
 
 
@@ -608,7 +630,7 @@ KIND_DEFS: dict[str, KindDef] = {
         api.SCHEDULE,
         "Periodic tasks the app's beat sends.",
         schedule_spec, schedule_status,
-        [_col("Entries", "integer", ".status.entries", "Entries served."),
+        [_col("Entries", "string", ".status.entries[*].name", "Entries served."),
          _col("Timezone", "string", ".spec.timezone", "Time zone of cron entries.")],
     ),
 }
