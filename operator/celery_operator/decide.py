@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api, conditions, drift, workloads
+from celery_operator import api, conditions, drift, schedule, workloads
 from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.endpoints import Endpoint
-from celery_operator.models import CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
+from celery_operator.models import CeleryBeatSchedule, CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
 from celery_operator.render import names
 from celery_operator.topology import Topology
 
@@ -75,11 +75,20 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Desired:
-    """An object's desired status: its own fields and its conditions."""
+    """An object's desired status: its own fields and its conditions, and Events to post once it is
+    written (besides the one a Ready transition gets)."""
 
     fields: Body
     conditions: list[Condition]
+    events: tuple[Event, ...] = ()
 
 
 def url_from_rendered(objects: list[Body], ref: SecretKeyRef) -> str | None:
@@ -235,26 +244,98 @@ def statuses(facts: Facts) -> dict[ObjKey, Desired]:
     for pool in topo.pools:
         if (api.POOL, pool.meta.name) in live:
             out[(api.POOL, pool.meta.name)] = _pool(facts, topo, pool, broker_conds)
-    beat = names.beat(topo.app.meta.name)
+    state, unreadable = beat_state(facts)
     for sched in topo.schedules:
-        if (api.SCHEDULE, sched.meta.name) not in live:
-            continue
-        served = sum(1 for s, _ in topo.beat_entries if s.meta.name == sched.meta.name)
-        sched_conds = _problems(topo, api.SCHEDULE, sched.meta.name)
-        if sched_conds is None:
-            sched_conds = conditions.ready(api.Reason.RECONCILED, f"{served} entries served by {beat}") \
-                if ("Deployment", beat) in facts.children else \
-                conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "beat Deployment not created yet",
-                                     progressing=True, degraded=False)
-        out[(api.SCHEDULE, sched.meta.name)] = Desired({"entries": served}, sched_conds)
+        if (api.SCHEDULE, sched.meta.name) in live:
+            out[(api.SCHEDULE, sched.meta.name)] = _schedule(facts, topo, sched, live[(api.SCHEDULE, sched.meta.name)],
+                                                             state, unreadable)
     return out
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
+# -- beat ---------------------------------------------------------------------------------------------
+
+def beat_state(facts: Facts) -> tuple[schedule.State | None, str | None]:
+    """Beat's state as its ConfigMap holds it: (state, None); (None, why) when it cannot be read; (None,
+    None) when there is none yet."""
+    cm = facts.children.get(("ConfigMap", names.beat_state(facts.app_name)))
+    if cm is None:
+        return None, None
+    try:
+        return schedule.State.of_json((cm.get("data") or {}).get(schedule.STATE_KEY)), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def beat_entries(topo: Topology, state: schedule.State | None) -> dict[str, schedule.EntryState]:
+    """The state of every entry in effect that beat has taken on."""
+    known = state.entries if state is not None else {}
+    return {e.name: known[e.name] for _, e in topo.beat_entries if e.name in known}
+
+
+def _reported_skips(body: Body) -> dict[str, int]:
+    """skippedRuns per entry as the schedule's status says (the skips already posted as Events)."""
+    entries = (body.get("status") or {}).get("entries")
+    if not isinstance(entries, list):
+        return {}
+    return {str(e.get("name")): int(e.get("skippedRuns") or 0) for e in entries if isinstance(e, dict)}
+
+
+def _skip_message(entry: str, s: schedule.Skip) -> str:
+    runs = f"1 run scheduled at {schedule.to_rfc3339(s.first)}" if s.count == 1 else \
+        f"{s.count} runs scheduled from {schedule.to_rfc3339(s.first)} to {schedule.to_rfc3339(s.last)}"
+    if s.reason == schedule.DEADLINE_EXCEEDED:
+        why = f"missed by more than startingDeadlineSeconds ({s.deadline_seconds} s) when beat could send them"
+    else:
+        why = ("a later run was due too when beat could send them, and without startingDeadlineSeconds only the "
+               "most recent missed run is sent")
+    return f"entry {entry}: skipped {runs}: {why}"
+
+
+def skip_events(entry: str, known: schedule.EntryState, reported: int) -> list[Event]:
+    """An Event for each skip beat recorded since `reported` skipped runs were (one for those whose record
+    beat no longer keeps)."""
+    if known.skipped_runs <= reported:
+        return []
+    new = [s for s in known.skips if s.total > reported]
+    unlisted = (new[0].total - new[0].count if new else known.skipped_runs) - reported
+    out = []
+    if unlisted > 0:
+        out.append(Event("Warning", api.Reason.RUNS_SKIPPED, f"entry {entry}: skipped {unlisted} runs (beat "
+                         f"keeps the last {schedule.MAX_SKIPS} skips only)"))
+    out += [Event("Warning", api.Reason.RUNS_SKIPPED, _skip_message(entry, s)) for s in new]
+    return out
+
+
+def _schedule(facts: Facts, topo: Topology, sched: CeleryBeatSchedule, body: Body, state: schedule.State | None,
+              unreadable: str | None) -> Desired:
+    beat = names.beat(topo.app.meta.name)
+    mine = [e for s, e in topo.beat_entries if s.meta.name == sched.meta.name]
+    known = beat_entries(topo, state)
+    reported = _reported_skips(body)
+    entries: list[Body] = []
+    events: list[Event] = []
+    for e in mine:
+        item: Body = {"name": e.name}
+        k = known.get(e.name)
+        if k is not None:
+            if k.last_run is not None:
+                item["lastRunTime"] = schedule.to_rfc3339(k.last_run)
+            upcoming = k.next_run()
+            if upcoming is not None:
+                item["nextRunTime"] = schedule.to_rfc3339(upcoming)
+            item["skippedRuns"] = k.skipped_runs
+            events += skip_events(e.name, k, reported.get(e.name, 0))
+        entries.append(item)
+    conds = _problems(topo, api.SCHEDULE, sched.meta.name)
+    if conds is None and ("Deployment", beat) not in facts.children:
+        conds = conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "beat Deployment not created yet",
+                                     progressing=True, degraded=False)
+    if conds is None:
+        text = f"{len(mine)} entries served by {beat}"
+        if unreadable is not None:
+            text += f"; its state ConfigMap {names.beat_state(topo.app.meta.name)} cannot be read ({unreadable})"
+        conds = conditions.ready(api.Reason.RECONCILED, text)
+    return Desired({"entries": entries}, conds, tuple(events))
 
 
 def status_patch(body: Body, desired: Desired, now: str) -> tuple[Body | None, Event | None]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
 
@@ -49,18 +50,24 @@ RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
 BROKER_POLLS: Final = "celery_operator_broker_polls_total"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
+# Beat entries, from beat's state ConfigMap (so they outlive a beat that stopped: an overdue entry shows).
+BEAT_LAST_RUN: Final = "celery_beat_last_run_timestamp_seconds"
+BEAT_NEXT_RUN: Final = "celery_beat_next_run_timestamp_seconds"
+BEAT_SKIPPED_RUNS: Final = "celery_beat_skipped_runs_total"
 
 OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+    BEAT_LAST_RUN, BEAT_NEXT_RUN, BEAT_SKIPPED_RUNS,
 )
-OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
+OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS, BEAT_SKIPPED_RUNS})
 OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
 
 QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
 POOL_LABELS: Final = ("namespace", "app", "pool")
 APP_LABELS: Final = ("namespace", "app")
+BEAT_LABELS: Final = ("namespace", "app", "entry")
 
 # --- task and worker metrics, exported by worker and beat pods ---------------------------------------
 TASK_SENT: Final = "celery_task_sent_total"
@@ -135,6 +142,40 @@ def _base(name: str) -> str:
     return name.removesuffix("_total")
 
 
+@dataclass(frozen=True)
+class BeatEntry:
+    """What beat's state says of one entry (instants in seconds since the epoch)."""
+
+    last_run: float | None
+    next_run: float | None
+    skipped_runs: int
+
+
+class BeatCollector:
+    """The beat entry metrics, exported as the state last read says: the skipped-runs counter is beat's own
+    count (kept in its state), so it does not restart when the operator does."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], dict[str, BeatEntry]] = {}  # (namespace, app) -> entry -> values
+
+    def collect(self) -> Iterator[Metric]:
+        last = GaugeMetricFamily(BEAT_LAST_RUN, "Scheduled time of the last run beat sent of each entry.",
+                                 labels=BEAT_LABELS)
+        nxt = GaugeMetricFamily(BEAT_NEXT_RUN, "Scheduled time of the next run of each beat entry: in the past, "
+                                "beat is late.", labels=BEAT_LABELS)
+        skipped = CounterMetricFamily(_base(BEAT_SKIPPED_RUNS), "Runs of each beat entry skipped by its catch-up "
+                                      "rule (startingDeadlineSeconds).", labels=BEAT_LABELS)
+        for (namespace, app), entries in sorted(self.entries.items()):
+            for name, e in sorted(entries.items()):
+                labels = [namespace, app, name]
+                if e.last_run is not None:
+                    last.add_metric(labels, e.last_run)
+                if e.next_run is not None:
+                    nxt.add_metric(labels, e.next_run)
+                skipped.add_metric(labels, e.skipped_runs)
+        yield from (last, nxt, skipped)
+
+
 class OperatorMetrics:
     """The operator's metrics in one registry, with typed setters and series clean-up."""
 
@@ -180,6 +221,8 @@ class OperatorMetrics:
             registry=r)
         self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
         self.build_info.labels(__version__).set(1)
+        self.beat = BeatCollector()
+        r.register(self.beat)
         # Label values of every series set, per metric: lets forget_* remove by partial labels.
         self._series: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
 
@@ -249,8 +292,18 @@ class OperatorMetrics:
         self._child(self.broker_poll_duration, namespace, app).observe(seconds)
         self._child(self.broker_polls, namespace, app, "success" if ok else "error").inc()
 
+    # --- beat -------------------------------------------------------------------------------------
+
+    def set_beat_entries(self, namespace: str, app: str, entries: dict[str, BeatEntry]) -> None:
+        """The app's beat entries as its state says (an entry not given loses its series)."""
+        if entries:
+            self.beat.entries[(namespace, app)] = dict(entries)
+        else:
+            self.beat.entries.pop((namespace, app), None)
+
     def forget_app(self, namespace: str, app: str) -> None:
-        """Remove every series of a deleted CeleryApp (its queues and pools included)."""
+        """Remove every series of a deleted CeleryApp (its queues, pools and beat entries included)."""
+        self.beat.entries.pop((namespace, app), None)
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.depth_source,
                        self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
                        self.scale_events, self.broker_up, self.broker_poll_duration, self.broker_polls):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from celery_operator import api, conditions, decide
+from celery_operator import api, conditions, decide, schedule
 from celery_operator.brokers.base import DeclareResult, DepthReport, QueueDepth
 from celery_operator.endpoints import Endpoint
-from celery_operator.models import CeleryApp, CeleryQueue, CeleryWorkerPool, SecretKeyRef
+from celery_operator.models import CeleryApp, CeleryBeatSchedule, CeleryQueue, CeleryWorkerPool, SecretKeyRef
 from celery_operator.render import render_all
 from celery_operator.render.broker import SecretsContext
 from celery_operator.topology import Topology
@@ -125,3 +125,103 @@ def test_a_warning_reason_keeps_ready_true_but_its_event_is_a_warning() -> None:
     want = decide.Desired({}, conditions.ready(api.Reason.TIMEZONE_CONFLICT, "two timezones"))
     _, event = decide.status_patch(QUEUE, want, "2026-01-01T00:00:00Z")
     assert event is not None and event.type == "Warning"
+
+
+# -- beat ---------------------------------------------------------------------------------------------
+
+SCHEDULE = body(api.SCHEDULE, "ticks", {"appRef": {"name": "proj"}, "timezone": "UTC", "entries": [
+    {"name": "tick", "task": "t.tick", "everySeconds": 10, "startingDeadlineSeconds": 30},
+    {"name": "daily", "task": "t.daily", "cron": "0 3 * * *"}]})
+
+
+def beat_facts(state: schedule.State | str | None, reported: list[dict[str, Any]] | None = None) -> decide.Facts:
+    sched = copy.deepcopy(SCHEDULE)
+    if reported is not None:
+        sched["status"] = {"entries": reported}
+    topo = Topology.of(CeleryApp.of(APP), (), [CeleryQueue.of(QUEUE)], [CeleryWorkerPool.of(POOL)],
+                       [CeleryBeatSchedule.of(sched)])
+    children: dict[tuple[str, str], dict[str, Any]] = {("Deployment", "proj-beat"): {"metadata": {}}}
+    if state is not None:
+        text = state if isinstance(state, str) else state.to_json()
+        children[("ConfigMap", "proj-beat-state")] = {"metadata": {"name": "proj-beat-state"},
+                                                     "data": {schedule.STATE_KEY: text}}
+    return facts(topology=topo, children=children,
+                 bodies={(api.APP, "proj"): APP, (api.QUEUE, "work"): QUEUE, (api.POOL, "w"): POOL,
+                         (api.SCHEDULE, "ticks"): sched})
+
+
+def tick_state(decided: str, last: str | None, *skips: schedule.Skip) -> schedule.State:
+    spec = schedule.schedule_of({"every_seconds": 10}).spec
+    entry = schedule.EntryState(spec, schedule.from_rfc3339(decided),
+                                schedule.from_rfc3339(last) if last else None)
+    for s in skips:
+        entry = schedule.claim(entry, schedule.Plan((), s, entry.decided_through))
+    return schedule.State({"tick": entry})
+
+
+def test_schedule_status_lists_each_entry_with_its_last_and_next_run_from_beats_state() -> None:
+    want = decide.statuses(beat_facts(tick_state("2026-01-01T00:01:00Z", "2026-01-01T00:00:50Z")))[
+        (api.SCHEDULE, "ticks")]
+    assert want.fields == {"entries": [
+        {"name": "tick", "lastRunTime": "2026-01-01T00:00:50Z", "nextRunTime": "2026-01-01T00:01:10Z",
+         "skippedRuns": 0},
+        {"name": "daily"},  # not taken on by beat yet
+    ]}
+    assert want.events == ()
+    assert want.conditions[0].status and "2 entries served by proj-beat" in want.conditions[0].message
+
+
+def skip(first: str, last: str, count: int, reason: str = schedule.DEADLINE_EXCEEDED) -> schedule.Skip:
+    return schedule.Skip(schedule.from_rfc3339(first), schedule.from_rfc3339(last), count, reason,
+                         schedule.from_rfc3339(last) + 60 * schedule.US,
+                         30 if reason == schedule.DEADLINE_EXCEEDED else None)
+
+
+def test_each_skip_beat_recorded_since_the_status_last_said_is_one_warning_event() -> None:
+    state = tick_state("2026-01-01T01:00:00Z", "2026-01-01T01:00:00Z",
+                       skip("2026-01-01T00:00:10Z", "2026-01-01T00:00:30Z", 3),
+                       skip("2026-01-01T00:30:10Z", "2026-01-01T00:30:10Z", 1, schedule.SUPERSEDED))
+    want = decide.statuses(beat_facts(state, reported=[{"name": "tick", "skippedRuns": 0}]))[(api.SCHEDULE, "ticks")]
+    assert want.fields["entries"][0]["skippedRuns"] == 4
+    assert [(e.type, e.reason) for e in want.events] == [("Warning", api.Reason.RUNS_SKIPPED)] * 2
+    assert want.events[0].message == (
+        "entry tick: skipped 3 runs scheduled from 2026-01-01T00:00:10Z to 2026-01-01T00:00:30Z: missed by "
+        "more than startingDeadlineSeconds (30 s) when beat could send them")
+    assert want.events[1].message.startswith("entry tick: skipped 1 run scheduled at 2026-01-01T00:30:10Z: a "
+                                             "later run was due too")
+    # Once the status says 3 were reported, only the newer skip is new.
+    again = decide.statuses(beat_facts(state, reported=[{"name": "tick", "skippedRuns": 3}]))[(api.SCHEDULE, "ticks")]
+    assert [e.message[:40] for e in again.events] == [want.events[1].message[:40]]
+    assert decide.statuses(beat_facts(state, reported=[{"name": "tick", "skippedRuns": 4}]))[
+        (api.SCHEDULE, "ticks")].events == ()
+
+
+def test_skips_whose_records_beat_no_longer_keeps_are_reported_in_one_event() -> None:
+    skips = [skip(f"2026-01-0{d}T00:00:10Z", f"2026-01-0{d}T00:00:20Z", 2) for d in range(1, 10)]
+    skips += [skip(f"2026-01-1{d}T00:00:10Z", f"2026-01-1{d}T00:00:20Z", 2) for d in range(0, 5)]
+    state = tick_state("2026-02-01T00:00:00Z", None, *skips)
+    assert len(state.entries["tick"].skips) == schedule.MAX_SKIPS
+    events = decide.statuses(beat_facts(state, reported=[{"name": "tick", "skippedRuns": 2}]))[
+        (api.SCHEDULE, "ticks")].events
+    assert events[0].message == f"entry tick: skipped 6 runs (beat keeps the last {schedule.MAX_SKIPS} skips only)"
+    assert len(events) == 1 + schedule.MAX_SKIPS
+
+
+def test_an_unreadable_beat_state_leaves_the_entries_bare_and_says_why() -> None:
+    want = decide.statuses(beat_facts("{not json"))[(api.SCHEDULE, "ticks")]
+    assert want.fields == {"entries": [{"name": "tick"}, {"name": "daily"}]}
+    assert want.conditions[0].status and "proj-beat-state cannot be read" in want.conditions[0].message
+
+
+def test_beats_own_writes_to_its_state_and_lease_are_told_from_changes_to_apply() -> None:
+    from celery_operator.controller.runtime import beat_wrote
+
+    cm = {"metadata": {"name": "proj-beat-state", "labels": {"a": "1"}, "resourceVersion": "1"}, "data": {}}
+    written = {**cm, "metadata": {**cm["metadata"], "resourceVersion": "2"}, "data": {schedule.STATE_KEY: "{}"}}
+    assert beat_wrote("ConfigMap", "proj", written, cm)
+    relabelled = {**written, "metadata": {**written["metadata"], "labels": {}}}
+    assert not beat_wrote("ConfigMap", "proj", relabelled, cm)
+    lease = {"metadata": {"name": "proj-beat", "resourceVersion": "1"}, "spec": {"holderIdentity": "a"}}
+    assert beat_wrote("Lease", "proj", {**lease, "spec": {"holderIdentity": "b"}}, lease)
+    assert not beat_wrote("ConfigMap", "proj", {**written, "metadata": {"name": "proj-celery-config"}},
+                          {**cm, "metadata": {"name": "proj-celery-config"}})

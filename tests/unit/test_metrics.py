@@ -40,6 +40,7 @@ def populate(m: OperatorMetrics) -> None:
         m.set_pool_replicas("ns", app, "high", 1, 1, 1)
         m.set_broker_up("ns", app, True)
         m.observe_poll("ns", app, 0.02)
+        m.set_beat_entries("ns", app, {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3)})
     m.count_reconcile("CeleryApp", "success")
 
 
@@ -237,3 +238,18 @@ def test_promtool_finds_nothing_in_our_own_metric_names(m: OperatorMetrics, prom
     populate(m)
     m.queue_consumers.clear()
     assert promtool_check_metrics(promtool, m.exposition()) == (0, set())
+
+
+def test_beat_entries_are_exported_as_beats_state_says_and_leave_with_their_entry(m: OperatorMetrics) -> None:
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3),
+                                      "new": metrics.BeatEntry(None, 1767225660.0, 0)})
+    labels = {"namespace": "ns", "app": "proj", "entry": "tick"}
+    assert sample(m, "celery_beat_last_run_timestamp_seconds", **labels) == 1767225600.0
+    assert sample(m, "celery_beat_next_run_timestamp_seconds", **labels) == 1767225610.0
+    assert sample(m, "celery_beat_skipped_runs_total", **labels) == 3
+    assert sample(m, "celery_beat_last_run_timestamp_seconds", namespace="ns", app="proj", entry="new") is None
+    m.set_beat_entries("ns", "proj", {"new": metrics.BeatEntry(1767225660.0, 1767225720.0, 0)})
+    assert sample(m, "celery_beat_next_run_timestamp_seconds", **labels) is None
+    assert sample(m, "celery_beat_last_run_timestamp_seconds", namespace="ns", app="proj", entry="new") == 1767225660
+    m.forget_app("ns", "proj")
+    assert sample(m, "celery_beat_next_run_timestamp_seconds", namespace="ns", app="proj", entry="new") is None

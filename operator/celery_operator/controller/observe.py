@@ -19,7 +19,8 @@ Body = dict[str, Any]
 Key = tuple[str, str]  # (namespace, app)
 ObjKey = tuple[str, str]  # (kind, name)
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
-WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap")
+WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
+                    "Lease")
 # Children whose kind may not be served by every cluster: watched once the cluster serves it.
 OPTIONAL_CHILDREN = (api.POD_MONITOR,)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from celery_operator import api, conditions, decide, endpoints, workloads
+from celery_operator import api, conditions, decide, endpoints, schedule, workloads
 from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import BrokerError, DeclareResult
 from celery_operator.brokers.urls import broker_kind
@@ -29,6 +29,7 @@ from celery_operator.controller.observe import ClusterCache, Key, ObjKey
 from celery_operator.controller.state import AppState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
+from celery_operator.metrics import BeatEntry as BeatEntryMetrics
 from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import (
     CeleryApp,
@@ -350,7 +351,18 @@ class Reconciler:
             declared=state.declared, apply_errors=state.apply_errors,
             managed_problem=await self._managed_problem(ns, live, pods), reconcile_error=state.last_error)
         self._pool_metrics(ns, name, topo, facts)
+        self._beat_metrics(ns, name, topo, facts)
         await self._patch_statuses(bodies, decide.statuses(facts))
+
+    def _beat_metrics(self, ns: str, app: str, topo: Topology, facts: decide.Facts) -> None:
+        state, _ = decide.beat_state(facts)
+        entries = {}
+        for entry, known in decide.beat_entries(topo, state).items():
+            upcoming = known.next_run()
+            entries[entry] = BeatEntryMetrics(
+                known.last_run / schedule.US if known.last_run is not None else None,
+                upcoming / schedule.US if upcoming is not None else None, known.skipped_runs)
+        self.metrics.set_beat_entries(ns, app, entries)
 
     def _pool_metrics(self, ns: str, app: str, topo: Topology, facts: decide.Facts) -> None:
         for pool in topo.pools:
@@ -407,6 +419,8 @@ class Reconciler:
             body["status"] = {**(body.get("status") or {}), **patch["status"]}  # until the watch shows it
             if event is not None:
                 await self.recorder.emit(body, event.type, event.reason, event.message)
+            for more in want.events:
+                await self.recorder.emit(body, more.type, more.reason, more.message, dedupe=False)
 
     async def _report_error(self, key: Key, state: AppState, app_body: Body | None) -> None:
         """A reconcile that raised: Ready=False/ReconcileError on the app (cleared by the next success)."""

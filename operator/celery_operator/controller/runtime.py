@@ -29,12 +29,27 @@ from celery_operator.kube.informer import Informer
 from celery_operator.kube.shards import ShardManager, current_shard
 from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import CeleryApp
+from celery_operator.render import names
 
 log = logging.getLogger(__name__)
 Body = dict[str, Any]
 RESYNC_SECONDS = 300.0  # every owned app is re-decided from the caches this often (no API reads)
 MANAGED = f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
 SYNC_TIMEOUT_SECONDS = 20.0
+# Beat writes its state ConfigMap with every run it claims: the statuses it feeds follow within this delay,
+# so an entry running every second costs a status write every few seconds, not every second.
+BEAT_STATUS_DELAY_SECONDS = 3.0
+# What the operator sets on a child; a change elsewhere (data, spec) of the children beat writes is beat's.
+_OWN_METADATA = ("labels", "annotations", "ownerReferences", "deletionTimestamp", "finalizers")
+
+
+def beat_wrote(kind: str, app: str, new: Body, old: Body) -> bool:
+    """Whether a change of a child is beat's own write (its state ConfigMap's data, its Lease's spec):
+    the child itself is still what the operator applied, so there is nothing to apply."""
+    name = new["metadata"].get("name")
+    if (kind, name) not in (("ConfigMap", names.beat_state(app)), ("Lease", names.beat(app))):
+        return False
+    return all(new["metadata"].get(k) == old["metadata"].get(k) for k in _OWN_METADATA)
 
 
 def _fingerprint(body: Body) -> tuple[Any, ...]:
@@ -159,6 +174,9 @@ class Runtime:
         if kind in ("Deployment", "StatefulSet") and new is not None and old is not None \
                 and new["metadata"].get("generation") == old["metadata"].get("generation"):
             self.queue.add(key, full=False)  # only its status moved
+        elif new is not None and old is not None and beat_wrote(kind, app, new, old):
+            if kind == "ConfigMap":  # its state: what the schedules' statuses report, at most this often
+                self.queue.add(key, full=False, delay=BEAT_STATUS_DELAY_SECONDS)
         else:
             self.queue.add(key, full=kind != "Pod")
 
