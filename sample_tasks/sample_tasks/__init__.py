@@ -1,4 +1,4 @@
-"""The seed Celery app: tasks to exercise celery-operator (add, slow, fail, echo).
+"""The seed Celery app: tasks to exercise celery-operator (add, slow, fail, echo, scheduled).
 
 Run a worker with ``celery -A sample_tasks.app worker``. Broker and result backend are never
 hard-coded: the operator's bootstrap module applies its generated config with ``app.conf.update``

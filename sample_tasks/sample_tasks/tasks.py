@@ -6,6 +6,12 @@ import time
 from typing import Any
 
 from celery import shared_task
+from celery.utils.log import get_task_logger
+
+logger = get_task_logger(__name__)
+
+# The message header celery-operator's beat puts the scheduled time of each run in (RFC 3339, UTC).
+SCHEDULED_TIME_HEADER = "celery_operator_scheduled_time"
 
 
 class SampleTaskError(RuntimeError):
@@ -33,3 +39,13 @@ def fail(message: str) -> None:
 @shared_task(name="sample_tasks.tasks.echo")
 def echo(value: Any) -> Any:
     return value
+
+
+@shared_task(bind=True, name="sample_tasks.tasks.scheduled")
+def scheduled(self: Any, entry: str) -> str:
+    """Log and return which run of a beat entry this is (its scheduled time, from beat's header), so
+    runs can be counted per scheduled time."""
+    request = self.request
+    when = request.get(SCHEDULED_TIME_HEADER) or (getattr(request, "headers", None) or {}).get(SCHEDULED_TIME_HEADER)
+    logger.info("scheduled run of %s at %s", entry, when)
+    return f"{entry}@{when}"

@@ -43,3 +43,11 @@ def test_config_given_to_the_factory_overrides_defaults() -> None:
     app = create_app({"task_default_queue": "jobs", "result_serializer": "msgpack"})
     assert app.conf.task_default_queue == "jobs"
     assert app.conf.result_serializer == "msgpack"
+
+
+def test_a_scheduled_run_reports_the_time_beat_put_in_its_header() -> None:
+    from celery_operator import api
+
+    assert tasks.SCHEDULED_TIME_HEADER == api.BEAT_SCHEDULED_TIME_HEADER
+    result = tasks.scheduled.apply(("tick",), headers={api.BEAT_SCHEDULED_TIME_HEADER: "2026-01-01T00:00:10Z"})
+    assert result.get() == "tick@2026-01-01T00:00:10Z"
