@@ -47,6 +47,9 @@ FINALIZER = f"{api.GROUP}/finalizer"
 REDECLARE_SECONDS = 300.0  # re-declare even when unchanged: restores a queue deleted on the broker
 GIVE_UP_DELETING_AFTER_SECONDS = 60.0
 APPLY_CONCURRENCY = 8
+# Children others name and cannot do without, applied before the rest: a RoleBinding's Role (the API server
+# refuses a binding to a Role it cannot find) and a pod's ServiceAccount (beat's).
+APPLY_FIRST = ("ServiceAccount", "Role")
 
 
 def _parse(cls: Any, bodies: list[Body]) -> list[Any]:
@@ -215,7 +218,8 @@ class Reconciler:
                     errors.append(f"{obj['kind']} {obj['metadata']['name']}: {e}")
                     log.warning("apply %s/%s failed: %s", obj["kind"], obj["metadata"]["name"], e)
 
-        await asyncio.gather(*(one(o) for o in plan.apply))
+        await asyncio.gather(*(one(o) for o in plan.apply if o["kind"] in APPLY_FIRST))
+        await asyncio.gather(*(one(o) for o in plan.apply if o["kind"] not in APPLY_FIRST))
         return errors
 
     async def _delete(self, keys: list[ObjKey], app_body: Body) -> None:
