@@ -47,6 +47,8 @@ BROKER_UP: Final = "celery_operator_broker_up"
 BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
 BROKER_POLLS: Final = "celery_operator_broker_polls_total"
+OWNED_APPS: Final = "celery_operator_owned_apps"
+SHARDS_HELD: Final = "celery_operator_shards_held"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
 
@@ -54,6 +56,7 @@ OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+    OWNED_APPS, SHARDS_HELD,
 )
 OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
 OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
@@ -178,6 +181,9 @@ class OperatorMetrics:
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION, "Time spent in one reconciliation.", ("kind",), buckets=RECONCILE_BUCKETS,
             registry=r)
+        self.owned_apps = Gauge(OWNED_APPS, "CeleryApps this replica works on (those of the shards it holds).",
+                                registry=r)
+        self.shards_held = Gauge(SHARDS_HELD, "Shards whose Lease this replica holds.", registry=r)
         self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
         self.build_info.labels(__version__).set(1)
         # Label values of every series set, per metric: lets forget_* remove by partial labels.
@@ -255,6 +261,12 @@ class OperatorMetrics:
                        self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
                        self.scale_events, self.broker_up, self.broker_poll_duration, self.broker_polls):
             self._remove(metric, namespace=namespace, app=app)
+
+    # --- sharding -------------------------------------------------------------------------------
+
+    def set_ownership(self, apps: int, shards: int) -> None:
+        self.owned_apps.set(apps)
+        self.shards_held.set(shards)
 
     # --- reconciliation -------------------------------------------------------------------------
 

@@ -215,6 +215,7 @@ class Runtime:
         if self.shards is not None:
             self._tasks.append(asyncio.create_task(self.shards.run(self._stop), name="shards"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        self._tasks.append(asyncio.create_task(self._report_ownership(), name="ownership"))
         self.queue.start()
         log.info("caches synced (%d informers); reconciling", sum(len(v) for v in self.cache.informers.values()))
 
@@ -224,6 +225,12 @@ class Runtime:
                 if self.owns(key):
                     self.queue.add(key)
             await asyncio.sleep(self.resync_seconds)
+
+    async def _report_ownership(self) -> None:
+        while True:
+            held = len([s for s in self.shards.held if self.shards.holds(s)]) if self.shards is not None else 1
+            self.metrics.set_ownership(sum(1 for key in self.states if self.owns(key)), held)
+            await asyncio.sleep(2.0)
 
     async def close(self) -> None:
         self._stop.set()
