@@ -167,7 +167,8 @@ class Runtime:
         for key in self.cache.app_keys():
             if key[0] != ns:
                 continue
-            for body in self.cache.indexes[api.APP].get(key, None) or ():
+            body = self.cache.crs(key).get((api.APP, key[1]))
+            if body is not None:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     if name in endpoints.referenced_secrets(CeleryApp.of(body)):
                         self.queue.add(key)
@@ -177,7 +178,7 @@ class Runtime:
         return Informer(self.client, kind, namespace, **kw)
 
     def _children_informers(self, kind: str) -> list[Informer]:
-        return [self._informer(kind, ns, label_selector=MANAGED,
+        return [self._informer(kind, ns, label_selector=MANAGED, index_label=api.LABEL_APP,
                                on_change=lambda ev, new, old, kind=kind: self._child_changed(kind, ev, new, old))
                 for ns in self._scopes()]
 
@@ -198,8 +199,8 @@ class Runtime:
         for kind in (*WATCHED_CHILDREN, "Pod"):
             self.cache.informers[kind] = self._children_informers(kind)
         secrets = SecretCache(self.client, on_change=self._secret_changed)
-        secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe)
-                             for ns in scopes]
+        secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe,
+                                            index_label=api.LABEL_APP) for ns in scopes]
         self.cache.secrets = secrets
         self.cache.informers["Secret"] = secrets.informers
         for infs in self.cache.informers.values():
