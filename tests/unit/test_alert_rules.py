@@ -17,7 +17,7 @@ RULES = REPO / "charts" / "celery-operator" / "rules" / "celery-operator.rules.y
 PROMTOOL_TESTS = REPO / "tests" / "promtool"
 EXPECTED_ALERTS = {
     "CeleryQueueBacklogHigh", "CeleryWorkerPoolSaturated", "CeleryQueueNoConsumers", "CeleryBrokerDown",
-    "CeleryOperatorReconcileErrors", "CeleryTaskFailureRatioHigh", "CeleryWorkersDown",
+    "CeleryOperatorReconcileErrors", "CeleryTaskFailureRatioHigh", "CeleryWorkersDown", "CeleryBeatEntryOverdue",
 }
 
 
