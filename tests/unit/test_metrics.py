@@ -253,3 +253,13 @@ def test_beat_entries_are_exported_as_beats_state_says_and_leave_with_their_entr
     assert sample(m, "celery_beat_last_run_timestamp_seconds", namespace="ns", app="proj", entry="new") == 1767225660
     m.forget_app("ns", "proj")
     assert sample(m, "celery_beat_next_run_timestamp_seconds", namespace="ns", app="proj", entry="new") is None
+
+
+def test_the_served_exposition_follows_beat_entries_as_they_change_and_leave(m: OperatorMetrics) -> None:
+    line = b'celery_beat_next_run_timestamp_seconds{app="proj",entry="tick",namespace="ns"}'
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3)})
+    assert line + b" 1.76722561e+09" in m.exposition()
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225610.0, 1767225620.0, 3)})
+    assert line + b" 1.76722562e+09" in m.exposition()
+    m.forget_app("ns", "proj")
+    assert b'entry="tick"' not in m.exposition()
