@@ -215,6 +215,11 @@ def test_each_run_of_an_entry_runs_once_across_a_deleted_beat_pod_and_a_rollout(
     for name, deadline in ENTRIES.items():
         times = sorted(t for n, t in runs if n == name)
         window = list(range(times[0], end + 1, PERIOD))
+        print(f"{name} (startingDeadlineSeconds {deadline}): {len(window)} slots, "
+              f"{sum(1 for t in window if runs[(name, t)] == 1)} ran once, "
+              f"{len([t for t in skipped[name] if t in window])} skipped and reported, "
+              f"{sum(1 for t in window if runs[(name, t)] > 1)} ran more than once; "
+              f"status skippedRuns {status[name]['skippedRuns']}; beats {len(holders)}")
         twice = [t for t in window if runs[(name, t)] > 1]
         assert twice == [], f"{name} ran twice at {twice}\n{diagnosis}"
         missed = [t for t in window if runs[(name, t)] == 0]
