@@ -3,7 +3,8 @@
 The operator (under the chart's RBAC) runs the sample topology plus two entries every 10 s whose task
 (`sample_tasks.tasks.scheduled`) logs the run's scheduled time in the default pool's worker. During three
 minutes the beat pod is deleted (its replacement starts while it terminates) and the beat Deployment is
-rolled. Then, per entry, every scheduled time of the run ran exactly once in the worker, except those the
+rolled, each half a second before a slot, so that slot is sent late: the entry with a 60 s deadline catches
+it up, the one with 1 s skips it when it is more than a second late (how late is up to the node). Then, per entry, every scheduled time of the run ran exactly once in the worker, except those the
 catch-up rule skipped, which are exactly the ones the RunsSkipped Events name and status counts.
 """
 
@@ -42,7 +43,7 @@ from tests.fixtures.servers import Images
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 PERIOD = 10
-ENTRIES = {"slot-10s": 60, "slot-10s-strict": 5}  # entry -> startingDeadlineSeconds
+ENTRIES = {"slot-10s": 60, "slot-10s-strict": 1}  # entry -> startingDeadlineSeconds
 RUN_SECONDS = 180
 BEAT = f"{api.LABEL_APP}=proj,{api.LABEL_COMPONENT}={api.COMPONENT_BEAT}"
 WORKER = f"{api.LABEL_APP}=proj,{api.LABEL_POOL}=default"
@@ -176,12 +177,20 @@ def test_each_run_of_an_entry_runs_once_across_a_deleted_beat_pod_and_a_rollout(
             def ran_until(at: float) -> bool:  # the lenient entry ran a slot at or after `at`
                 return any(n == "slot-10s" and t >= at for n, t in ran())
 
+            def just_before_a_slot() -> None:
+                """Half a second before the next slot: beat stops before sending it, its successor sends it
+                late (the strict entry's deadline then skips it, the lenient one's catches it up)."""
+                at = (time.time() // PERIOD + 1) * PERIOD - 0.5
+                wait_for(lambda: time.time() >= at, PERIOD + 1, "half a second before a slot", interval=0.05)
+
             wait_for(lambda: ran_until(started + 40), 90, "runs for 40 s", interval=2)
+            just_before_a_slot()
             cp.kubectl("delete", "pod", "-n", ns, first, "--wait=false")
             second = wait_for(lambda: holding(cp, ns, chash, {first}), 120, "its replacement holding the lease")
             holders.add(lease_holder(cp, ns))
 
             wait_for(lambda: ran_until(started + 100), 120, "runs until 100 s in", interval=2)
+            just_before_a_slot()
             cp.kubectl("rollout", "restart", "deployment/proj-beat", "-n", ns)
             third = wait_for(lambda: holding(cp, ns, chash, {first, second}), 120, "the rolled beat holding it")
             holders.add(lease_holder(cp, ns))
