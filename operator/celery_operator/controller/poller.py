@@ -93,8 +93,9 @@ class Poller:
             self.metrics.set_depth_source(ns, name, report.source)
             for qname, d in report.queues.items():
                 self.metrics.observe_queue(ns, name, qname, d.ready, d.in_flight, d.consumers)
-        app_body = self.cache.crs(key).get((api.APP, name))
-        if app_body is not None and was_up is not None and was_up != state.broker_up:
+        changed = was_up is not None and was_up != state.broker_up
+        app_body = self.cache.crs(key).get((api.APP, name)) if changed else None  # decoded only when needed
+        if app_body is not None:
             if state.broker_up:
                 await self.recorder.normal(app_body, "BrokerReachable", "the broker answers again")
             else:
@@ -129,7 +130,6 @@ class Poller:
     async def _autoscale(self, key: Key, state: AppState, topo: Topology, report: DepthReport | None) -> None:
         ns, app = key
         now = time.time()
-        bodies = self.cache.crs(key)
         for pool in topo.effective_pools:
             a = pool.autoscaling
             if a is None:
@@ -158,7 +158,7 @@ class Poller:
             st.desired = decision.desired
             st.last_scale_time = conditions.now_iso()
             self.metrics.count_scale_event(ns, app, pool.meta.name, direction)
-            body = bodies.get((api.POOL, pool.meta.name))
+            body = self.cache.crs(key).get((api.POOL, pool.meta.name))
             if body is not None:
                 await self.recorder.emit(body, "Normal",
                                          api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
