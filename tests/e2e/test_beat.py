@@ -3,8 +3,9 @@
 The operator (under the chart's RBAC) runs the sample topology plus two entries every 10 s whose task
 (`sample_tasks.tasks.scheduled`) logs the run's scheduled time in the default pool's worker. During three
 minutes the beat pod is deleted (its replacement starts while it terminates) and the beat Deployment is
-rolled, each half a second before a slot, so that slot is sent late: the entry with a 60 s deadline catches
-it up, the one with 1 s skips it when it is more than a second late (how late is up to the node). Then, per entry, every scheduled time of the run ran exactly once in the worker, except those the
+rolled, each half a second before a slot, so that slot is sent late: the entry with a 60 s deadline
+catches it up, the one with 1 s skips it when it is more than a second late (how late is up to the node).
+Then, per entry, every scheduled time of the run ran exactly once in the worker, except those the
 catch-up rule skipped, which are exactly the ones the RunsSkipped Events name and status counts.
 """
 
