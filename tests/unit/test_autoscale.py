@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "pollIntervalSeconds": 10,
     "scaleUpStabilizationSeconds": 0,
     "scaleDownStabilizationSeconds": 300,
+    "scaleDownDrainSeconds": 60,
     "countInFlight": True,
 }
 

@@ -26,6 +26,8 @@ def policies(draw: st.DrawFn) -> Autoscaling:
         scale_up_stabilization_seconds=draw(st.sampled_from([0, 0, 15, 60, 120])),
         scale_down_stabilization_seconds=draw(st.sampled_from([0, 30, 300, 600])),
         count_in_flight=draw(st.booleans()),
+        target_wait_seconds=None,
+        scale_down_drain_seconds=60,
     )
 
 

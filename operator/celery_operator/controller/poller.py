@@ -15,17 +15,19 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from celery_operator import api, autoscale, conditions
 from celery_operator.brokers import connect
 from celery_operator.brokers.base import BrokerError, DepthReport
 from celery_operator.controller.observe import ClusterCache, Key
+from celery_operator.controller.scalein import ScaleIn
 from celery_operator.controller.state import AppState, PoolState
-from celery_operator.kube.client import ApiError, KubeClient
+from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics
+from celery_operator.models import CeleryWorkerPool
 from celery_operator.render import names
 from celery_operator.topology import Topology
 
@@ -51,6 +53,10 @@ class Poller:
     recorder: Recorder
     metrics: Metrics
     after_poll: Callable[[Key], None]  # a status-only reconcile of the app
+    scale_in: ScaleIn = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scale_in = ScaleIn(self.client, self.cache, self.recorder)
 
     async def run(self, key: Key, state: AppState) -> None:
         """Poll until cancelled (the app left this replica, or was deleted)."""
@@ -114,9 +120,7 @@ class Poller:
         return dataclasses.replace(report, queues=queues)
 
     async def _autoscale(self, key: Key, state: AppState, topo: Topology, report: DepthReport | None) -> None:
-        ns, app = key
         now = time.time()
-        bodies = self.cache.crs(key)
         for pool in topo.effective_pools:
             a = pool.autoscaling
             if a is None:
@@ -131,22 +135,41 @@ class Poller:
             decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
                                         history=st.history)
             st.history = decision.history
-            self.metrics.set_pool_bounds(ns, app, pool.meta.name, (a.min_replicas, a.max_replicas))
+            self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
+            if st.draining is not None:
+                if decision.desired >= st.drain_from:  # the load came back: keep the workers
+                    st.draining.cancel()
+                continue
+            await self.scale_in.restore(key, state, topo, pool, st)
             if not decision.changed:
                 continue
-            deployment = names.worker(app, pool.meta.name)
-            try:
-                await self.client.patch("Deployment", ns, deployment, {"spec": {"replicas": decision.desired}},
-                                        sub="scale")
-            except ApiError as e:
-                log.warning("scaling %s/%s failed: %s", ns, deployment, e)
-                continue
-            direction: Literal["up", "down"] = "up" if decision.desired > current else "down"
-            st.desired = decision.desired
-            st.last_scale_time = conditions.now_iso()
-            self.metrics.count_scale_event(ns, app, pool.meta.name, direction)
-            body = bodies.get((api.POOL, pool.meta.name))
-            if body is not None:
-                await self.recorder.emit(body, "Normal",
-                                         api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
-                                         f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
+
+            async def apply(desired: int, note: str, pool: CeleryWorkerPool = pool, st: PoolState = st,
+                            current: int = current, reason: str = decision.reason) -> bool:
+                return await self._scale(key, pool, st, current, desired, f"{reason}; {note}" if note else reason)
+
+            if decision.desired < current:
+                await self.scale_in.start(key, state, topo, pool, st, current, decision.desired, apply)
+            else:
+                await apply(decision.desired, "")
+
+    async def _scale(self, key: Key, pool: CeleryWorkerPool, st: PoolState, current: int, desired: int,
+                     why: str) -> bool:
+        """Patch the pool's Deployment's /scale; record, count and announce the change."""
+        ns, app = key
+        deployment = names.worker(app, pool.meta.name)
+        try:
+            await self.client.patch("Deployment", ns, deployment, {"spec": {"replicas": desired}}, sub="scale")
+        except (ApiError, NotOwner) as e:
+            log.warning("scaling %s/%s failed: %s", ns, deployment, e)
+            return False
+        direction: Literal["up", "down"] = "up" if desired > current else "down"
+        st.desired = desired
+        st.last_scale_time = conditions.now_iso()
+        self.metrics.count_scale_event(ns, app, pool.meta.name, direction)
+        body = self.cache.crs(key).get((api.POOL, pool.meta.name))
+        if body is not None:
+            await self.recorder.emit(body, "Normal",
+                                     api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
+                                     f"{current} → {desired}: {why}", dedupe=False)
+        return True

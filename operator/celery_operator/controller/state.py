@@ -5,6 +5,7 @@ The API server holds everything else: the reconciler reads it from the watch-fed
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ class PoolState:
     depth: int | None = None
     in_flight: int | None = None
     source: str | None = None
+    # A scale-in waiting for busy victims to drain (it scales when done), and the replicas it started from.
+    draining: asyncio.Task[None] | None = None
+    drain_from: int = 0
+    drained: dict[str, float] = field(default_factory=dict)  # pod -> monotonic time it should be gone by
 
     def view(self) -> PoolScale:
         return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time)
