@@ -30,13 +30,16 @@ from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import CeleryWorkerPool
 from celery_operator.render import names
 from celery_operator.topology import Topology
+from celery_operator.waits import DrainMeter, Wait, longest, queue_wait
 
 log = logging.getLogger(__name__)
 DEFAULT_POLL_SECONDS = 15.0  # queue metrics for apps without autoscaled pools
-# RabbitMQ's live message totals carry no consumer counts; the statistics listing that does lags by
-# the broker's statistics interval (5 s by default). Depth comes live every poll; consumer counts
-# are refreshed from the statistics listing at most this often (still one request per poll).
+# RabbitMQ's live message totals carry no consumer counts, head timestamps or delivery rates; the
+# statistics listing that does lags by the broker's statistics interval (5 s by default). Depth comes
+# live every poll; the rest is refreshed from the statistics listing at most this often (still one
+# request per poll), or every statistics interval for an app with a pool that scales on wait.
 CONSUMERS_REFRESH_SECONDS = 30.0
+WAIT_REFRESH_SECONDS = 5.0
 POLL_TIMEOUT_SECONDS = 30.0
 
 
@@ -77,7 +80,9 @@ class Poller:
         if broker.url is None:
             error = broker.problem or "broker URL unknown"
         else:
-            full = time.monotonic() - state.consumers_at >= CONSUMERS_REFRESH_SECONDS
+            on_wait = any(p.autoscaling and p.autoscaling.target_wait_seconds for p in topo.effective_pools)
+            refresh = WAIT_REFRESH_SECONDS if on_wait else CONSUMERS_REFRESH_SECONDS
+            full = time.monotonic() - state.consumers_at >= refresh
             count_in_flight = any(p.autoscaling and p.autoscaling.count_in_flight for p in topo.effective_pools)
             url, mgmt, opts = broker.url, broker.management_url, state.transport_options
             stats: Literal["totals", "full"] = "full" if full else "totals"
@@ -88,7 +93,7 @@ class Poller:
 
             try:
                 report = await asyncio.wait_for(asyncio.to_thread(measure), POLL_TIMEOUT_SECONDS)
-                report = self._with_consumers(state, report, full)
+                report = self._with_statistics(state, report, full)
             except (BrokerError, TimeoutError) as e:
                 error = str(e) or "the broker did not answer in time"
         self.metrics.observe_poll(ns, name, time.monotonic() - t0, ok=report is not None)
@@ -96,9 +101,13 @@ class Poller:
         state.broker_up, state.report, state.poll_error = report is not None, report, error
         self.metrics.set_broker_up(ns, name, report is not None)
         if report is not None:
+            state.waits = self._waits(state, report)
             self.metrics.set_depth_source(ns, name, report.source)
             for qname, d in report.queues.items():
                 self.metrics.observe_queue(ns, name, qname, d.ready, d.in_flight, d.consumers)
+                w = state.waits.get(qname)
+                self.metrics.observe_queue_wait(ns, name, qname, None if w is None else w.seconds,
+                                                None if w is None else w.source)
         app_body = self.cache.crs(key).get((api.APP, name))
         if app_body is not None and was_up is not None and was_up != state.broker_up:
             if state.broker_up:
@@ -109,15 +118,40 @@ class Poller:
         self.after_poll(key)
 
     @staticmethod
-    def _with_consumers(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
-        """Consumer counts from the last statistics listing where this poll's totals have none."""
+    def _with_statistics(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
+        """Consumer counts (and, from RabbitMQ's statistics listing, head timestamps and delivery rates)
+        from the last statistics listing where this poll's live totals have none. A queue found empty
+        forgets its head timestamp: that message is gone."""
         if fresh:
             state.consumers_at = time.monotonic()
             state.consumers = {n: d.consumers for n, d in report.queues.items()}
+            state.statistics = dict(report.queues) if report.statistics else {}
             return report
-        queues = {n: d if d.consumers is not None else dataclasses.replace(d, consumers=state.consumers.get(n))
-                  for n, d in report.queues.items()}
+        queues = {}
+        for n, d in report.queues.items():
+            if d.consumers is None:
+                d = dataclasses.replace(d, consumers=state.consumers.get(n))
+            last = state.statistics.get(n)
+            if last is not None and d.ready == 0:
+                state.statistics[n] = last = dataclasses.replace(last, oldest_published=None)
+            if last is not None and report.source == "management":
+                d = dataclasses.replace(
+                    d, oldest_published=d.oldest_published if d.oldest_published is not None else last.oldest_published,
+                    drain_rate=d.drain_rate if d.drain_rate is not None else last.drain_rate)
+            queues[n] = d
         return dataclasses.replace(report, queues=queues)
+
+    @staticmethod
+    def _waits(state: AppState, report: DepthReport) -> dict[str, Wait | None]:
+        """Each queue's wait (waits.py); the drain meters (for brokers that count nothing) move on."""
+        now, mono = time.time(), time.monotonic()
+        out: dict[str, Wait | None] = {}
+        for n, d in report.queues.items():
+            meter = state.drains[n] = state.drains.get(n, DrainMeter()).observe(mono, d.ready)
+            rate = d.drain_rate if d.drain_rate is not None else meter.rate
+            out[n] = queue_wait(d.ready, d.oldest_published, rate, now)
+        out.update(dict.fromkeys(report.missing, Wait(0.0, None)))  # no such queue: nothing waits in it
+        return out
 
     async def _autoscale(self, key: Key, state: AppState, topo: Topology, report: DepthReport | None) -> None:
         now = time.time()
@@ -132,8 +166,11 @@ class Poller:
             in_flight = report.in_flight(queues) if report is not None else None
             st.depth, st.in_flight = ready, in_flight
             st.source = report.source if report is not None else st.source
+            st.wait = longest(state.waits.get(q) for q in queues) if report is not None else None
+            dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
+            workers = int((dep.get("status") or {}).get("readyReplicas") or 0) if dep is not None else None
             decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
-                                        history=st.history)
+                                        history=st.history, wait=st.wait, workers=workers)
             st.history = decision.history
             self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
             if st.draining is not None:

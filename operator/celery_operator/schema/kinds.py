@@ -498,6 +498,9 @@ def pool_status() -> Schema:
                                     fmt="int64"),
         "depthSource": string("How depth was measured: the RabbitMQ management API, a passive queue "
                               "declare, or Redis list length.", enum=["management", "passive", "redis"]),
+        "waitSeconds": integer("Seconds the longest-waiting task of the pool's queues has waited since it was "
+                               "published (or depth / drain rate), last measured; absent when unknown.",
+                               minimum=0, fmt="int64"),
         "lastScaleTime": string("When the autoscaler last changed replicas.", fmt="date-time"),
     })
 
