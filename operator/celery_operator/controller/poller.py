@@ -59,7 +59,7 @@ class Poller:
     scale_in: ScaleIn = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scale_in = ScaleIn(self.client, self.cache, self.recorder)
+        self.scale_in = ScaleIn(self.client, self.cache, self.recorder, self.metrics)
 
     async def run(self, key: Key, state: AppState) -> None:
         """Poll until cancelled (the app left this replica, or was deleted)."""

@@ -30,6 +30,7 @@ from celery_operator.controller.observe import ClusterCache, Key
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
+from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import CeleryWorkerPool
 from celery_operator.topology import Topology
 
@@ -50,6 +51,7 @@ class ScaleIn:
     client: KubeClient
     cache: ClusterCache
     recorder: Recorder
+    metrics: Metrics
 
     def pool_pods(self, namespace: str, app: str, pool: str) -> list[Body]:
         return scalein.live_pods(p for p in self.cache.pods(namespace, app)
@@ -125,7 +127,8 @@ class ScaleIn:
         note = plan.describe() + trouble
         if not to_drain:
             await self._visible(ns, app, name, plan.costs)
-            await apply(desired, note)
+            if await apply(desired, note):
+                self._count(key, name, plan.victims, drained=False)
             return
         st.drain_from = current
         st.draining = asyncio.create_task(
@@ -139,7 +142,7 @@ class ScaleIn:
         nodes = [w.node for w in to_drain]
         queues = topo.pool_queues(pool)
         body = self.cache.crs(key).get((api.POOL, pool.meta.name))
-        scaled = False
+        scaled = emptied = False
         started = time.monotonic()
         try:
             try:
@@ -155,7 +158,8 @@ class ScaleIn:
                         break
                     await asyncio.sleep(DRAIN_POLL_SECONDS)
                 waited = time.monotonic() - started
-                drained = "drained" if waited < bound else f"not drained within {bound}s"
+                emptied = waited < bound
+                drained = "drained" if emptied else f"not drained within {bound}s"
                 note = f"{note}; {drained} after {waited:.0f}s"
             except BrokerError as e:
                 note = f"{note}; drain failed ({e}): removing them as they are"
@@ -167,10 +171,18 @@ class ScaleIn:
         finally:
             st.draining = None
         if scaled:
+            self._count(key, pool.meta.name, plan.victims, drained=emptied)
             gone_by = time.monotonic() + DRAINED_GONE_WITHIN_SECONDS
             st.drained.update({w.pod: gone_by for w in to_drain})
         else:
             await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
+
+    def _count(self, key: Key, pool: str, victims: Iterable[scalein.Worker], *, drained: bool) -> None:
+        """Count the removed pods by what they held: nothing, work they finished draining, or work."""
+        busy = [w for w in victims if not w.idle]
+        idle = sum(1 for w in victims if w.idle)
+        self.metrics.count_scale_in_pods(key[0], key[1], pool, "idle", idle)
+        self.metrics.count_scale_in_pods(key[0], key[1], pool, "drained" if drained else "busy", len(busy))
 
     async def _undrain(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                        workers: Iterable[scalein.Worker], why: str) -> None:
