@@ -83,6 +83,9 @@ HEARTBEAT_FILE: Final = "/tmp/celery-worker-heartbeat"
 # app's broker_transport_options set visibility_timeout.
 REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS: Final = 3600
 
+# How long a scale-in waits at most for busy workers it drains (CeleryWorkerPool autoscaling.scaleDownDrainSeconds).
+DEFAULT_SCALE_DOWN_DRAIN_SECONDS: Final = 60
+
 # Condition types.
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"

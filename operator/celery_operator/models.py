@@ -296,7 +296,8 @@ class Autoscaling:
             scale_down_stabilization_seconds=d["scaleDownStabilizationSeconds"],
             count_in_flight=d["countInFlight"],
             target_wait_seconds=d.get("targetWaitSeconds"),
-            scale_down_drain_seconds=d["scaleDownDrainSeconds"],
+            # A CRD older than this operator has no such field: its default.
+            scale_down_drain_seconds=d.get("scaleDownDrainSeconds", api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
         )
 
 

@@ -49,9 +49,9 @@ def main(what: str) -> None:
     elif what.startswith("tracked:"):
         # n `tracked` tasks (each run recorded in the result backend's Redis), not awaited.
         _, queue, n, seconds = what.split(":")
-        tracked = app.tasks["sample_tasks.tasks.tracked"]
-        with app.producer_or_acquire() as producer:
-            ids = [tracked.apply_async((float(seconds),), queue=queue, producer=producer).id for _ in range(int(n))]
+        with app.producer_or_acquire() as producer:  # by name, as producers do: the task lives in the image
+            ids = [app.send_task("sample_tasks.tasks.tracked", (float(seconds),), queue=queue, producer=producer).id
+                   for _ in range(int(n))]
         out = {"ids": ids}
     elif what.startswith("adds:"):
         # n adds (results ignored: as cheap a task as a worker runs), not awaited.

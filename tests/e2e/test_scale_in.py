@@ -27,6 +27,7 @@ import redis
 from celery_operator import api
 from localenv.cluster import Cluster
 from localenv.controlplane import ControlPlane
+from localenv.procs import REPO
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
@@ -71,6 +72,13 @@ def documents(image: str) -> list[dict[str, Any]]:
         {"apiVersion": v, "kind": "CeleryWorkerPool", "metadata": {"name": BASE},
          "spec": {**pool_spec, "queues": [f"{BASE}_queue"], "replicas": REPLICAS}},
     ]
+
+
+def install_crds(cp: ControlPlane) -> None:
+    """This checkout's CRDs (again: on a cluster shared with other checkouts, another test session may
+    have installed its own since this session began, without the fields these tests use)."""
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
 
 
 def pods(cp: ControlPlane, ns: str, pool: str) -> list[dict[str, Any]]:
@@ -185,12 +193,15 @@ class Scenario:
         return arms
 
 
-def setup(cluster: Cluster, ns: str, factory: OperatorFactory, tmp: Path, image: str, vhost: Vhost,
+def setup(cluster: Cluster, ns: str, start_operator: Callable[[], object], tmp: Path, image: str, vhost: Vhost,
           backend: RedisDb) -> Scenario:
+    """The scenario's objects in `ns`, watched by an operator `start_operator` starts for `ns`."""
     cp = cluster.control_plane
+    tmp.mkdir(parents=True, exist_ok=True)
+    install_crds(cp)
     secret(cp, ns, "broker", url=vhost.url, managementUrl=vhost.management_url)
     secret(cp, ns, "backend", url=backend.url)
-    factory("--namespace", ns, "--no-leader-election")
+    start_operator()
     apply(cp, ns, documents(image))
     for pool in (OURS, BASE):
         wait_ready(cp, ns, "celeryqueue", f"{pool}-queue", 60)
@@ -201,7 +212,8 @@ def setup(cluster: Cluster, ns: str, factory: OperatorFactory, tmp: Path, image:
 def test_the_autoscalers_scale_in_removes_the_idle_workers_and_interrupts_nothing_unlike_kubectl_scale(
         cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
         broker_vhost: Vhost, backend_db: RedisDb) -> None:
-    s = setup(cluster, namespace, operator_factory, tmp_path, images.sample_tasks, broker_vhost, backend_db)
+    s = setup(cluster, namespace, lambda: operator_factory("--namespace", namespace, "--no-leader-election"),
+              tmp_path, images.sample_tasks, broker_vhost, backend_db)
     ours, base = s.run(log=print)
 
     # Ours: the two idle pods went, the busy ones stayed and finished their tasks, once each.

@@ -417,7 +417,7 @@ def autoscaling() -> Schema:
             "scaleDownDrainSeconds": integer("On scale-down idle workers are removed first; when too few are idle, "
                                              "the busy ones chosen stop taking tasks and the scale-down waits up to "
                                              "this long for their running tasks (0: remove them at once).",
-                                             minimum=0, maximum=3600, default=60),
+                                             minimum=0, maximum=3600, default=api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
             "countInFlight": boolean("Count unacknowledged (running and prefetched) messages as well as "
                                      "ready ones.", default=True),
         },
