@@ -18,7 +18,7 @@ import pytest
 from celery_operator import api
 from localenv.cluster import Cluster
 from tests.e2e.test_autoscaling import Scaled, _setup
-from tests.e2e.test_scale_in import install_crds
+from tests.e2e.test_scale_in import install_checkout
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
@@ -44,7 +44,7 @@ def test_slow_tasks_keep_the_depth_low_but_wait_long_and_the_pool_scales_on_wait
         cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
         broker_vhost: Vhost, backend_db: RedisDb) -> None:
     # On depth alone 6 messages at 100 per replica keep 1 replica; the wait target is 10 s.
-    install_crds(cluster.control_plane)
+    install_checkout(cluster.control_plane)
     s = _setup(cluster, namespace, operator_factory, tmp_path, images.sample_tasks, broker_vhost.url,
                broker_vhost.management_url, backend_db.url,
                {"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 100, "targetWaitSeconds": 10,
@@ -94,7 +94,7 @@ def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
         backend_db: RedisDb) -> None:
     """On a Redis broker: the wait of each queue is its oldest message's age, read from the lists."""
     cp = cluster.control_plane
-    install_crds(cp)
+    install_checkout(cp)
     secret(cp, namespace, "broker", url=backend_db.url)
     secret(cp, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")

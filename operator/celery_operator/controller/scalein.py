@@ -75,7 +75,8 @@ class ScaleIn:
 
     # -- pods -------------------------------------------------------------------------------------------
     async def _annotate(self, namespace: str, costs: Mapping[str, int | None], drained: Iterable[str] = (),
-                        undrained: Iterable[str] = ()) -> None:
+                        undrained: Iterable[str] = ()) -> list[str]:
+        """Write the annotations; the problems of the pods it could not annotate (gone ones excepted)."""
         patches: dict[str, dict[str, str | None]] = {}
         for pod, cost in costs.items():
             patches.setdefault(pod, {})[api.ANNOTATION_POD_DELETION_COST] = None if cost is None else str(cost)
@@ -84,14 +85,16 @@ class ScaleIn:
         for pod in undrained:
             patches.setdefault(pod, {})[api.ANNOTATION_DRAINED] = None
 
-        async def one(pod: str, annotations: dict[str, str | None]) -> None:
+        async def one(pod: str, annotations: dict[str, str | None]) -> str | None:
             try:
                 await self.client.patch("Pod", namespace, pod, {"metadata": {"annotations": annotations}})
             except ApiError as e:  # a pod gone meanwhile needs no cost
                 if e.status != 404:
                     log.warning("annotating pod %s/%s failed: %s", namespace, pod, e)
+                    return f"{pod}: {e}"
+            return None
 
-        await asyncio.gather(*(one(pod, ann) for pod, ann in patches.items()))
+        return [p for p in await asyncio.gather(*(one(pod, ann) for pod, ann in patches.items())) if p]
 
     async def _visible(self, namespace: str, app: str, pool: str, costs: Mapping[str, int | None]) -> None:
         """Wait (bounded) until the pod cache shows the written costs: the watch the ReplicaSet controller
@@ -123,7 +126,10 @@ class ScaleIn:
         a = pool.autoscaling
         bound = a.scale_down_drain_seconds if a is not None else 0
         to_drain = plan.busy_victims if bound > 0 else ()
-        await self._annotate(ns, plan.costs, drained=[w.pod for w in to_drain])
+        failed = await self._annotate(ns, plan.costs, drained=[w.pod for w in to_drain])
+        if failed:  # the scale goes on, undrained: without the costs the ReplicaSet picks, as without us
+            trouble += f" (deletion costs not written, the ReplicaSet picks: {failed[0]})"
+            to_drain = ()
         note = plan.describe() + trouble
         if not to_drain:
             await self._visible(ns, app, name, plan.costs)
