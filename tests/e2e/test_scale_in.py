@@ -200,7 +200,7 @@ class Scenario:
 
 
 def setup(cluster: Cluster, ns: str, start_operator: Callable[[], object], tmp: Path, image: str, vhost: Vhost,
-          backend: RedisDb) -> Scenario:
+          backend: RedisDb, docs: list[dict[str, Any]] | None = None) -> Scenario:
     """The scenario's objects in `ns`, watched by an operator `start_operator` starts for `ns`."""
     cp = cluster.control_plane
     tmp.mkdir(parents=True, exist_ok=True)
@@ -208,9 +208,10 @@ def setup(cluster: Cluster, ns: str, start_operator: Callable[[], object], tmp: 
     secret(cp, ns, "broker", url=vhost.url, managementUrl=vhost.management_url)
     secret(cp, ns, "backend", url=backend.url)
     start_operator()
-    apply(cp, ns, documents(image))
-    for pool in (OURS, BASE):
-        wait_ready(cp, ns, "celeryqueue", f"{pool}-queue", 60)
+    docs = docs if docs is not None else documents(image)
+    apply(cp, ns, docs)
+    for q in (d["metadata"]["name"] for d in docs if d["kind"] == "CeleryQueue"):
+        wait_ready(cp, ns, "celeryqueue", q, 60)
     cm = wait_for(lambda: get(cp, ns, "configmap", f"{APP}-celery-config"), 30, "ConfigMap")
     return Scenario(cluster, ns, celery_client_env(tmp, cm, vhost.url, backend.url), backend.client())
 
@@ -245,3 +246,47 @@ def test_the_autoscalers_scale_in_removes_the_idle_workers_and_interrupts_nothin
     print(f"\nscale-in 4 -> 2, two busy with {TASK_SECONDS}s tasks: tasks interrupted: ours {ours.interrupted}, "
           f"kubectl scale {base.interrupted}; completed after: ours {ours.completed_after:.1f}s, "
           f"kubectl scale {base.completed_after:.1f}s")
+
+
+def test_with_no_idle_worker_the_chosen_one_drains_its_task_before_it_is_removed(
+        cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
+        broker_vhost: Vhost, backend_db: RedisDb) -> None:
+    """Two workers, both busy with 20 s tasks; the autoscaler wants one (ready messages only, none
+    ready). The one chosen stops consuming, finishes its task, and only then is removed."""
+    docs = documents(images.sample_tasks)
+    pool = next(d for d in docs if d["kind"] == "CeleryWorkerPool" and d["metadata"]["name"] == OURS)
+    pool["spec"]["autoscaling"].update(minReplicas=2, maxReplicas=2, countInFlight=False,
+                                       scaleDownDrainSeconds=60)
+    docs = [d for d in docs if d["metadata"]["name"] not in (BASE, f"{BASE}-queue")]
+    s = setup(cluster, namespace, lambda: operator_factory("--namespace", namespace, "--no-leader-election"),
+              tmp_path, images.sample_tasks, broker_vhost, backend_db, docs)
+    cp = s.cp
+    wait_pods_ready(cp, namespace, pool_selector(APP, OURS), 2, timeout=300)
+    ids = celery_call(s.cluster, s.client_env, f"tracked:{OURS}_queue:2:20")["ids"]
+    wait_for(lambda: all(runs(s.backend, ids).values()), 60, "both tasks started")
+    before = {p["metadata"]["name"] for p in pods(cp, namespace, OURS)}
+    cp.kubectl("patch", "celeryworkerpool", OURS, "-n", namespace, "--type", "merge", "-p",
+               json.dumps({"spec": {"autoscaling": {"minReplicas": 1}}}))
+
+    def one_left() -> set[str] | None:
+        now = {p["metadata"]["name"] for p in pods(cp, namespace, OURS)}
+        return now if len(now) == 1 else None
+
+    def removed_ran_out() -> bool:
+        # Until the removed pod is gone, its task has ended: the drain waited for it.
+        left = one_left()
+        if left is None:
+            return False
+        [victim] = before - left
+        assert any(r == [f"start:{victim}", f"end:{victim}"] for r in runs(s.backend, ids).values())
+        return True
+
+    wait_for(removed_ran_out, 120, "the pool down to one pod")
+    wait_for(lambda: all(ended(r) for r in runs(s.backend, ids).values()), 60, "both tasks finished")
+    recorded = runs(s.backend, ids)
+    assert all(len(r) == 2 for r in recorded.values()), recorded  # one run each: nothing cut, nothing rerun
+    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    reasons = [(e["reason"], e["message"]) for e in events if e["involvedObject"]["name"] == OURS
+               and e["reason"] in (api.Reason.DRAINING, api.Reason.SCALED_DOWN)]
+    assert sorted(r for r, _ in reasons) == sorted([api.Reason.DRAINING, api.Reason.SCALED_DOWN]), reasons
+    assert any("1 running" in m for _, m in reasons) and any("drained after" in m for _, m in reasons), reasons

@@ -114,14 +114,16 @@ class ScaleIn:
         name = pool.meta.name
         pods = self.pool_pods(ns, app, name)
         remove = len(pods) - desired
+        if remove <= 0:  # fewer pods than replicas (some already leaving): nothing to choose
+            await apply(desired, "")
+            return
         loads: dict[str, scalein.Load] = {}
         trouble = ""
-        if remove > 0:
-            nodes = list(scalein.nodes(pods, name))
-            try:
-                loads = await self._control(state, topo, lambda rc: rc.loads(nodes))
-            except BrokerError as e:
-                trouble = f" (remote control failed: {e})"
+        nodes = list(scalein.nodes(pods, name))
+        try:
+            loads = await self._control(state, topo, lambda rc: rc.loads(nodes))
+        except BrokerError as e:
+            trouble = f" (remote control failed: {e})"
         plan = scalein.plan(scalein.workers(pods, name, loads, solo=pool.pool == "solo"), remove)
         a = pool.autoscaling
         bound = a.scale_down_drain_seconds if a is not None else 0
