@@ -42,6 +42,7 @@ class ControlPlane:
     workdir: Path | None = None
     controller_manager: bool = True
     scheduler: bool = True
+    audit: bool = True  # log service accounts' requests (what benchmarks and fault tests read)
     bin_dir: Path = field(default_factory=lambda: Path())
     server: str = ""
     kubeconfig: Path = field(default_factory=lambda: Path())
@@ -64,6 +65,12 @@ class ControlPlane:
     def log(self, name: str) -> Path:
         assert self.workdir is not None
         return self.workdir / f"{name}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON line per request a service account made."""
+        assert self.workdir is not None
+        return self.workdir / "audit.log"
 
     def start(self, timeout: float = 90.0) -> None:
         self.bin_dir = binaries.ensure()
@@ -103,6 +110,16 @@ class ControlPlane:
 
         api_port = free_port()
         self.server = f"https://127.0.0.1:{api_port}"
+        audit_flags: list[str] = []
+        if self.audit:
+            policy = self.workdir / "audit-policy.json"
+            # Service accounts' requests (the operator's, as tests and benchmarks run it), at Metadata level.
+            policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                          "omitStages": ["RequestReceived"],
+                                          "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                                                    {"level": "None"}]}))
+            audit_flags = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                           "--audit-log-maxsize=200", "--audit-log-maxbackup=1", "--audit-log-format=json"]
         self._procs["kube-apiserver"] = spawn([
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -122,7 +139,7 @@ class ControlPlane:
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
             f"--kubelet-certificate-authority={pki.ca}",
             "--enable-priority-and-fairness=false", "--profiling=false",
-            "--endpoint-reconciler-type=none", "--v=0",
+            "--endpoint-reconciler-type=none", "--v=0", *audit_flags,
         ], self.log("kube-apiserver"))
         ctx = ssl.create_default_context(cafile=str(pki.ca))
         ctx.load_cert_chain(str(admin.cert), str(admin.key))
