@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +111,21 @@ def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
     peak = {"fast": 1, "slow": 1}
     deepest = {"fast": 0, "slow": 0}
     waited = {"fast": 0, "slow": 0}
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and peak["slow"] < 4:
+
+    def sample() -> bool:
         for name in ("fast", "slow"):
             peak[name] = max(peak[name], s.replicas(f"proj-{name}") or 0)
             st = s.pool(name).get("status") or {}
             deepest[name] = max(deepest[name], int(st.get("queueDepth") or 0))
             waited[name] = max(waited[name], int(st.get("waitSeconds") or 0))
-        time.sleep(1)
+        return peak["slow"] >= 4
+
+    try:
+        wait_for(sample, 240, "the slow pool at its maximum", interval=1)
+    except AssertionError as e:
+        spec = {n: s.pool(n)["spec"].get("autoscaling") for n in ("fast", "slow")}
+        raise AssertionError(f"{e}: peak replicas {peak}, deepest queue {deepest}, longest wait {waited}; "
+                             f"autoscaling as served now: {spec}") from None
     print(f"\npeak replicas {peak}, deepest queue {deepest}, longest wait {waited}")
     # The fast queue was by far the deeper, the slow one waited far longer: sizes follow the wait.
     assert deepest["fast"] >= 1000 and deepest["slow"] <= 20, (deepest, waited)

@@ -214,6 +214,7 @@ class Poller:
             log.warning("scaling %s/%s failed: %s", ns, deployment, e)
             return False
         direction: Literal["up", "down"] = "up" if desired > current else "down"
+        log.info("scaled %s/%s %d → %d: %s", ns, deployment, current, desired, why)
         st.desired = desired
         st.last_scale_time = conditions.now_iso()
         self.metrics.count_scale_event(ns, app, pool.meta.name, direction)

@@ -114,8 +114,8 @@ class ScaleIn:
         name = pool.meta.name
         pods = self.pool_pods(ns, app, name)
         remove = len(pods) - desired
-        if remove <= 0:  # fewer pods than replicas (some already leaving): nothing to choose
-            await apply(desired, "")
+        if remove <= 0:  # fewer live pods than replicas (some already leaving): nothing to choose
+            await apply(desired, f"{len(pods)} live pods: none to choose")
             return
         loads: dict[str, scalein.Load] = {}
         trouble = ""
@@ -133,6 +133,8 @@ class ScaleIn:
             trouble += f" (deletion costs not written, the ReplicaSet picks: {failed[0]})"
             to_drain = ()
         note = plan.describe() + trouble
+        log.info("scale-in of %s/%s/%s %d → %d (%d live pods): %s%s", ns, app, name, current, desired, len(pods),
+                 note, f"; draining for up to {bound}s" if to_drain else "")
         if not to_drain:
             await self._visible(ns, app, name, plan.costs)
             if await apply(desired, note):
