@@ -8,7 +8,7 @@ import time
 
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.controller.poller import Poller
-from celery_operator.controller.state import AppState
+from celery_operator.controller.state import AppState, PoolState
 from celery_operator.waits import Wait
 
 
@@ -55,3 +55,14 @@ def test_without_broker_counters_the_drain_rate_comes_from_the_falling_ready_cou
 def test_a_queue_the_broker_does_not_have_waits_nothing() -> None:
     state = AppState(uid="u")
     assert Poller._waits(state, report(False, missing=("gone",)))["gone"] == Wait(0.0, None)
+
+
+def test_a_pools_wait_changing_alone_re_decides_the_statuses() -> None:
+    state = AppState(uid="u")
+    st = state.pools["p"] = PoolState(desired=1, depth=3, wait=Wait(5.0, "timestamp"))
+    before = Poller._seen(state)
+    st.wait = Wait(40.0, "timestamp")
+    longer = Poller._seen(state)
+    assert longer != before
+    st.wait = Wait(40.4, "timestamp")  # the status shows whole seconds: nothing new to write
+    assert Poller._seen(state) == longer
