@@ -3,6 +3,8 @@ turns each poll into queue waits."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 
@@ -66,3 +68,20 @@ def test_a_pools_wait_changing_alone_re_decides_the_statuses() -> None:
     assert longer != before
     st.wait = Wait(40.4, "timestamp")  # the status shows whole seconds: nothing new to write
     assert Poller._seen(state) == longer
+
+
+def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
+    async def scenario() -> bool:
+        state = AppState(uid="u")  # no topology yet: each poll returns at once
+        drain = asyncio.create_task(asyncio.sleep(3600))
+        state.pools["p"] = PoolState(draining=drain)
+        poller = Poller(None, None, None, None, lambda _: None)  # type: ignore[arg-type]  # a poll without topology uses none
+        task = asyncio.create_task(poller.run(("ns", "app"), state))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.wait([drain], timeout=1)
+        return drain.cancelled()
+
+    assert asyncio.run(scenario())

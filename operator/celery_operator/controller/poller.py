@@ -62,12 +62,18 @@ class Poller:
         self.scale_in = ScaleIn(self.client, self.cache, self.recorder, self.metrics)
 
     async def run(self, key: Key, state: AppState) -> None:
-        """Poll until cancelled (the app left this replica, or was deleted)."""
-        while True:
-            started = time.monotonic()
-            with contextlib.suppress(Exception):  # a poll's failure is in its result; never stop polling
-                await self.poll(key, state)
-            await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
+        """Poll until cancelled (the app left this replica, or was deleted); a drain this poller started
+        is called off with it (its workers consume again: whoever polls the app next decides afresh)."""
+        try:
+            while True:
+                started = time.monotonic()
+                with contextlib.suppress(Exception):  # a poll's failure is in its result; never stop polling
+                    await self.poll(key, state)
+                await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
+        finally:
+            for st in state.pools.values():
+                if st.draining is not None:
+                    st.draining.cancel()
 
     async def poll(self, key: Key, state: AppState) -> None:
         ns, name = key
