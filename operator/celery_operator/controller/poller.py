@@ -114,8 +114,9 @@ class Poller:
                 w = state.waits.get(qname)
                 self.metrics.observe_queue_wait(ns, name, qname, None if w is None else w.seconds,
                                                 None if w is None else w.source)
-        app_body = self.cache.crs(key).get((api.APP, name))
-        if app_body is not None and was_up is not None and was_up != state.broker_up:
+        changed = was_up is not None and was_up != state.broker_up
+        app_body = self.cache.crs(key).get((api.APP, name)) if changed else None  # decoded only when needed
+        if app_body is not None:
             if state.broker_up:
                 await self.recorder.normal(app_body, "BrokerReachable", "the broker answers again")
             else:
@@ -186,8 +187,7 @@ class Poller:
             st.depth, st.in_flight = ready, in_flight
             st.source = report.source if report is not None else st.source
             st.wait = longest(state.waits.get(q) for q in queues) if report is not None else None
-            dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
-            workers = int((dep.get("status") or {}).get("readyReplicas") or 0) if dep is not None else None
+            workers = self._ready_workers(key, pool) if a.target_wait_seconds is not None else None
             decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
                                         history=st.history, wait=st.wait, workers=workers)
             st.history = decision.history
@@ -208,6 +208,11 @@ class Poller:
                 await self.scale_in.start(key, state, topo, pool, st, current, decision.desired, apply)
             else:
                 await apply(decision.desired, "")
+
+    def _ready_workers(self, key: Key, pool: CeleryWorkerPool) -> int | None:
+        """The pool's ready replicas from the cached Deployment (read only for pools scaling on wait)."""
+        dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
+        return int((dep.get("status") or {}).get("readyReplicas") or 0) if dep is not None else None
 
     async def _scale(self, key: Key, pool: CeleryWorkerPool, st: PoolState, current: int, desired: int,
                      why: str) -> bool:

@@ -9,8 +9,9 @@ pool allows a drain (`scaleDownDrainSeconds`), the victims stop consuming and th
 task of its own, until they hold nothing or the bound passes; a poll that wants the replicas back
 calls the drain off and the victims consume again.
 
-Between scale-ins this costs nothing but a look at the cached pods: a pod still marked drained that no
-drain of this process accounts for (a drain interrupted by an operator restart) gets its consumers back.
+Between scale-ins this costs nothing: the cached pods are read on a pool's first poll, where a pod still
+marked drained that no drain of this process accounts for (a drain interrupted by an operator restart)
+gets its consumers back, and after a drain until its pods are gone.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class ScaleIn:
             await self._visible(ns, app, pool.meta.name, plan.costs)
             scaled = await apply(desired, note)
         except asyncio.CancelledError:
-            await asyncio.shield(self._undrain(key, state, topo, pool, to_drain, "the scale-in was called off"))
+            if not await asyncio.shield(self._undrain(key, state, topo, pool, to_drain, "the scale-in was called off")):
+                st.recheck_drained = True
             raise
         finally:
             st.draining = None
@@ -185,7 +187,7 @@ class ScaleIn:
             gone_by = time.monotonic() + DRAINED_GONE_WITHIN_SECONDS
             st.drained.update({w.pod: gone_by for w in to_drain})
         else:
-            await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
+            st.recheck_drained = not await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
 
     def _count(self, key: Key, pool: str, victims: Iterable[scalein.Worker], *, drained: bool) -> None:
         """Count the removed pods by what they held: nothing, work they finished draining, or work."""
@@ -195,27 +197,30 @@ class ScaleIn:
         self.metrics.count_scale_in_pods(key[0], key[1], pool, "drained" if drained else "busy", len(busy))
 
     async def _undrain(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
-                       workers: Iterable[scalein.Worker], why: str) -> None:
-        """Consumers back on drained workers that stay, and their mark off."""
+                       workers: Iterable[scalein.Worker], why: str) -> bool:
+        """Consumers back on drained workers that stay, and their mark off; False when the workers could
+        not be told (the next poll tries again)."""
         ws = list(workers)
         nodes = [w.node for w in ws]
         try:
             await self._control(state, topo, lambda rc: rc.add_consumers(topo.pool_queues(pool), nodes))
         except BrokerError as e:
             log.warning("consumers of %s not restored (%s); retried on the next poll", ", ".join(nodes), e)
-            return
+            return False
         with contextlib.suppress(NotOwner):
             await self._annotate(key[0], {}, undrained=[w.pod for w in ws])
         body = self.cache.crs(key).get((api.POOL, pool.meta.name))
         if body is not None:
             await self.recorder.emit(body, "Normal", api.Reason.DRAINING,
                                      f"{', '.join(w.pod for w in ws)} consume again: {why}", dedupe=False)
+        return True
 
     async def restore(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                       st: PoolState) -> None:
         """Pods marked drained that no drain of this process accounts for (an interrupted drain, or one
-        whose pod the ReplicaSet kept) consume again. Reads only the pod cache unless one exists."""
-        if st.draining is not None:
+        whose pod the ReplicaSet kept) consume again. Reads the pod cache on a pool's first poll, after a
+        drain until its pods are gone, and after a failed restore; otherwise nothing."""
+        if st.draining is not None or not (st.recheck_drained or st.drained):
             return
         ns, app = key
         pods = self.pool_pods(ns, app, pool.meta.name)
@@ -225,6 +230,7 @@ class ScaleIn:
         marked = [p for p in pods if api.ANNOTATION_DRAINED in (p["metadata"].get("annotations") or {})
                   and p["metadata"]["name"] not in st.drained]
         if not marked:
+            st.recheck_drained = False
             return
         workers = scalein.workers(marked, pool.meta.name, {})
-        await self._undrain(key, state, topo, pool, workers, "its scale-in did not happen")
+        st.recheck_drained = not await self._undrain(key, state, topo, pool, workers, "its scale-in did not happen")

@@ -31,6 +31,7 @@ class PoolState:
     draining: asyncio.Task[None] | None = None
     drain_from: int = 0
     drained: dict[str, float] = field(default_factory=dict)  # pod -> monotonic time it should be gone by
+    recheck_drained: bool = True  # look for pods left drained (a new pool state, or a restore that failed)
 
     def view(self) -> PoolScale:
         return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time,
