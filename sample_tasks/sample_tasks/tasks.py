@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.utils.log import get_task_logger
 
 logger = get_task_logger(__name__)
 
+RUNS_KEY = "sample-tasks:runs:{}"
 # The message header celery-operator's beat puts the scheduled time of each run in (RFC 3339, UTC).
 SCHEDULED_TIME_HEADER = "celery_operator_scheduled_time"
 
@@ -28,6 +30,21 @@ def slow(seconds: float) -> float:
     """Sleep, to keep a worker busy (autoscaling and in-flight tests)."""
     time.sleep(seconds)
     return seconds
+
+
+@shared_task(bind=True, name="sample_tasks.tasks.tracked")
+def tracked(self: Task, seconds: float) -> str:
+    """Like ``slow``, and records each run in the result backend's Redis when it has one: the list
+    ``RUNS_KEY`` of the task id gets ``start:<hostname>`` then, if the run is not cut, ``end:<hostname>``,
+    so tests and benchmarks count runs that were interrupted (a start without its end) and reruns."""
+    client = getattr(self.backend, "client", None)
+    key, host = RUNS_KEY.format(self.request.id), socket.gethostname()
+    if client is not None:
+        client.rpush(key, f"start:{host}")
+    time.sleep(seconds)
+    if client is not None:
+        client.rpush(key, f"end:{host}")
+    return host
 
 
 @shared_task(name="sample_tasks.tasks.fail")
