@@ -102,10 +102,22 @@ def unsettled(cp: ControlPlane, ns: str) -> int:
     return sum(1 for d in items if not done(d))
 
 
+def unreported(cp: ControlPlane, ns: str) -> int:
+    """Custom resources whose status does not yet say Ready for their generation."""
+    items = json.loads(kubectl(cp, "get", "celeryapps,celeryqueues,celeryworkerpools", "-n", ns, "-o", "json"))["items"]
+
+    def done(o: dict[str, Any]) -> bool:
+        return any(c.get("type") == "Ready" and c.get("observedGeneration") == o["metadata"]["generation"]
+                   for c in (o.get("status") or {}).get("conditions") or [])
+
+    return sum(1 for o in items if not done(o))
+
+
 def wait_settled(cp: ControlPlane, ns: str, timeout: float = 900) -> float:
-    """Seconds until the deployment controller is done with every Deployment of `ns`."""
+    """Seconds until the deployment controller is done with every Deployment of `ns` and the operator
+    has reported every custom resource's Ready condition for its generation."""
     t0 = time.monotonic()
-    while unsettled(cp, ns):
+    while unsettled(cp, ns) or unreported(cp, ns):
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"{ns}: the deployment controller did not finish in {timeout:.0f}s")
         time.sleep(1)
