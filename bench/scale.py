@@ -262,11 +262,11 @@ class Bench:
         try:
             f = self.tmp / "big.yaml"
             f.write_text(yaml.safe_dump_all(docs))
-            kubectl(self.cp, "apply", "-n", ns, "-f", str(f))
+            kubectl(self.cp, "create", "-n", ns, "-f", str(f))
             apps = len([d for d in docs if d["kind"] == "CeleryApp"])
             while deployments(self.cp, ns) < apps * POOLS_PER_APP:
                 time.sleep(1)
-            time.sleep(20)
+            wait_settled(self.cp, ns, timeout=1800)
             return {"crs": len(docs), "rss": rss_mib(proc.pid), "scrape": scrape_ms(port)}
         finally:
             stop(proc, 15)
@@ -277,7 +277,7 @@ class Bench:
         self.namespace(ns)
         f = self.tmp / f"{ns}.yaml"
         f.write_text(yaml.safe_dump_all(crs(apps, pools=2, poll=3600)))
-        kubectl(self.cp, "apply", "-n", ns, "-f", str(f))
+        kubectl(self.cp, "create", "-n", ns, "-f", str(f))
         ops = [self.operator("--namespace", ns, "--shards", str(shards), "--lease-name", ns, "--lease-namespace",
                              SA_NS, "--identity", f"{ns}-r{i}", name=f"{ns}-r{i}") for i in range(replicas)]
         try:
@@ -313,22 +313,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
             ControlPlane(workdir=Path(tmp) / "cp", scheduler=False) as cp, RabbitMQ(Path(tmp) / "rabbit") as rabbit:
         bench = Bench(cp, rabbit, Path(tmp))
-        rows = [bench.size(int(n), args.idle) for n in args.sizes.split(",")]
-        print("\n## Converge, idle and resources (one operator, apps x 10 autoscaled pools; "
+        rows = [bench.size(int(n), args.idle) for n in args.sizes.split(",") if n]
+        if rows:
+            print("\n## Converge, idle and resources (one operator, apps x 10 autoscaled pools; "
               f"idle: {args.idle:g} s holding one resync of every app)\n")
-        print("| apps | pools | converge (ratio) | after CR apply (ratio) | kubectl --server-side | idle writes/s "
-              "(by verb) | idle reads | idle CPU | RSS | /metrics |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            writes = {k: v for k, v in r["idle"].items() if not k.startswith(("get", "list", "watch"))}
-            reads = {k: v for k, v in r["idle"].items() if k.startswith(("get", "list"))}
-            per_s = sum(writes.values()) / r["window"]
-            by_verb = ", ".join(f"{k} {v / r['window']:.3f}" for k, v in sorted(writes.items())) or "none"
-            print(f"| {r['apps']} | {r['pools']} | {r['converge']:.1f} s ({r['converge'] / r['baseline']:.2f}x) | "
-                  f"{r['after_apply']:.1f} s ({r['after_apply'] / r['baseline']:.2f}x) | "
-                  f"{r['baseline']:.1f} s | {per_s:.3f} ({by_verb}); "
-                  f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s | "
-                  f"{r['cpu']:.2f} % | {r['rss']:.0f} MiB | {r['scrape']:.1f} ms |")
+            print("| apps | pools | converge (ratio) | after CR apply (ratio) | kubectl --server-side | idle writes/s "
+                  "(by verb) | idle reads | idle CPU | RSS | /metrics |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for r in rows:
+                writes = {k: v for k, v in r["idle"].items() if not k.startswith(("get", "list", "watch"))}
+                reads = {k: v for k, v in r["idle"].items() if k.startswith(("get", "list"))}
+                per_s = sum(writes.values()) / r["window"]
+                by_verb = ", ".join(f"{k} {v / r['window']:.3f}" for k, v in sorted(writes.items())) or "none"
+                print(f"| {r['apps']} | {r['pools']} | {r['converge']:.1f} s ({r['converge'] / r['baseline']:.2f}x) | "
+                      f"{r['after_apply']:.1f} s ({r['after_apply'] / r['baseline']:.2f}x) | "
+                      f"{r['baseline']:.1f} s | {per_s:.3f} ({by_verb}); "
+                      f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s | "
+                      f"{r['cpu']:.2f} % | {r['rss']:.0f} MiB | {r['scrape']:.1f} ms |")
         if args.big:
             b = bench.big(args.big)
             print(f"\n## Memory: {b['crs']} custom resources: RSS {b['rss']:.0f} MiB, /metrics {b['scrape']:.1f} ms")
