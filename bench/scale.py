@@ -316,7 +316,7 @@ def main() -> int:
         rows = [bench.size(int(n), args.idle) for n in args.sizes.split(",") if n]
         if rows:
             print("\n## Converge, idle and resources (one operator, apps x 10 autoscaled pools; "
-              f"idle: {args.idle:g} s holding one resync of every app)\n")
+                  f"idle: {args.idle:g} s holding one resync of every app)\n")
             print("| apps | pools | converge (ratio) | after CR apply (ratio) | kubectl --server-side | idle writes/s "
                   "(by verb) | idle reads | idle CPU | RSS | /metrics |")
             print("|---|---|---|---|---|---|---|---|---|---|")
