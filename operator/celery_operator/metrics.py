@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
@@ -151,6 +151,27 @@ def _base(name: str) -> str:
     return name.removesuffix("_total")
 
 
+class Gauge:
+    """A gauge family kept as a plain dict (label values -> value), exported by `collect`: a series
+    costs a dict entry, where prometheus-client's labelled children cost about a kilobyte each (an
+    operator of 10,000 resources holds tens of thousands of queue and pool series)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (), *,
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def clear(self) -> None:
+        self.values.clear()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value)
+        yield family
+
+
 @dataclass(frozen=True)
 class BeatEntry:
     """What beat's state says of one entry (instants in seconds since the epoch)."""
@@ -183,6 +204,9 @@ class BeatCollector:
                     nxt.add_metric(labels, e.next_run)
                 skipped.add_metric(labels, e.skipped_runs)
         yield from (last, nxt, skipped)
+
+
+Family = MetricWrapperBase | Gauge | BeatCollector
 
 
 class OperatorMetrics:
@@ -241,18 +265,16 @@ class OperatorMetrics:
                                 registry=r)
         self.shards_held = Gauge(SHARDS_HELD, "Shards whose Lease this replica holds.", registry=r)
         self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
-        self.build_info.labels(__version__).set(1)
+        self.build_info.values[(__version__,)] = 1
         self.beat = BeatCollector()
         r.register(self.beat)
         # Label values of every series set, per metric: lets forget_* remove by partial labels.
         self._series: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
         # The exposition is cached per metric and a metric's text is made again only after it changed,
         # so a scrape of thousands of unchanged queue series costs little.
-        self._families: list[MetricWrapperBase | BeatCollector] = [
-            m for m in vars(self).values() if isinstance(m, MetricWrapperBase | BeatCollector)]
-        self._text: dict[MetricWrapperBase | BeatCollector, bytes] = {}
-        self._dirty: set[MetricWrapperBase | BeatCollector] = set(self._families)
-        self._gauges: dict[tuple[int, tuple[str, ...]], float] = {}
+        self._families: list[Family] = [m for m in vars(self).values() if isinstance(m, Family)]
+        self._text: dict[Family, bytes] = {}
+        self._dirty: set[Family] = set(self._families)
 
     def _child(self, metric: M, *values: str) -> M:
         self._series.setdefault(metric, set()).add(values)
@@ -261,13 +283,24 @@ class OperatorMetrics:
 
     def _set(self, metric: Gauge, value: float, *values: str) -> None:
         """Set a gauge series; the metric's exposition is made again only when the value changed."""
-        key = (id(metric), values)
-        if self._gauges.get(key) == value and values in self._series.get(metric, set()):
+        if metric.values.get(values) == value:
             return
-        self._gauges[key] = value
-        self._child(metric, *values).set(value)
+        metric.values[values] = float(value)
+        self._dirty.add(metric)
 
-    def _remove(self, metric: MetricWrapperBase, **match: str) -> None:
+    def _remove(self, metric: MetricWrapperBase | Gauge, **match: str) -> None:
+        if isinstance(metric, Gauge):
+            if len(match) == len(metric.labelnames):  # one series: no scan (polls remove per queue)
+                if metric.values.pop(tuple(match[k] for k in metric.labelnames), None) is not None:
+                    self._dirty.add(metric)
+                return
+            positions = {metric.labelnames.index(k): v for k, v in match.items()}
+            gone = [v for v in metric.values if all(v[i] == want for i, want in positions.items())]
+            for values in gone:
+                del metric.values[values]
+            if gone:
+                self._dirty.add(metric)
+            return
         names = metric._labelnames  # the order labels were declared in
         positions = {names.index(k): v for k, v in match.items()}
         known = self._series.get(metric, set())
@@ -275,7 +308,6 @@ class OperatorMetrics:
             with contextlib.suppress(KeyError):  # already gone (e.g. cleared by a test)
                 metric.remove(*values)
             known.discard(values)
-            self._gauges.pop((id(metric), values), None)
             self._dirty.add(metric)
 
     # --- queues ---------------------------------------------------------------------------------
@@ -305,7 +337,7 @@ class OperatorMetrics:
             self._set(self.wait_source, 1, namespace, app, queue, source)
 
     def set_depth_source(self, namespace: str, app: str, source: DepthSource) -> None:
-        if self._gauges.get((id(self.depth_source), (namespace, app, source))) == 1:
+        if self.depth_source.values.get((namespace, app, source)) == 1:
             return
         self._remove(self.depth_source, namespace=namespace, app=app)
         self._set(self.depth_source, 1, namespace, app, source)
