@@ -95,6 +95,7 @@ class KubeClient:
 
     conn: kopf.ConnectionInfo
     write_guard: Callable[[], bool] | None = None
+    identity: str | None = None  # this replica's: in the User-Agent, so audit logs tell replicas apart
     _session: aiohttp.ClientSession | None = None
     requests: Counter[str] = field(default_factory=Counter)  # by verb (benchmarks read it)
 
@@ -107,9 +108,13 @@ class KubeClient:
             # kopf's own decoding of the credentials: inline kubeconfig data, files, tokens.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.conn.as_ssl_context(), limit=POOL_CONNECTIONS),
-                headers={**self.conn.as_http_headers(), "User-Agent": api.OPERATOR_NAME},
+                headers={**self.conn.as_http_headers(), "User-Agent": self.user_agent},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
         return self._session
+
+    @property
+    def user_agent(self) -> str:
+        return f"{api.OPERATOR_NAME}/{self.identity}" if self.identity else api.OPERATOR_NAME
 
     async def _relogin(self) -> None:
         """After a 401: credentials rotate (projected tokens, exec plugins), so log in again."""
