@@ -101,9 +101,11 @@ class ShardManager:
         return self.holds(self.shard_of(namespace, name))
 
     def guard(self) -> bool:
-        """KubeClient.write_guard: writes made for an app go out only while its shard is held."""
+        """KubeClient.write_guard: writes made for an app go out only while its shard is held; a write
+        made for no app (no shard set) is refused too, so none can escape the leases by omission
+        (the leases' own writes are sent unguarded)."""
         shard = current_shard.get()
-        return shard is None or self.holds(shard)
+        return shard is not None and self.holds(shard)
 
     # -- leases -----------------------------------------------------------------------------------
     def lease_name(self, shard: int) -> str:
