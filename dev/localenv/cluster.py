@@ -124,7 +124,9 @@ class Cluster:
         return self.images.ref(name)
 
     def stop(self) -> None:
-        self.node.stop()
-        self.control_plane.stop()
+        try:
+            self.node.stop()
+        finally:  # a node that failed to start (another one runs here) must not keep the control plane up
+            self.control_plane.stop()
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
