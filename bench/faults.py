@@ -81,12 +81,17 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--outage", type=float, default=60.0)
     p.add_argument("--trials", type=int, default=1, help="trials of the paused leader and the recreated app")
-    p.add_argument("--keep", action="store_true", help="leave each scenario's namespace (to look at it)")
+    p.add_argument("--keep", action="store_true", help="leave each scenario's namespace and logs (to look at)")
     args = p.parse_args()
     chosen = scenarios(args)
     names = args.only or list(chosen)
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="faults-") as d, cluster(Path(d)) as c:
+    with contextlib.ExitStack() as stack:
+        d = tempfile.mkdtemp(prefix="faults-") if args.keep else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="faults-"))
+        if args.keep:
+            print(f"keeping logs in {d}", file=sys.stderr)
+        c = stack.enter_context(cluster(Path(d)))
         cp = c.control_plane
         install_crds(cp)
         kubeconfig = operator_identity(cp, Path(d))

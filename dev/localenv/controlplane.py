@@ -28,6 +28,7 @@ from localenv.procs import ServerError, free_port, pid_alive, spawn, stop, wait_
 SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 NODE_NAME = "localhost"  # the apiserver reaches the kubelet by this name (127.0.0.1), see localenv.node
+APISERVER_STOP_SECONDS = 3.0  # a restart: SIGTERM, SIGKILL if still there after this long
 
 
 def write_kubeconfig(path: Path, server: str, pki: PKI, pair: KeyPair, user: str = "admin") -> None:
@@ -197,12 +198,18 @@ class ControlPlane:
         etcd_url = next(a.split("=", 1)[1] for a in old if a.startswith("--etcd-servers="))
         api_port = int(self.server.rsplit(":", 1)[1])
         down = time.monotonic()
+        # SIGTERM; it stops listening at once but may linger draining requests: SIGKILL after a few seconds.
         if own is not None:
-            stop(own, 30)
+            stop(own, APISERVER_STOP_SECONDS)
         else:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-            wait_until(lambda: not pid_alive(pid), 30, "kube-apiserver to exit")
+            deadline = time.monotonic() + APISERVER_STOP_SECONDS
+            while time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            wait_until(lambda: not pid_alive(pid), 10, "kube-apiserver to exit")
         proc = spawn(self._apiserver_argv(etcd_url, api_port), self.log("kube-apiserver"))
         if own is not None:
             self._procs["kube-apiserver"] = proc

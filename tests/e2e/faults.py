@@ -147,11 +147,13 @@ def convergence_problems(cp: ControlPlane, ns: str, apps: dict[str, set[str]]) -
     """Why the namespace is not converged: `apps` maps each app that should exist to its pools.
 
     Converged: every custom resource Ready=True at its generation, no finalizer or deletion pending,
-    one Deployment per pool and a ConfigMap per app, and no child whose controller is not a live app.
+    one Deployment per pool and a ConfigMap per app, and no child whose controller (its app or pool)
+    is not a live object.
     """
     problems: list[str] = []
     crs = items(cp, ns, CR_KINDS)
     live_apps = {o["metadata"]["uid"]: o["metadata"]["name"] for o in crs if o["kind"] == "CeleryApp"}
+    live_uids = {o["metadata"]["uid"] for o in crs if not o["metadata"].get("deletionTimestamp")}
     if set(live_apps.values()) != set(apps):
         problems.append(f"apps {sorted(live_apps.values())} != {sorted(apps)}")
     for o in crs:
@@ -170,7 +172,7 @@ def convergence_problems(cp: ControlPlane, ns: str, apps: dict[str, set[str]]) -
                 if (o["metadata"].get("labels") or {}).get(api.LABEL_MANAGED_BY) == api.OPERATOR_NAME]
     for o in children:
         owners = [r for r in o["metadata"].get("ownerReferences") or [] if r.get("controller")]
-        if not owners or owners[0]["uid"] not in live_apps:
+        if not owners or owners[0]["uid"] not in live_uids:
             problems.append(f"orphan {o['kind']} {o['metadata']['name']} (owner {owners})")
     deployments = [o["metadata"]["name"] for o in children if o["kind"] == "Deployment"]
     want = sorted(f"{a}-{p}" for a, ps in apps.items() for p in ps)
@@ -582,20 +584,23 @@ def apiserver_restart(h: Harness) -> Outcome:
 
     def acted() -> bool:
         dep = get(cp, ns, "deployment", "proj-w") or {}
-        args = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("args", [])
-        return "3" in args and get(cp, ns, "deployment", "proj-v") is not None \
+        command = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("command", [])
+        return "--concurrency" in command and command[command.index("--concurrency") + 1] == "3" \
+            and get(cp, ns, "deployment", "proj-v") is not None \
             and get(cp, ns, "configmap", "proj-celery-config") is not None
     converged = 1
+    problem = ""
     try:
         wait_for(acted, 120, "the changes made during the restart acted on")
         wait_converged(cp, ns, {"proj": {"w", "v"}}, 120)
-    except AssertionError:
-        converged = 0
+    except AssertionError as e:
+        converged, problem = 0, str(e)
     took = time.monotonic() - t0
     node_ready = wait_for(lambda: _node_ready(cp), 120, "node Ready again")
     return Outcome("kube-apiserver restarted", 1, int(converged and op.proc.poll() is None and op.proc.pid == pid),
                    duplicates=orphans_and_duplicates(cp, ns, {"proj": {"w", "v"}}), recover_seconds=[took],
-                   facts={"downtime": down, "node_ready": node_ready, "operator_alive": op.proc.poll() is None})
+                   facts={"downtime": down, "node_ready": node_ready, "operator_alive": op.proc.poll() is None,
+                          "problem": problem})
 
 
 def _node_ready(cp: ControlPlane) -> bool:
