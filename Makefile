@@ -71,6 +71,7 @@ bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline
 	$(PY) bench/poll_cost.py
 	$(PY) bench/scale_latency.py
 	$(PY) bench/task_metrics.py
+	$(PY) bench/faults.py
 
 .PHONY: image
 image: system-deps venv binaries ## build every image with buildah (operator, sample-tasks, rabbitmq, redis, ...)

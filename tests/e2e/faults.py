@@ -250,20 +250,15 @@ def sigkill_during_churn(h: Harness, kills: int = 20, apps: int = 10, seed: int 
         steps.append(lambda crs=crs: cp.kubectl("delete", *crs, "-n", ns, "--wait=false", "--ignore-not-found"))
     args = ["--lease-name", f"kill-{ns}", "--identity", "operator-0", "--namespace", ns]
     op = h.operator(*args, name="killed")
-    per_kill = max(1, len(steps) // kills)
     killed = 0
-    i = 0
-    while killed < kills:
-        for s in steps[i:i + per_kill]:
+    for k in range(kills):  # the steps spread over the kills: each kill lands in the work on some change
+        for s in steps[k * len(steps) // kills:(k + 1) * len(steps) // kills]:
             s()
-        i += per_kill
         time.sleep(rng.uniform(0, 2.0))  # the operator is somewhere in its work on those changes
         kill(op)
         op.proc.wait(10)
         killed += 1
         op = h.operator(*args, name="killed")
-    for s in steps[i:]:
-        s()
     want = {n: {f"{n}-p", f"{n}-q"} for n in names if n not in gone}
     t0 = time.monotonic()
     converged = 1

@@ -44,25 +44,41 @@ def _holder(control_plane: ControlPlane, name: str) -> str | None:
     return json.loads(r.stdout)["spec"].get("holderIdentity")
 
 
-def test_two_operator_replicas_never_both_reconcile(control_plane: ControlPlane, namespace: str,
-                                                    operator_factory: OperatorFactory) -> None:
+def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_when_it_stops(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+        broker_vhost: Vhost) -> None:
+    """Both replicas run kopf and fill their caches; the API server's audit log shows writes only from the
+    holder of the shard lease, until it stops (releasing the lease) and the other takes over at once."""
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue
+
+    assert control_plane.audit_log.exists(), "the API server keeps no audit log (localenv.controlplane enables it)"
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
     lease = f"ha-{namespace}"
+    shard = f"{lease}-shard-0"
+    since = time.time()
     a = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-a", name="a")
-    wait_for(lambda: _holder(control_plane, lease) == "replica-a", 30, "replica-a leads")
+    wait_for(lambda: lease_holder(control_plane, OPERATOR_NAMESPACE, shard) == "replica-a", 30, "replica-a leads")
     b = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-b", name="b")
-    wait_for(lambda: "waiting for leadership" in b.logs(), 30, "replica-b waits")
-    time.sleep(3)
-    # Only the leader started kopf (and so any handler); the follower never did.
-    assert "acquired leadership" in a.logs()
-    assert "Activity 'configure' succeeded" in a.logs()
-    assert "acquired leadership" not in b.logs()
-    assert "kopf" not in b.logs()
-    assert _holder(control_plane, lease) == "replica-a"
-    # The leader stops: it releases the lease and the follower takes over promptly.
+    wait_for(lambda: "caches synced" in b.logs(), 30, "replica-b's caches synced")
+    apply(control_plane, namespace, [external_app("proj", images.sample_tasks), queue("proj", "work", "work"),
+                                     pool("proj", "w", ["work"], replicas=0)])
+    wait_ready(control_plane, namespace, "celeryworkerpool", "w", 60)
+
+    def app_writes(identity: str, after: float) -> list[str]:
+        return [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}" for e in
+                audit_writes(control_plane, identity, after) if (e.get("objectRef") or {}).get("resource") != "leases"]
+
+    assert app_writes("replica-a", since)  # children, statuses, Events
+    assert app_writes("replica-b", since) == []  # the standby wrote nothing but its own lease
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(30) == 0
-    wait_for(lambda: _holder(control_plane, lease) == "replica-b", 30, "replica-b takes over")
-    wait_for(lambda: "Activity 'configure' succeeded" in b.logs(), 30, "replica-b starts kopf")
+    stopped = time.time()
+    wait_for(lambda: lease_holder(control_plane, OPERATOR_NAMESPACE, shard) == "replica-b", 10,
+             "replica-b takes the released lease")
+    control_plane.kubectl("delete", "configmap", "proj-celery-config", "-n", namespace)
+    wait_for(lambda: get(control_plane, namespace, "configmap", "proj-celery-config"), 30, "restored by replica-b")
+    assert app_writes("replica-b", stopped)
+    assert app_writes("replica-a", stopped) == []
 
 
 @pytest.mark.parametrize("form", ["flattened-inline-data", "file-paths"])
