@@ -710,7 +710,7 @@ def reconcile_error_labelled(h: Harness) -> Outcome:
         managed["spec"]["broker"] = {"redis": {"image": h.images.redis}}
         apply(cp, ns, [managed, queue("proj", "work", "work"),
                        pool("proj", "w", ["work"], replicas=0, autoscaling={
-                           "minReplicas": 0, "maxReplicas": 2, "pollIntervalSeconds": 1})])
+                           "minReplicas": 0, "maxReplicas": 2, "targetMessagesPerReplica": 10, "pollIntervalSeconds": 1})])
         wait_for(lambda: (condition(get(cp, ns, "celeryapp", "proj")) or {}).get("status") == "True", 180,
                  "app Ready on its managed Redis")
         errors0 = metric_line(op, "celery_operator_reconcile_total", kind="CeleryApp", result="error") or 0.0
