@@ -82,6 +82,7 @@ def test_a_reconcile_error_is_labelled_as_such_across_polls_counted_and_cleared_
         harness: faults.Harness) -> None:
     out = faults.reconcile_error_labelled(harness)
     assert set(out.facts["reasons_across_polls"]) == {api.Reason.RECONCILE_ERROR}, out.facts
+    assert out.facts["transitions"] == 1  # it never flapped to Ready and back
     errors0, errors1 = out.facts["errors"]
     assert errors1 > errors0
     assert out.facts["polls_ok"]  # polls went on, counted as polls
