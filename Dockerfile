@@ -6,6 +6,7 @@
 # Both stages use the same base as sample_tasks/Dockerfile: BASE_IMAGE (the pinned public python
 # image by default; the local cluster passes its own, built from Debian by dev/localenv/images.py).
 
+# checkov:skip=CKV_DOCKER_7:the base is ${BASE_IMAGE}, whose default names a fixed tag (python:3.11.14-slim-bookworm); checkov cannot read an ARG's default
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

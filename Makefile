@@ -46,9 +46,13 @@ crds: venv binaries ## regenerate crds/, docs/crd-reference.md and the chart's c
 	$(PY) -m celery_operator.schema
 	bash dev/gen-manifests.sh
 
+HOSTCHECK := /tmp/celery-operator-hostcheck.json
+
 .PHONY: test
 test: system-deps venv binaries checkov lint ## everything CI runs: install, build, lint, type check, all tests
-	$(VENV)/bin/pytest -q
+	@PYTHONPATH=dev $(PY) -m localenv hostcheck save $(HOSTCHECK)
+	@rc=0; $(VENV)/bin/pytest -q || rc=$$?; \
+	  PYTHONPATH=dev $(PY) -m localenv hostcheck compare $(HOSTCHECK) || rc=1; exit $$rc
 
 .PHONY: checkov
 checkov: ## checkov in its own venv (its pins clash with pytest's)
@@ -71,6 +75,7 @@ bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline
 	$(PY) bench/poll_cost.py
 	$(PY) bench/scale_latency.py
 	$(PY) bench/task_metrics.py
+	$(PY) bench/scale.py
 	$(PY) bench/faults.py
 
 .PHONY: image

@@ -1,6 +1,7 @@
 """Time from publishing a backlog to the worker Deployment's replicas changing.
 
-Starts its own local control plane, RabbitMQ and the operator (as a process), then for each poll
+Starts its own local control plane (no node: the latency is the operator's, no pod needs to run),
+RabbitMQ and the operator (as a process), then for each poll
 interval (1 s and 5 s) publishes 30 messages to an autoscaled pool's queue N times, measuring
 publish → `spec.replicas` changed, purging the queue in between. Prints the median and the ratio
 to the baseline measured in the same run: publish → the backlog visible in RabbitMQ's live queue
@@ -33,8 +34,9 @@ from localenv.controlplane import ControlPlane  # noqa: E402
 def topology(poll: int) -> list[dict[str, object]]:
     from tests.e2e.test_autoscaling import topology as base
 
-    return base({"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
-                 "scaleDownStabilizationSeconds": 0, "pollIntervalSeconds": poll})
+    # No pods run here (a control plane without a node): the image is never pulled.
+    return base("localhost/bench/app:1", {"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 10,
+                                           "scaleDownStabilizationSeconds": 0, "pollIntervalSeconds": poll})
 
 
 def replicas(cp: ControlPlane, ns: str) -> int:
@@ -94,7 +96,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        with ControlPlane(workdir=tmp / "cp") as cp, RabbitMQ(tmp / "rabbit") as rabbit:
+        with ControlPlane(workdir=tmp / "cp", scheduler=False) as cp, RabbitMQ(tmp / "rabbit") as rabbit:
             cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
             cp.kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"))
             print(f"{'poll interval':>14} {'median s':>9} {'max s':>7} {'baseline s':>11} {'ratio':>7}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from localenv.cluster import Cluster
@@ -81,6 +82,18 @@ def main(argv: list[str]) -> int:
         return up()
     if cmd == "down":
         return down()
+    if cmd == "hostcheck":  # hostcheck save FILE | hostcheck compare FILE
+        from localenv.hoststate import differences, snapshot
+
+        path = Path(argv[3])
+        if argv[2] == "save":
+            path.write_text(json.dumps(snapshot(), indent=1))
+            return 0
+        diff = differences(json.loads(path.read_text()), snapshot())
+        for line in diff:
+            print(f"host changed and not restored: {line}")
+        print("host as it was" if not diff else f"{len(diff)} difference(s)")
+        return 1 if diff else 0
     if cmd == "images":
         from localenv.images import Images
 

@@ -206,3 +206,36 @@ class HostState:
                 subprocess.run([exe, "-w", "-t", table, "-X", chain], capture_output=True, check=False)
             done.append(f"{exe} -t {table}: {len(new)} chains")
         return done
+
+
+def snapshot() -> dict[str, object]:
+    """What a node may change on this host, as it is now (`localenv hostcheck` compares two)."""
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=False).stdout
+                       or "[]")
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout.splitlines()
+    procs = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                name = (d / "comm").read_text().strip()
+                if name in ("containerd", "kubelet", "kube-proxy", "containerd-shim", "socat", "coredns",
+                            "etcd", "kube-apiserver") or name.startswith("containerd-shim"):
+                    procs.append(name)
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted({line.split()[4] for line in f if "celery-operator" in line or "/pytest-of-" in line
+                         or "/run/containerd" in line or "/var/lib/kubelet" in line})
+    return {
+        "sysctls": {k: read_sysctl(k) for k in SYSCTLS},
+        "links": sorted(link["ifname"] for link in links),
+        "routes": sorted(routes),
+        "chains": {fam: {t: sorted(chains_of(_save(fam, t))) for t in TABLES} for fam in IPTABLES},
+        "dirs": {d: os.path.exists(d) for d in FIXED_DIRS},
+        "cgroups": _cgroup_children(),
+        "processes": sorted(procs),
+        "mounts": mounts,
+    }
+
+
+def differences(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    return [f"{k}: before {before.get(k)!r}, after {after.get(k)!r}" for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)]

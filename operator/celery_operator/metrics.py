@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -47,6 +47,8 @@ BROKER_UP: Final = "celery_operator_broker_up"
 BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
 BROKER_POLLS: Final = "celery_operator_broker_polls_total"
+OWNED_APPS: Final = "celery_operator_owned_apps"
+SHARDS_HELD: Final = "celery_operator_shards_held"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
 
@@ -54,6 +56,7 @@ OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+    OWNED_APPS, SHARDS_HELD,
 )
 OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
 OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
@@ -140,8 +143,7 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        if process_metrics:
-            ProcessCollector(registry=self.registry)
+        self._process = ProcessCollector(registry=self.registry) if process_metrics else None
         r = self.registry
         self.queue_length = Gauge(
             QUEUE_LENGTH, "Messages ready in the queue (not yet delivered to a worker).", QUEUE_LABELS,
@@ -178,14 +180,33 @@ class OperatorMetrics:
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION, "Time spent in one reconciliation.", ("kind",), buckets=RECONCILE_BUCKETS,
             registry=r)
+        self.owned_apps = Gauge(OWNED_APPS, "CeleryApps this replica works on (those of the shards it holds).",
+                                registry=r)
+        self.shards_held = Gauge(SHARDS_HELD, "Shards whose Lease this replica holds.", registry=r)
         self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
         self.build_info.labels(__version__).set(1)
         # Label values of every series set, per metric: lets forget_* remove by partial labels.
         self._series: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
+        # The exposition is cached per metric and a metric's text is made again only after it changed,
+        # so a scrape of thousands of unchanged queue series costs little.
+        self._families: list[MetricWrapperBase] = [
+            m for m in vars(self).values() if isinstance(m, MetricWrapperBase)]
+        self._text: dict[MetricWrapperBase, bytes] = {}
+        self._dirty: set[MetricWrapperBase] = set(self._families)
+        self._gauges: dict[tuple[int, tuple[str, ...]], float] = {}
 
     def _child(self, metric: M, *values: str) -> M:
         self._series.setdefault(metric, set()).add(values)
+        self._dirty.add(metric)
         return metric.labels(*values)
+
+    def _set(self, metric: Gauge, value: float, *values: str) -> None:
+        """Set a gauge series; the metric's exposition is made again only when the value changed."""
+        key = (id(metric), values)
+        if self._gauges.get(key) == value and values in self._series.get(metric, set()):
+            return
+        self._gauges[key] = value
+        self._child(metric, *values).set(value)
 
     def _remove(self, metric: MetricWrapperBase, **match: str) -> None:
         names = metric._labelnames  # the order labels were declared in
@@ -195,22 +216,26 @@ class OperatorMetrics:
             with contextlib.suppress(KeyError):  # already gone (e.g. cleared by a test)
                 metric.remove(*values)
             known.discard(values)
+            self._gauges.pop((id(metric), values), None)
+            self._dirty.add(metric)
 
     # --- queues ---------------------------------------------------------------------------------
 
     def observe_queue(self, namespace: str, app: str, queue: str, ready: int, in_flight: int | None,
                       consumers: int | None) -> None:
         """One queue's depth. An unknown in-flight or consumer count removes that series."""
-        self._child(self.queue_length, namespace, app, queue).set(ready)
+        self._set(self.queue_length, ready, namespace, app, queue)
         for metric, value in ((self.queue_in_flight, in_flight), (self.queue_consumers, consumers)):
             if value is None:
                 self._remove(metric, namespace=namespace, app=app, queue_name=queue)
             else:
-                self._child(metric, namespace, app, queue).set(value)
+                self._set(metric, value, namespace, app, queue)
 
     def set_depth_source(self, namespace: str, app: str, source: DepthSource) -> None:
+        if self._gauges.get((id(self.depth_source), (namespace, app, source))) == 1:
+            return
         self._remove(self.depth_source, namespace=namespace, app=app)
-        self._child(self.depth_source, namespace, app, source).set(1)
+        self._set(self.depth_source, 1, namespace, app, source)
 
     def forget_queue(self, namespace: str, app: str, queue: str) -> None:
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers):
@@ -221,7 +246,7 @@ class OperatorMetrics:
     def set_pool_replicas(self, namespace: str, app: str, pool: str, desired: int, current: int,
                           ready: int) -> None:
         for kind, value in zip(REPLICA_KINDS, (desired, current, ready), strict=True):
-            self._child(self.pool_replicas, namespace, app, pool, kind).set(value)
+            self._set(self.pool_replicas, value, namespace, app, pool, kind)
 
     def set_pool_bounds(self, namespace: str, app: str, pool: str, bounds: tuple[int, int] | None) -> None:
         """(minReplicas, maxReplicas) of an autoscaled pool; None (not autoscaled) removes them."""
@@ -229,8 +254,8 @@ class OperatorMetrics:
             self._remove(self.pool_min_replicas, namespace=namespace, app=app, pool=pool)
             self._remove(self.pool_max_replicas, namespace=namespace, app=app, pool=pool)
             return
-        self._child(self.pool_min_replicas, namespace, app, pool).set(bounds[0])
-        self._child(self.pool_max_replicas, namespace, app, pool).set(bounds[1])
+        self._set(self.pool_min_replicas, bounds[0], namespace, app, pool)
+        self._set(self.pool_max_replicas, bounds[1], namespace, app, pool)
 
     def count_scale_event(self, namespace: str, app: str, pool: str, direction: Direction) -> None:
         self._child(self.scale_events, namespace, app, pool, direction).inc()
@@ -243,7 +268,7 @@ class OperatorMetrics:
     # --- brokers --------------------------------------------------------------------------------
 
     def set_broker_up(self, namespace: str, app: str, up: bool) -> None:
-        self._child(self.broker_up, namespace, app).set(1 if up else 0)
+        self._set(self.broker_up, 1 if up else 0, namespace, app)
 
     def observe_poll(self, namespace: str, app: str, seconds: float, ok: bool = True) -> None:
         self._child(self.broker_poll_duration, namespace, app).observe(seconds)
@@ -256,13 +281,19 @@ class OperatorMetrics:
                        self.scale_events, self.broker_up, self.broker_poll_duration, self.broker_polls):
             self._remove(metric, namespace=namespace, app=app)
 
+    # --- sharding -------------------------------------------------------------------------------
+
+    def set_ownership(self, apps: int, shards: int) -> None:
+        self._set(self.owned_apps, apps)
+        self._set(self.shards_held, shards)
+
     # --- reconciliation -------------------------------------------------------------------------
 
     def count_reconcile(self, kind: str, result: ReconcileResult) -> None:
-        self.reconcile_count.labels(kind, result).inc()
+        self._child(self.reconcile_count, kind, result).inc()
 
     def observe_reconcile(self, kind: str, seconds: float) -> None:
-        self.reconcile_duration.labels(kind).observe(seconds)
+        self._child(self.reconcile_duration, kind).observe(seconds)
 
     @contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:
@@ -280,7 +311,24 @@ class OperatorMetrics:
             self.observe_reconcile(kind, time.perf_counter() - start)
 
     def exposition(self) -> bytes:
-        return exposition(self.registry)
+        """The Prometheus text format of every metric: each made again only if it changed since."""
+        for metric in self._dirty:
+            self._text[metric] = generate_latest(_Only(metric))
+        self._dirty.clear()
+        parts = [self._text[m] for m in self._families]
+        if self._process is not None:
+            parts.append(generate_latest(_Only(self._process)))
+        return b"".join(parts)
+
+
+class _Only:
+    """One collector, as generate_latest wants a registry."""
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = collector
+
+    def collect(self) -> Any:
+        return self.collector.collect()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

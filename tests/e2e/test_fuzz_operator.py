@@ -60,9 +60,6 @@ def drawn_batches(count: int) -> list[list[dict[str, Any]]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by this test, left to the controller refactor: CeleryExchange rce4j5tfkpduxu of app-c (a managed "
-    "RabbitMQ whose image cannot start) got no Ready condition within 90 s; the other 40-odd objects did"))
 def test_every_admitted_random_object_gets_a_condition_and_the_operator_stays_healthy(
         control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory) -> None:
     groups = drawn_batches(8)

@@ -235,7 +235,8 @@ def test_beat_entries_run_in_a_pool_worker(seeded: Seeded) -> None:
         return sum(1 for line in logs.splitlines() if "succeeded" in line and ": 42" in line)
 
     wait_for(lambda: executions() >= 2, 60, "two executions of the 2 s entry in the default pool's pod")
-    assert "Scheduler: Sending due task add-every-2s" in pod_logs(seeded.cp, seeded.ns, beat)
+    wait_for(lambda: "Scheduler: Sending due task add-every-2s" in pod_logs(seeded.cp, seeded.ns, beat), 30,
+             "the rolled beat pod logged sending it")
 
 
 def test_the_operator_survives_every_invalid_object_the_api_server_admits(

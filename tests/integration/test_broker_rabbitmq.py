@@ -133,7 +133,8 @@ def test_published_message_reaches_queue_through_declared_topic_binding(rabbitmq
         _publish(ch, "events", "invoices.eu", 1)
     finally:
         conn.close()
-    assert broker.measure_passive(["orders"]).queues["orders"].ready == 2
+    # Confirmed publishes are enqueued; under load the queue may count them a moment later.
+    wait_for(lambda: broker.measure_passive(["orders"]).queues["orders"].ready == 2, 10, "2 orders counted")
 
 
 def test_conflicting_redeclare_is_reported_and_the_rest_still_declare(rabbitmq_vhost: Vhost) -> None:
@@ -298,7 +299,7 @@ def test_queue_on_the_default_exchange_needs_no_binding(rabbitmq_vhost: Vhost) -
         _publish(ch, "", "by-name", 2)
     finally:
         conn.close()
-    assert broker.measure_passive(["by-name"]).queues["by-name"].ready == 2
+    wait_for(lambda: broker.measure_passive(["by-name"]).queues["by-name"].ready == 2, 10, "2 counted")
 
 
 # -- changeable queue settings: an operator-owned policy per queue -----------------------------------

@@ -14,10 +14,10 @@ import pytest
 
 from celery_operator import api
 from celery_operator.brokers.rabbitmq import RabbitMQBroker
-from celery_operator.config import bootstrap_source, celery_config, config_json
 from celery_operator.models import SecretKeyRef
-from celery_operator.render import worker
+from celery_operator.render import configmap, worker
 from celery_operator.topology import Topology
+from localenv.procs import free_port
 from sample_tasks import create_app
 from tests.fixtures.brokers import Vhost
 from tests.fixtures.operator import wait_for
@@ -35,8 +35,8 @@ class Worker:
     def __init__(self, topo: Topology, pool: str, broker_url: str, tmp: Path) -> None:
         config_dir = tmp / "config"
         config_dir.mkdir()
-        (config_dir / api.CONFIG_JSON_KEY).write_text(config_json(celery_config(topo)))
-        (config_dir / api.BOOTSTRAP_FILE).write_text(bootstrap_source())
+        for key, text in configmap.config_map(topo, None)["data"].items():  # what the pod mounts
+            (config_dir / key).write_text(text)
         the_pool = next(p for p in topo.pools if p.meta.name == pool)
         dep = worker.deployment(topo, the_pool, SecretKeyRef("broker", "url"), None, "hash", None, 1)
         [container] = dep["spec"]["template"]["spec"]["containers"]
@@ -45,7 +45,9 @@ class Worker:
         env.update(literal)
         env.update({"PYTHONPATH": f"{config_dir}:{SAMPLE_TASKS_ROOT}", "HOME": str(tmp),
                     api.ENV_CONFIG_DIR: str(config_dir), api.ENV_HEARTBEAT_FILE: str(tmp / "heartbeat"),
-                    api.ENV_BROKER_URL: broker_url})
+                    api.ENV_BROKER_URL: broker_url,
+                    # A host process: its own metrics port and multiprocess directory, not the pod's.
+                    api.ENV_METRICS_PORT: str(free_port()), api.ENV_PROMETHEUS_MULTIPROC_DIR: str(tmp / "metrics")})
         self.soft_timeout = int(literal[api.ENV_SOFT_SHUTDOWN_TIMEOUT])
         self.heartbeat = tmp / "heartbeat"
         celery_bin = str(Path(sys.executable).with_name("celery"))

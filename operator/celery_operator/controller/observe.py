@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from celery_operator import api
 from celery_operator.controller.secrets import SecretCache
-from celery_operator.kube.informer import Informer
+from celery_operator.kube.informer import Informer, unpack
 
 Body = dict[str, Any]
 Key = tuple[str, str]  # (namespace, app)
@@ -27,7 +27,7 @@ OPTIONAL_CHILDREN = (api.POD_MONITOR,)
 class Index(Protocol):
     """What the reconciler needs of a kopf.Index: values per key (an iterable Store)."""
 
-    def get(self, key: Key, default: Any = ...) -> Iterable[Body] | None: ...
+    def get(self, key: Key, default: Any = ...) -> Iterable[bytes] | None: ...
 
     def __iter__(self) -> Any: ...
 
@@ -41,7 +41,8 @@ class ClusterCache:
     def crs(self, key: Key) -> dict[ObjKey, Body]:
         out: dict[ObjKey, Body] = {}
         for kind in CR_KINDS:
-            for body in self.indexes[kind].get(key, None) or ():
+            for raw in self.indexes[kind].get(key, None) or ():
+                body = unpack(raw)
                 out[(kind, body["metadata"]["name"])] = body
         return out
 

@@ -100,7 +100,20 @@ class Poller:
             else:
                 await self.recorder.warning(app_body, api.Reason.BROKER_UNREACHABLE, error or "")
         await self._autoscale(key, state, topo, report)
-        self.after_poll(key)
+        seen = self._seen(state)
+        if seen != state.last_seen:  # statuses show only what polls change: at idle, nothing is re-decided
+            state.last_seen = seen
+            self.after_poll(key)
+
+    @staticmethod
+    def _seen(state: AppState) -> tuple[object, ...]:
+        """What a poll can change in the app's statuses."""
+        report = state.report
+        queues = tuple(sorted((n, d.ready, d.in_flight, d.consumers) for n, d in report.queues.items())) \
+            if report is not None else None
+        pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time)
+                             for n, p in state.pools.items()))
+        return state.broker_up, state.poll_error, queues, pools
 
     @staticmethod
     def _with_consumers(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:

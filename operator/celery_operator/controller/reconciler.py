@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from celery_operator import api, conditions, decide, endpoints, workloads
@@ -107,11 +107,27 @@ class Reconciler:
     requeue: Callable[[Key, float], None]  # (key, delay): reconcile again later
     on_app: Callable[[Key, AppState | None], None]  # the app exists (state) or is gone (None): pollers follow
     watch: Callable[[str], None]  # start watching an optional child kind the cluster now serves
+    # Statuses written, until the watch shows them: (namespace, kind, name) -> (resourceVersion, status).
+    written: dict[tuple[str, str, str], tuple[int, Body]] = field(default_factory=dict)
+
+    def _observed(self, key: Key) -> dict[ObjKey, Body]:
+        """The app's custom resources as cached, with statuses this replica wrote and the watch has not
+        shown yet (so a status is never written twice)."""
+        bodies = self.cache.crs(key)
+        for (kind, name), body in bodies.items():
+            mine = self.written.get((key[0], kind, name))
+            if mine is None:
+                continue
+            if int(body["metadata"].get("resourceVersion") or 0) < mine[0]:
+                body["status"] = mine[1]
+            else:
+                del self.written[(key[0], kind, name)]
+        return bodies
 
     async def reconcile(self, key: Key, full: bool) -> None:
         ns, name = key
         t0 = time.monotonic()
-        bodies = self.cache.crs(key)
+        bodies = self._observed(key)
         app_body = bodies.get((api.APP, name))
         try:
             if app_body is None or app_body["metadata"].get("deletionTimestamp"):
@@ -429,13 +445,16 @@ class Reconciler:
             patch, event = decide.status_patch(body, want, now)
             if patch is None:
                 continue
+            ns = body["metadata"]["namespace"]
             try:
-                await self.client.patch(kind, body["metadata"]["namespace"], name, patch, sub="status")
+                result = await self.client.patch(kind, ns, name, patch, sub="status")
             except ApiError as e:
                 if e.status != 404:
                     log.warning("status of %s %s not written: %s", kind, name, e)
                 continue
-            body["status"] = {**(body.get("status") or {}), **patch["status"]}  # until the watch shows it
+            body["status"] = result.get("status") or {**(body.get("status") or {}), **patch["status"]}
+            self.written[(ns, kind, name)] = (int(result.get("metadata", {}).get("resourceVersion") or 0),
+                                              body["status"])
             if event is not None:
                 await self.recorder.emit(body, event.type, event.reason, event.message)
 

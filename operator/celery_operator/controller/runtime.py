@@ -167,7 +167,8 @@ class Runtime:
         for key in self.cache.app_keys():
             if key[0] != ns:
                 continue
-            for body in self.cache.indexes[api.APP].get(key, None) or ():
+            body = self.cache.crs(key).get((api.APP, key[1]))
+            if body is not None:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     if name in endpoints.referenced_secrets(CeleryApp.of(body)):
                         self.queue.add(key)
@@ -177,7 +178,7 @@ class Runtime:
         return Informer(self.client, kind, namespace, **kw)
 
     def _children_informers(self, kind: str) -> list[Informer]:
-        return [self._informer(kind, ns, label_selector=MANAGED,
+        return [self._informer(kind, ns, label_selector=MANAGED, index_label=api.LABEL_APP,
                                on_change=lambda ev, new, old, kind=kind: self._child_changed(kind, ev, new, old))
                 for ns in self._scopes()]
 
@@ -198,8 +199,8 @@ class Runtime:
         for kind in (*WATCHED_CHILDREN, "Pod"):
             self.cache.informers[kind] = self._children_informers(kind)
         secrets = SecretCache(self.client, on_change=self._secret_changed)
-        secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe)
-                             for ns in scopes]
+        secrets.informers = [self._informer("Secret", ns, metadata_only=True, on_change=secrets.observe,
+                                            index_label=api.LABEL_APP) for ns in scopes]
         self.cache.secrets = secrets
         self.cache.informers["Secret"] = secrets.informers
         for infs in self.cache.informers.values():
@@ -215,6 +216,7 @@ class Runtime:
         if self.shards is not None:
             self._tasks.append(asyncio.create_task(self.shards.run(self._stop), name="shards"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        self._tasks.append(asyncio.create_task(self._report_ownership(), name="ownership"))
         self.queue.start()
         log.info("caches synced (%d informers); reconciling", sum(len(v) for v in self.cache.informers.values()))
 
@@ -224,6 +226,12 @@ class Runtime:
                 if self.owns(key):
                     self.queue.add(key)
             await asyncio.sleep(self.resync_seconds)
+
+    async def _report_ownership(self) -> None:
+        while True:
+            held = len([s for s in self.shards.held if self.shards.holds(s)]) if self.shards is not None else 1
+            self.metrics.set_ownership(sum(1 for key in self.states if self.owns(key)), held)
+            await asyncio.sleep(2.0)
 
     async def close(self) -> None:
         self._stop.set()

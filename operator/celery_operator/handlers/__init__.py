@@ -13,38 +13,39 @@ import kopf
 
 from celery_operator import api
 from celery_operator.controller.runtime import app_key
-from celery_operator.kube.informer import trim
+from celery_operator.kube.informer import pack
 
 Body = dict[str, Any]
 
 
-def _indexed(kind: str, body: kopf.Body) -> dict[tuple[str, str], Body]:
+def _indexed(kind: str, body: kopf.Body) -> dict[tuple[str, str], bytes]:
+    """Indexed by (namespace, app), kept as compact JSON (memory: thousands of objects)."""
     key = app_key(kind, dict(body))
-    return {} if key is None else {key: trim(dict(body))}
+    return {} if key is None else {key: pack(dict(body))}
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.APP))
-def celery_apps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Body]:
+def celery_apps(body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
     return _indexed(api.APP, body)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.EXCHANGE))
-def celery_exchanges(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Body]:
+def celery_exchanges(body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
     return _indexed(api.EXCHANGE, body)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.QUEUE))
-def celery_queues(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Body]:
+def celery_queues(body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
     return _indexed(api.QUEUE, body)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.POOL))
-def celery_worker_pools(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Body]:
+def celery_worker_pools(body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
     return _indexed(api.POOL, body)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.SCHEDULE))
-def celery_beat_schedules(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Body]:
+def celery_beat_schedules(body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
     return _indexed(api.SCHEDULE, body)
 
 

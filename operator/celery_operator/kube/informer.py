@@ -39,6 +39,15 @@ def trim(obj: Body) -> Body:
     return obj
 
 
+def pack(obj: Body) -> bytes:
+    """Objects are cached as compact JSON: a few times smaller than Python dicts, parsed when read."""
+    return json.dumps(trim(obj), separators=(",", ":")).encode()
+
+
+def unpack(raw: bytes) -> Body:
+    return dict(json.loads(raw))
+
+
 @dataclass
 class Informer:
     client: KubeClient
@@ -47,18 +56,56 @@ class Informer:
     label_selector: str | None = None
     on_change: OnChange | None = None
     metadata_only: bool = False
-    store: dict[Key, Body] = field(default_factory=dict)
+    index_label: str | None = None  # `select` by this label's value without reading other objects
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     lists: int = 0  # LIST requests made (the scale benchmark counts them)
+    _store: dict[Key, bytes] = field(default_factory=dict)
+    _index: dict[tuple[str, str], set[Key]] = field(default_factory=dict)  # (namespace, label value) -> keys
     _resource_version: str = ""
 
     def get(self, namespace: str, name: str) -> Body | None:
-        return self.store.get((namespace, name))
+        raw = self._store.get((namespace, name))
+        return None if raw is None else unpack(raw)
+
+    def items(self) -> list[Body]:
+        return [unpack(raw) for raw in self._store.values()]
 
     def select(self, namespace: str, labels: dict[str, str]) -> list[Body]:
         """Cached objects of `namespace` carrying all `labels`."""
-        return [o for (ns, _), o in self.store.items() if ns == namespace
-                and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+        if self.index_label is not None and self.index_label in labels:
+            keys = sorted(self._index.get((namespace, labels[self.index_label]), ()))
+            found = [unpack(self._store[k]) for k in keys if k in self._store]
+        else:
+            found = [unpack(raw) for (ns, _), raw in self._store.items() if ns == namespace]
+        return [o for o in found if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def put(self, obj: Body) -> Body | None:
+        """Cache `obj` (also our own writes, before their watch event); returns what it replaced."""
+        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        before = self.get(*key)
+        self._unindex(key, before)
+        self._store[key] = pack(obj)
+        if self.index_label is not None:
+            value = (obj["metadata"].get("labels") or {}).get(self.index_label)
+            if value is not None:
+                self._index.setdefault((key[0], value), set()).add(key)
+        return before
+
+    def _remove(self, key: Key) -> Body | None:
+        before = self.get(*key)
+        self._unindex(key, before)
+        self._store.pop(key, None)
+        return before
+
+    def _unindex(self, key: Key, before: Body | None) -> None:
+        if self.index_label is None or before is None:
+            return
+        value = (before["metadata"].get("labels") or {}).get(self.index_label)
+        keys = self._index.get((key[0], value or ""))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._index[(key[0], value or "")]
 
     def _emit(self, kind: str, new: Body | None, old: Body | None) -> None:
         if self.on_change is not None:
@@ -72,16 +119,14 @@ class Informer:
         headers = {"Accept": METADATA_ACCEPT} if self.metadata_only else None
         body = await self.client.request("GET", path_for(self.kind, self.namespace), params=params, headers=headers)
         self.lists += 1
-        fresh = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): trim(o) for o in body.get("items") or []}
-        old, self.store = self.store, fresh
+        fresh = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in body.get("items") or []}
         self._resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
-        for key, obj in fresh.items():
-            before = old.get(key)
+        for key in [k for k in self._store if k not in fresh]:
+            self._emit("DELETED", None, self._remove(key))
+        for obj in fresh.values():
+            before = self.put(obj)
             if before is None or before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._emit("ADDED" if before is None else "MODIFIED", obj, before)
-        for key, before in old.items():
-            if key not in fresh:
-                self._emit("DELETED", None, before)
+                self._emit("ADDED" if before is None else "MODIFIED", trim(obj), before)
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -102,12 +147,11 @@ class Informer:
                 continue
             obj = trim(obj)
             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-            before = self.store.get(key)
             if kind == "DELETED":
-                self.store.pop(key, None)
+                before = self._remove(key)
                 self._emit(kind, None, before or obj)
             else:
-                self.store[key] = obj
+                before = self.put(obj)
                 self._emit("ADDED" if before is None else "MODIFIED", obj, before)
 
     async def run(self) -> None:

@@ -166,7 +166,7 @@ class ShardManager:
         result = await self.client.request("PUT", path_for("Lease", self.namespace, name), body=body,
                                            guarded=False, timeout_seconds=self.renew_deadline_seconds / 2)
         assert self._informer is not None
-        self._informer.store[(self.namespace, name)] = result  # our own write, before its watch event
+        self._informer.put(result)  # our own write, before its watch event
         self._observe("MODIFIED", result, lease)
         return True
 
@@ -184,7 +184,7 @@ class ShardManager:
 
     def live_members(self) -> int:
         assert self._informer is not None
-        names = [n for (ns, n), o in self._informer.store.items()
+        names = [o["metadata"]["name"] for o in self._informer.items()
                  if (o["metadata"].get("labels") or {}).get(LABEL_ROLE) == "member"]
         return max(1, sum(1 for n in names if not self._expired(n)))
 
