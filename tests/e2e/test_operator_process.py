@@ -37,13 +37,6 @@ def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
     assert "stopped (exit 0)" in op.logs()
 
 
-def _holder(control_plane: ControlPlane, name: str) -> str | None:
-    r = control_plane.kubectl("get", "lease", name, "-n", OPERATOR_NAMESPACE, "-o", "json", check=False)
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout)["spec"].get("holderIdentity")
-
-
 def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_when_it_stops(
         control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
         broker_vhost: Vhost) -> None:
@@ -79,6 +72,52 @@ def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_w
     wait_for(lambda: get(control_plane, namespace, "configmap", "proj-celery-config"), 30, "restored by replica-b")
     assert app_writes("replica-b", stopped)
     assert app_writes("replica-a", stopped) == []
+
+
+def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_holds(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+        broker_vhost: Vhost) -> None:
+    """`--shards 2` and two replicas: each ends up holding one shard's lease, and the audit log shows every
+    write for an app coming from the holder of that app's shard."""
+    from celery_operator.kube.shards import shard_of
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue
+
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    candidates = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    apps = {s: next(n for n in candidates if shard_of(namespace, n, 2) == s) for s in (0, 1)}
+    lease = f"sh-{namespace}"
+    args = ("--namespace", namespace, "--lease-name", lease, "--shards", "2")
+    operator_factory(*args, "--identity", "replica-a", name="a")
+    operator_factory(*args, "--identity", "replica-b", name="b")
+
+    def holders() -> dict[int, str | None]:
+        return {s: lease_holder(control_plane, OPERATOR_NAMESPACE, f"{lease}-shard-{s}") for s in (0, 1)}
+
+    # A newcomer waits a lease duration for the member count to settle; then each takes its share.
+    def split_evenly() -> dict[int, str | None] | None:
+        h = holders()
+        return h if sorted(map(str, h.values())) == ["replica-a", "replica-b"] else None
+
+    split = wait_for(split_evenly, 90, "one shard each")
+    since = time.time()
+    for app in apps.values():
+        apply(control_plane, namespace, [external_app(app, images.sample_tasks), queue(app, f"{app}-work", app),
+                                         pool(app, f"{app}-w", [app], replicas=0)])
+    for app in apps.values():
+        wait_ready(control_plane, namespace, "celeryworkerpool", f"{app}-w", 60)
+    assert holders() == split, "the shards moved while the apps were made"
+
+    def writes_for(identity: str, app: str) -> list[str]:
+        return [f"{e['verb']} {ref.get('resource')}/{ref.get('name')}"
+                for e in audit_writes(control_plane, identity, since)
+                if (ref := e.get("objectRef") or {}).get("resource") not in ("leases", "events")
+                and str(ref.get("name") or "").startswith(app)]
+
+    for shard, app in apps.items():
+        holder = split[shard]
+        other = next(i for i in ("replica-a", "replica-b") if i != holder)
+        assert writes_for(str(holder), app), f"{holder} holds shard {shard} but wrote nothing for {app}"
+        assert writes_for(other, app) == [], f"{other} wrote for {app} of shard {shard}, which it does not hold"
 
 
 @pytest.mark.parametrize("form", ["flattened-inline-data", "file-paths"])

@@ -131,15 +131,19 @@ class KubeClient:
                       body: Any = None, content_type: str = "application/json",
                       headers: dict[str, str] | None = None, guarded: bool = True,
                       timeout_seconds: float | None = None) -> Body:
-        if method != "GET" and guarded and self.write_guard is not None and not self.write_guard():
-            raise NotOwner(f"{method} {path}: not sent, this replica does not hold the lease")
+        self._check_guard(method, path, guarded)
         try:
             return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
         except ApiError as e:
             if e.status != 401:
                 raise
         await self._relogin()
+        self._check_guard(method, path, guarded)  # logging in again took time: the lease may be gone
         return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
+
+    def _check_guard(self, method: str, path: str, guarded: bool) -> None:
+        if method != "GET" and guarded and self.write_guard is not None and not self.write_guard():
+            raise NotOwner(f"{method} {path}: not sent, this replica does not hold the lease")
 
     def _url(self, path: str, params: dict[str, str] | None) -> str:
         return self.conn.server.rstrip("/") + path + ("?" + urlencode(params) if params else "")
