@@ -93,8 +93,7 @@ class ControlPlane:
             "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local"), server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
         admin = pki.issue("admin", "admin", ("system:masters",))
-        pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-                                   ("system:masters",))
+        pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
         etcd_port, etcd_peer = free_port(), free_port()
         self._procs["etcd"] = spawn([
             str(self.bin_dir / "etcd"), "--name", "local", "--data-dir", str(self.workdir / "etcd"),
@@ -189,14 +188,13 @@ class ControlPlane:
         wait_until(ready, timeout, "kube-apiserver", proc, self.log("kube-apiserver"))
 
     def restart_apiserver(self, timeout: float = 90.0) -> float:
-        """Stop kube-apiserver and start it again on the same etcd and port (every object stays);
-        returns how long it did not answer. Clients (the kubelet, kube-proxy, operators) must reconnect."""
+        """Stop kube-apiserver and start it again with the very command line it ran (the same etcd, port
+        and flags, whichever checkout started it; every object stays); returns how long it did not answer.
+        Clients (the kubelet, kube-proxy, operators) must reconnect."""
         own = self._procs.get("kube-apiserver")
         pid = own.pid if own is not None else self._attached["kube-apiserver"]
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            old = [a.decode() for a in f.read().split(b"\0") if a]
-        etcd_url = next(a.split("=", 1)[1] for a in old if a.startswith("--etcd-servers="))
-        api_port = int(self.server.rsplit(":", 1)[1])
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
         down = time.monotonic()
         # SIGTERM; it stops listening at once but may linger draining requests: SIGKILL after a few seconds.
         if own is not None:
@@ -210,7 +208,7 @@ class ControlPlane:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             wait_until(lambda: not pid_alive(pid), 10, "kube-apiserver to exit")
-        proc = spawn(self._apiserver_argv(etcd_url, api_port), self.log("kube-apiserver"))
+        proc = spawn(argv, self.log("kube-apiserver"))
         if own is not None:
             self._procs["kube-apiserver"] = proc
         else:
