@@ -4,10 +4,10 @@ Runs the scenarios of tests/e2e/faults.py (the same code the e2e tests assert on
 the running local cluster when there is one (`make up`; or LOCALENV_REUSE=<state.json>), else one it
 starts and stops. Each scenario gets its own namespace and operator processes.
 
-    python bench/faults.py [--only NAME ...] [--kills 20] [--tasks 1000] [--outage 60]
+    python bench/faults.py [--only NAME ...] [--skip NAME ...] [--kills 20] [--tasks 1000] [--outage 60]
 
-Restarting the API server disturbs whatever else uses the cluster for a few seconds; `--only` the
-others to leave it alone.
+Restarting the API server disturbs whatever else uses the cluster for a few seconds: `--skip apiserver`
+on a cluster others use.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def table(rows: list[list[str]]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--only", nargs="*", default=None, help="scenario names (default: all)")
+    p.add_argument("--skip", nargs="*", default=[], help="scenario names to leave out")
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--outage", type=float, default=60.0)
@@ -84,7 +85,10 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="leave each scenario's namespace and logs (to look at)")
     args = p.parse_args()
     chosen = scenarios(args)
-    names = args.only or list(chosen)
+    unknown = (set(args.only or ()) | set(args.skip)) - set(chosen)
+    if unknown:
+        p.error(f"unknown scenarios {sorted(unknown)}; there are {list(chosen)}")
+    names = [n for n in args.only or list(chosen) if n not in args.skip]
     rows: list[list[str]] = []
     with contextlib.ExitStack() as stack:
         d = tempfile.mkdtemp(prefix="faults-") if args.keep else stack.enter_context(
