@@ -295,6 +295,27 @@ def audit_writes(cp: ControlPlane, identity: str, since: float, until: float | N
     return out
 
 
+def unattributed_writes(cp: ControlPlane, namespace: str, since: float) -> list[Body]:
+    """Writes in `namespace` since `since` made with the operator's ServiceAccount under another User-Agent
+    than a replica's (kopf's own, say): none may exist, or `audit_writes` could not tell replicas apart."""
+    from tests.fixtures.servers import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
+
+    user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+    out: list[Body] = []
+    with contextlib.suppress(FileNotFoundError), cp.audit_log.open() as f:
+        for line in f:
+            if user not in line:
+                continue
+            ev = json.loads(line)
+            if (ev.get("user") or {}).get("username") != user or ev.get("verb") not in WRITE_VERBS \
+                    or str(ev.get("userAgent", "")).startswith(f"{api.OPERATOR_NAME}/") \
+                    or (ev.get("objectRef") or {}).get("namespace") != namespace:
+                continue
+            if _ts(ev["requestReceivedTimestamp"]) >= since:
+                out.append(ev)
+    return out
+
+
 def _ts(iso: str) -> float:
     import datetime
 
@@ -336,6 +357,7 @@ def paused_leader(h: Harness, trials: int = 1, seed: int | None = None) -> Outco
     late_writes: list[str] = []
     converged = 0
     leader_wrote = standby_wrote = 0
+    unattributed: list[str] = []
     for _ in range(trials):
         leader = wait_for(lambda: lease_holder(cp, OPERATOR_NAMESPACE, shard_lease), 60, "a leader")
         other = next(i for i in ops if i != leader)
@@ -367,11 +389,12 @@ def paused_leader(h: Harness, trials: int = 1, seed: int | None = None) -> Outco
         leader_wrote += len(audit_writes(cp, leader, paused_at - 60, paused_at))
         standby_wrote += len([e for e in audit_writes(cp, other, woke_at) if (e.get("objectRef") or {})
                               .get("resource") != "leases"])
-        if not late:
+        unattributed += [f"{e.get('userAgent')}: {_resource(e)}" for e in unattributed_writes(cp, ns, paused_at)]
+        if not late and not unattributed:
             converged += 1
     return Outcome("leader SIGSTOPped past its lease (2 replicas)", trials, converged, duplicates=len(late_writes),
                    recover_seconds=takeovers, facts={"late_writes": late_writes, "leader_wrote": leader_wrote,
-                                                    "standby_wrote": standby_wrote})
+                                                    "standby_wrote": standby_wrote, "unattributed": unattributed})
 
 
 def _own_lease_write(ev: Body, identity: str, lease: str) -> bool:
@@ -551,11 +574,23 @@ def broker_outage(h: Harness, kind: str, seconds: float = 60.0) -> Outcome:
     with contextlib.suppress(AssertionError):
         wait_for(lambda: len(_results(backend_local, ids)) == len(ids), 180, "every task done", interval=2)
     done = _results(backend_local, ids)
+    missing = [i for i in ids if i not in done]
+    where = _where_on_redis(server.local_url(0), missing) if isinstance(server, PodRedis) and missing else {}
     ok = (set(held) == {3} and broker_up_down == 0.0 and broker_up_back == 1.0)
     return Outcome(f"{'RabbitMQ' if kind == 'rabbitmq' else 'Redis'} broker down {seconds:.0f} s under load", 1,
                    int(ok), tasks_lost=len(ids) - len(done), recover_seconds=[recovered],
                    facts={"held": held, "broker_up_down": broker_up_down, "broker_up_back": broker_up_back,
-                          "app_reason_down": app_ready.get("reason"), "reconcile_errors": errors_after - errors_before})
+                          "app_reason_down": app_ready.get("reason"), "reconcile_errors": errors_after - errors_before,
+                          "missing_found_on_broker": where})
+
+
+def _where_on_redis(url: str, ids: list[str]) -> dict[str, str]:
+    """Where tasks not done are on a Redis broker: still queued, or delivered and unacknowledged (kombu's
+    `unacked` hash, given back only after the transport's visibility timeout), else nowhere."""
+    with redis_lib.Redis.from_url(url) as c:
+        queued = b"".join(c.lrange("work", 0, -1) or [])
+        unacked = b"".join((c.hgetall("unacked") or {}).values())
+    return {i: "queued" if i.encode() in queued else "unacked" if i.encode() in unacked else "nowhere" for i in ids}
 
 
 # -- the API server restarts ----------------------------------------------------------------------

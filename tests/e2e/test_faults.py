@@ -41,6 +41,7 @@ def test_a_paused_leader_is_replaced_within_its_lease_and_writes_nothing_after_i
     assert out.facts["leader_wrote"] > 0  # the audit log does tell the replicas' writes apart
     assert out.facts["standby_wrote"] > 0  # the new leader acted on what changed
     assert out.facts["late_writes"] == []
+    assert out.facts["unattributed"] == []  # no write of the operator's identity escaped attribution
     # Taken over once the last renewal it saw is a lease old (15 s), at most a renew period (2 s) later.
     assert out.recover_seconds[0] <= faults.LEASE_SECONDS + 1, out.recover_seconds
 

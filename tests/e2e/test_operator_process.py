@@ -42,7 +42,7 @@ def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_w
         broker_vhost: Vhost) -> None:
     """Both replicas run kopf and fill their caches; the API server's audit log shows writes only from the
     holder of the shard lease, until it stops (releasing the lease) and the other takes over at once."""
-    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue, unattributed_writes
 
     assert control_plane.audit_log.exists(), "the API server keeps no audit log (localenv.controlplane enables it)"
     secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
@@ -72,6 +72,7 @@ def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_w
     wait_for(lambda: get(control_plane, namespace, "configmap", "proj-celery-config"), 30, "restored by replica-b")
     assert app_writes("replica-b", stopped)
     assert app_writes("replica-a", stopped) == []
+    assert unattributed_writes(control_plane, namespace, since) == []  # every write is a replica's
 
 
 def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_holds(
@@ -80,7 +81,7 @@ def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_h
     """`--shards 2` and two replicas: each ends up holding one shard's lease, and the audit log shows every
     write for an app coming from the holder of that app's shard."""
     from celery_operator.kube.shards import shard_of
-    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue, unattributed_writes
 
     secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
     candidates = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
@@ -118,6 +119,7 @@ def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_h
         other = next(i for i in ("replica-a", "replica-b") if i != holder)
         assert writes_for(str(holder), app), f"{holder} holds shard {shard} but wrote nothing for {app}"
         assert writes_for(other, app) == [], f"{other} wrote for {app} of shard {shard}, which it does not hold"
+    assert unattributed_writes(control_plane, namespace, since) == []
 
 
 @pytest.mark.parametrize("form", ["flattened-inline-data", "file-paths"])
