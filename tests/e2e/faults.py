@@ -53,6 +53,7 @@ class Outcome:
     trials: int
     converged: int
     tasks_lost: int | None = None  # None: the scenario runs no tasks
+    tasks_held: int = 0  # not done yet but kept by the broker (Redis: unacked until the visibility timeout)
     duplicates: int = 0  # duplicated or orphaned children, tasks run twice, stuck finalizers
     recover_seconds: list[float] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)  # what tests assert on beyond the columns
@@ -62,7 +63,8 @@ class Outcome:
         if len(self.recover_seconds) > 1:
             rec = f"{sorted(self.recover_seconds)[len(self.recover_seconds) // 2]:.1f} (max {rec})"
         return [self.fault, str(self.trials), f"{self.converged}/{self.trials}",
-                "-" if self.tasks_lost is None else str(self.tasks_lost), str(self.duplicates), rec]
+                "-" if self.tasks_lost is None else str(self.tasks_lost)
+                + (f" (+{self.tasks_held} held unacked)" if self.tasks_held else ""), str(self.duplicates), rec]
 
 
 @dataclass
@@ -576,9 +578,11 @@ def broker_outage(h: Harness, kind: str, seconds: float = 60.0) -> Outcome:
     done = _results(backend_local, ids)
     missing = [i for i in ids if i not in done]
     where = _where_on_redis(server.local_url(0), missing) if isinstance(server, PodRedis) and missing else {}
+    held_unacked = [i for i, w in where.items() if w == "unacked"]
     ok = (set(held) == {3} and broker_up_down == 0.0 and broker_up_back == 1.0)
     return Outcome(f"{'RabbitMQ' if kind == 'rabbitmq' else 'Redis'} broker down {seconds:.0f} s under load", 1,
-                   int(ok), tasks_lost=len(ids) - len(done), recover_seconds=[recovered],
+                   int(ok), tasks_lost=len(ids) - len(done) - len(held_unacked), tasks_held=len(held_unacked),
+                   recover_seconds=[recovered],
                    facts={"held": held, "broker_up_down": broker_up_down, "broker_up_back": broker_up_back,
                           "app_reason_down": app_ready.get("reason"), "reconcile_errors": errors_after - errors_before,
                           "missing_found_on_broker": where})
