@@ -75,6 +75,7 @@ bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline
 	$(PY) bench/poll_cost.py
 	$(PY) bench/scale_latency.py
 	$(PY) bench/task_metrics.py
+	$(PY) bench/scale_in.py
 	$(PY) bench/scale.py
 	$(PY) bench/faults.py
 

@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.fixtures.delivery",
     "tests.fixtures.operator",
     "tests.fixtures.apiserver",
+    "tests.fixtures.workers",
 ]

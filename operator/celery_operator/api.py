@@ -45,6 +45,11 @@ LABEL_POOL: Final = f"{GROUP}/pool"
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 # On every child: a digest of its rendered form as last applied (the operator applies when it changes).
 ANNOTATION_APPLIED: Final = f"{GROUP}/applied"
+# Kubernetes' own: a ReplicaSet scaling down deletes the pods of lowest cost first (among equally ready pods).
+ANNOTATION_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+# On a worker pod whose consumers the operator stopped to drain it before a scale-in (RFC 3339 time): a pod
+# that outlives its drain (the scale-in was called off, the operator restarted) gets its consumers back.
+ANNOTATION_DRAINED: Final = f"{GROUP}/drained-at"
 
 # Components (values of LABEL_COMPONENT).
 COMPONENT_WORKER: Final = "worker"
@@ -78,6 +83,9 @@ HEARTBEAT_FILE: Final = "/tmp/celery-worker-heartbeat"
 # app's broker_transport_options set visibility_timeout.
 REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS: Final = 3600
 
+# How long a scale-in waits at most for busy workers it drains (CeleryWorkerPool autoscaling.scaleDownDrainSeconds).
+DEFAULT_SCALE_DOWN_DRAIN_SECONDS: Final = 60
+
 # Condition types.
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
@@ -103,6 +111,8 @@ class Reason:
     DEPLOYMENT_READY: Final = "DeploymentReady"
     SCALED_UP: Final = "ScaledUp"
     SCALED_DOWN: Final = "ScaledDown"
+    # A scale-in drains busy workers before removing them: their consumers stopped, their tasks finishing.
+    DRAINING: Final = "Draining"
     DEPTH_FROM_PASSIVE_DECLARE: Final = "DepthFromPassiveDeclare"
     INVALID_SPEC: Final = "InvalidSpec"
     DELETED_FROM_BROKER: Final = "DeletedFromBroker"

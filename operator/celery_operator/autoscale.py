@@ -1,11 +1,19 @@
-"""The queue-depth autoscaling policy: a pure function from measurements and history to replicas.
+"""The autoscaling policy: a pure function from measurements and history to replicas.
 
 No I/O and no clock: the caller passes `now` and keeps the returned `History` for the next call.
 
 Semantics (mirroring the Kubernetes HPA, with KEDA-style activation for scale to/from zero):
 
 * depth = ready messages (+ in-flight messages when `countInFlight` and the count is known).
-* raw recommendation = clamp(ceil(depth / targetMessagesPerReplica), min, max).
+* on depth (`targetMessagesPerReplica`): ceil(depth / targetMessagesPerReplica).
+* on wait (`targetWaitSeconds`, the wait of `waits.py`): like the HPA's utilization ratio,
+  ceil(workers * wait / targetWaitSeconds), where workers are the pool's ready replicas (the ones
+  whose consuming produced that wait; the current count when unknown). While the wait exceeds the
+  target this is never below the current count: replicas still starting would otherwise read as a
+  reason to scale down, and a wait that keeps growing while they start does not compound. An unknown
+  wait (a backlog without timestamps or drain rate yet) recommends the current count: it never
+  scales down, and leaves scaling up to the depth target if there is one.
+* raw recommendation = clamp(the larger of the two, min, max) (only the targets that are set).
 * Activation applies only when ``minReplicas == 0``: while depth <= activationMessages the raw
   recommendation is 0 (idle), so a pool at zero stays there and a running pool goes to zero only
   once the scale-down window has passed; above activation it is at least 1. With ``minReplicas > 0``
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from celery_operator.models import Autoscaling
+from celery_operator.waits import Wait
 
 Direction = Literal["up", "down", "none"]
 
@@ -95,13 +104,32 @@ def measured_depth(policy: Autoscaling, ready: int, in_flight: int | None) -> in
     return ready + counted
 
 
-def raw_recommendation(policy: Autoscaling, ready: int, in_flight: int | None) -> int:
-    """clamp(ceil(depth / target), min, max), with activation deciding 0 vs >= 1 when min is 0."""
+def wait_recommendation(policy: Autoscaling, wait: Wait | None, workers: int | None, current: int) -> int | None:
+    """Replicas for the wait target; None when the policy has none."""
+    target = policy.target_wait_seconds
+    if target is None:
+        return None
+    if wait is None:
+        return current
+    base = workers if workers is not None else current
+    wanted = math.ceil(round(base * wait.seconds / target, 9))
+    return max(wanted, current) if wait.seconds > target else wanted
+
+
+def raw_recommendation(policy: Autoscaling, ready: int, in_flight: int | None, wait: Wait | None = None,
+                       workers: int | None = None, current: int = 0) -> int:
+    """clamp(the larger target's replicas, min, max), with activation deciding 0 vs >= 1 when min is 0."""
     depth = measured_depth(policy, ready, in_flight)
     if policy.min_replicas == 0 and depth <= policy.activation_messages:
         return 0
-    wanted = math.ceil(depth / policy.target_messages_per_replica)
-    return clamp(wanted, max(policy.min_replicas, 1), policy.max_replicas)
+    wanted = [n for n in (_depth_recommendation(policy, depth), wait_recommendation(policy, wait, workers, current))
+              if n is not None]
+    return clamp(max(wanted), max(policy.min_replicas, 1), policy.max_replicas)
+
+
+def _depth_recommendation(policy: Autoscaling, depth: int) -> int | None:
+    target = policy.target_messages_per_replica
+    return None if target is None else math.ceil(depth / target)
 
 
 def total_depth(queues: Iterable[tuple[int | None, int | None]]) -> tuple[int | None, int | None]:
@@ -124,6 +152,15 @@ def _depth_text(policy: Autoscaling, ready: int, in_flight: int | None) -> str:
     return text
 
 
+def _wait_text(policy: Autoscaling, wait: Wait | None, workers: int | None, current: int) -> str:
+    n = wait_recommendation(policy, wait, workers, current)
+    if wait is None:
+        return f"wait unknown (no publish timestamp nor drain rate yet): {n} kept"
+    base = workers if workers is not None else current
+    text = f"{wait.describe()} with {base} ready workers / {policy.target_wait_seconds}s target → {n}"
+    return text + " (not fewer while over the target)" if wait.seconds > (policy.target_wait_seconds or 0) else text
+
+
 def decide(
     policy: Autoscaling,
     *,
@@ -132,11 +169,15 @@ def decide(
     current: int,
     now: float,
     history: History | None,
+    wait: Wait | None = None,
+    workers: int | None = None,
 ) -> Decision:
     """The replica count a pool should have now, and the history to pass to the next call.
 
     `ready` is the number of ready messages summed over the pool's queues, ``None`` when it could
-    not be measured; `in_flight` the unacknowledged messages, ``None`` when unknown.
+    not be measured; `in_flight` the unacknowledged messages, ``None`` when unknown; `wait` the pool's
+    wait (waits.longest of its queues'), ``None`` when unknown (only read with targetWaitSeconds);
+    `workers` the pool's ready replicas, ``None`` when unknown.
     """
     if ready is None:
         desired = max(current, policy.min_replicas)
@@ -146,15 +187,21 @@ def decide(
                       f"{desired} replicas (minReplicas)")
         return Decision(desired, current, history, reason)
 
-    raw = raw_recommendation(policy, ready, in_flight)
+    raw = raw_recommendation(policy, ready, in_flight, wait, workers, current)
     depth = measured_depth(policy, ready, in_flight)
     if policy.min_replicas == 0 and depth <= policy.activation_messages:
         reason = (f"{_depth_text(policy, ready, in_flight)} ≤ activation "
                   f"{policy.activation_messages} → 0 (idle)")
     else:
-        wanted = math.ceil(depth / policy.target_messages_per_replica)
-        reason = (f"{_depth_text(policy, ready, in_flight)} / "
-                  f"{policy.target_messages_per_replica} per replica → {wanted}")
+        parts = []
+        by_depth = _depth_recommendation(policy, depth)
+        if by_depth is not None:
+            parts.append(f"{_depth_text(policy, ready, in_flight)} / "
+                         f"{policy.target_messages_per_replica} per replica → {by_depth}")
+        if policy.target_wait_seconds is not None:
+            parts.append(_wait_text(policy, wait, workers, current))
+        reason = "; ".join(parts)
+        wanted = max(n for n in (by_depth, wait_recommendation(policy, wait, workers, current)) if n is not None)
         if raw != wanted:
             bound = "max" if raw < wanted else "min"
             reason += f", clamped to {bound} {raw}"

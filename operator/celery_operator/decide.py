@@ -42,6 +42,7 @@ class PoolScale:
     in_flight: int | None = None
     source: str | None = None
     last_scale_time: str | None = None
+    wait_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
                     "desiredReplicas": desired, "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))}
     if st is not None:
         fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
-                                         ("depthSource", st.source), ("lastScaleTime", st.last_scale_time))
+                                         ("depthSource", st.source), ("lastScaleTime", st.last_scale_time),
+                                         ("waitSeconds", st.wait_seconds))
                        if v is not None})
     # Warnings (settings that bite) show once the workers are ready; until then, their progress does.
     conds = _problems(topo, api.POOL, pool.meta.name, warnings=False)

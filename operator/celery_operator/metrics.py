@@ -28,9 +28,13 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
 
 from celery_operator import __version__
+from celery_operator.waits import WAIT_SOURCES
 
 M = TypeVar("M", bound=MetricWrapperBase)
 Direction = Literal["up", "down"]
+# What a pod removed by a scale-in held: nothing (idle, not ready, silent), work it finished while draining,
+# or work still running (no drain, or the drain's bound passed): the tasks the soft shutdown may cut.
+ScaleInState = Literal["idle", "drained", "busy"]
 ReconcileResult = Literal["success", "error", "retry"]
 DepthSource = Literal["management", "passive", "redis"]
 
@@ -38,11 +42,14 @@ DepthSource = Literal["management", "passive", "redis"]
 QUEUE_LENGTH: Final = "celery_queue_length"
 QUEUE_CONSUMERS: Final = "celery_active_consumer_count"
 QUEUE_IN_FLIGHT: Final = "celery_queue_messages_in_flight"
+QUEUE_WAIT: Final = "celery_queue_wait_seconds"
+WAIT_SOURCE: Final = "celery_operator_queue_wait_source_info"
 DEPTH_SOURCE: Final = "celery_operator_queue_depth_source_info"
 POOL_REPLICAS: Final = "celery_operator_pool_replicas"
 POOL_MIN_REPLICAS: Final = "celery_operator_pool_min_replicas"
 POOL_MAX_REPLICAS: Final = "celery_operator_pool_max_replicas"
 SCALE_EVENTS: Final = "celery_operator_scale_events_total"
+SCALE_IN_PODS: Final = "celery_operator_scale_in_pods_total"
 BROKER_UP: Final = "celery_operator_broker_up"
 BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
@@ -53,12 +60,12 @@ RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
 BUILD_INFO: Final = "celery_operator_build_info"
 
 OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
-    QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, DEPTH_SOURCE,
-    POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS,
+    QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, QUEUE_WAIT, WAIT_SOURCE, DEPTH_SOURCE,
+    POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS, SCALE_IN_PODS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
     OWNED_APPS, SHARDS_HELD,
 )
-OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, RECONCILE_TOTAL, BROKER_POLLS})
+OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, SCALE_IN_PODS, RECONCILE_TOTAL, BROKER_POLLS})
 OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
 
 QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
@@ -153,6 +160,13 @@ class OperatorMetrics:
         self.queue_in_flight = Gauge(
             QUEUE_IN_FLIGHT, "Messages delivered to workers and not yet acknowledged.", QUEUE_LABELS,
             registry=r)
+        self.queue_wait = Gauge(
+            QUEUE_WAIT, "Seconds the queue's oldest ready task has waited since it was published (or, for a "
+            "message without a publish timestamp, depth / drain rate); 0 when the queue is empty.", QUEUE_LABELS,
+            registry=r)
+        self.wait_source = Gauge(
+            WAIT_SOURCE, "How the queue's wait is known (1 for the way in use): timestamp or drain_rate.",
+            (*QUEUE_LABELS, "source"), registry=r)
         self.depth_source = Gauge(
             DEPTH_SOURCE, "Where the app's queue depths come from (1 for the source in use).",
             (*APP_LABELS, "source"), registry=r)
@@ -166,6 +180,9 @@ class OperatorMetrics:
         self.scale_events = Counter(
             _base(SCALE_EVENTS), "Autoscaler changes of a worker pool's replica count.",
             (*POOL_LABELS, "direction"), registry=r)
+        self.scale_in_pods = Counter(
+            _base(SCALE_IN_PODS), "Worker pods removed by the autoscaler's scale-ins, by what they held then: "
+            "idle, drained (their tasks finished first) or busy.", (*POOL_LABELS, "state"), registry=r)
         self.broker_up = Gauge(
             BROKER_UP, "1 when the app's last broker poll succeeded, 0 when it failed.", APP_LABELS, registry=r)
         self.broker_poll_duration = Histogram(
@@ -231,6 +248,20 @@ class OperatorMetrics:
             else:
                 self._set(metric, value, namespace, app, queue)
 
+    def observe_queue_wait(self, namespace: str, app: str, queue: str, seconds: float | None,
+                           source: str | None) -> None:
+        """One queue's wait and how it is known; an unknown wait removes both series, an empty queue
+        (`source` None) has a wait of 0 and no source."""
+        if seconds is None:
+            self._remove(self.queue_wait, namespace=namespace, app=app, queue_name=queue)
+        else:
+            self._set(self.queue_wait, seconds, namespace, app, queue)
+        for other in WAIT_SOURCES:
+            if other != source or seconds is None:
+                self._remove(self.wait_source, namespace=namespace, app=app, queue_name=queue, source=other)
+        if seconds is not None and source is not None:
+            self._set(self.wait_source, 1, namespace, app, queue, source)
+
     def set_depth_source(self, namespace: str, app: str, source: DepthSource) -> None:
         if self._gauges.get((id(self.depth_source), (namespace, app, source))) == 1:
             return
@@ -238,7 +269,8 @@ class OperatorMetrics:
         self._set(self.depth_source, 1, namespace, app, source)
 
     def forget_queue(self, namespace: str, app: str, queue: str) -> None:
-        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers):
+        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
+                       self.wait_source):
             self._remove(metric, namespace=namespace, app=app, queue_name=queue)
 
     # --- pools ----------------------------------------------------------------------------------
@@ -260,9 +292,13 @@ class OperatorMetrics:
     def count_scale_event(self, namespace: str, app: str, pool: str, direction: Direction) -> None:
         self._child(self.scale_events, namespace, app, pool, direction).inc()
 
+    def count_scale_in_pods(self, namespace: str, app: str, pool: str, state: ScaleInState, n: int) -> None:
+        if n:
+            self._child(self.scale_in_pods, namespace, app, pool, state).inc(n)
+
     def forget_pool(self, namespace: str, app: str, pool: str) -> None:
         for metric in (self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
-                       self.scale_events):
+                       self.scale_events, self.scale_in_pods):
             self._remove(metric, namespace=namespace, app=app, pool=pool)
 
     # --- brokers --------------------------------------------------------------------------------
@@ -276,9 +312,10 @@ class OperatorMetrics:
 
     def forget_app(self, namespace: str, app: str) -> None:
         """Remove every series of a deleted CeleryApp (its queues and pools included)."""
-        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.depth_source,
-                       self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
-                       self.scale_events, self.broker_up, self.broker_poll_duration, self.broker_polls):
+        for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
+                       self.wait_source, self.depth_source, self.pool_replicas, self.pool_min_replicas,
+                       self.pool_max_replicas, self.scale_events, self.scale_in_pods, self.broker_up,
+                       self.broker_poll_duration, self.broker_polls):
             self._remove(metric, namespace=namespace, app=app)
 
     # --- sharding -------------------------------------------------------------------------------
@@ -339,11 +376,13 @@ def exposition(registry: CollectorRegistry) -> bytes:
 DEFAULT: Final = OperatorMetrics(process_metrics=True)
 REGISTRY: Final = DEFAULT.registry
 observe_queue = DEFAULT.observe_queue
+observe_queue_wait = DEFAULT.observe_queue_wait
 set_depth_source = DEFAULT.set_depth_source
 forget_queue = DEFAULT.forget_queue
 set_pool_replicas = DEFAULT.set_pool_replicas
 set_pool_bounds = DEFAULT.set_pool_bounds
 count_scale_event = DEFAULT.count_scale_event
+count_scale_in_pods = DEFAULT.count_scale_in_pods
 forget_pool = DEFAULT.forget_pool
 set_broker_up = DEFAULT.set_broker_up
 observe_poll = DEFAULT.observe_poll

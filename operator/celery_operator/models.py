@@ -269,14 +269,18 @@ class CeleryQueue:
 
 @dataclass(frozen=True)
 class Autoscaling:
+    """At least one of the two targets is set (CEL enforces it)."""
+
     min_replicas: int
     max_replicas: int
-    target_messages_per_replica: int
+    target_messages_per_replica: int | None
     activation_messages: int
     poll_interval_seconds: int
     scale_up_stabilization_seconds: int
     scale_down_stabilization_seconds: int
     count_in_flight: bool
+    target_wait_seconds: int | None
+    scale_down_drain_seconds: int
 
     @classmethod
     def of(cls, d: Body | None) -> Autoscaling | None:
@@ -285,12 +289,15 @@ class Autoscaling:
         return cls(
             min_replicas=d["minReplicas"],
             max_replicas=d["maxReplicas"],
-            target_messages_per_replica=d["targetMessagesPerReplica"],
+            target_messages_per_replica=d.get("targetMessagesPerReplica"),
             activation_messages=d["activationMessages"],
             poll_interval_seconds=d["pollIntervalSeconds"],
             scale_up_stabilization_seconds=d["scaleUpStabilizationSeconds"],
             scale_down_stabilization_seconds=d["scaleDownStabilizationSeconds"],
             count_in_flight=d["countInFlight"],
+            target_wait_seconds=d.get("targetWaitSeconds"),
+            # A CRD older than this operator has no such field: its default.
+            scale_down_drain_seconds=d.get("scaleDownDrainSeconds", api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
         )
 
 

@@ -41,6 +41,8 @@ NAMESPACED: Final = (
          "the generated Celery config, managed broker Services and credentials; broker URLs from Secrets"),
     Rule(("",), ("pods", "persistentvolumeclaims"), ("get", "list", "watch"),
          "pod and claim failures (image pull, crash loop, unschedulable, unbound) become pool and app conditions"),
+    Rule(("",), ("pods",), ("patch",),
+         "before a scale-in: worker pods' pod-deletion-cost (idle workers go first), the mark of drained ones"),
     Rule(("",), ("persistentvolumeclaims",), ("delete",),
          "a managed server whose storage changed: its claims that never bound are replaced"),
     Rule((api.MONITORING_GROUP,), (api.POD_MONITOR_PLURAL,), _WRITE,

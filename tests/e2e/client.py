@@ -46,6 +46,20 @@ def main(what: str) -> None:
         replies = app.control.revoke(task_id, reply=True, timeout=10)
         add.apply_async((1, 1), task_id=task_id)
         out = {"id": task_id, "replies": len(replies)}
+    elif what.startswith("tracked:"):
+        # n `tracked` tasks (each run recorded in the result backend's Redis), not awaited.
+        _, queue, n, seconds = what.split(":")
+        with app.producer_or_acquire() as producer:  # by name, as producers do: the task lives in the image
+            ids = [app.send_task("sample_tasks.tasks.tracked", (float(seconds),), queue=queue, producer=producer).id
+                   for _ in range(int(n))]
+        out = {"ids": ids}
+    elif what.startswith("adds:"):
+        # n adds (results ignored: as cheap a task as a worker runs), not awaited.
+        _, queue, n = what.split(":")
+        with app.producer_or_acquire() as producer:
+            for i in range(int(n)):
+                add.apply_async((i, i), queue=queue, producer=producer, ignore_result=True)
+        out = {"sent": int(n)}
     elif what.startswith("publish:"):
         _, queue, n, seconds = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]

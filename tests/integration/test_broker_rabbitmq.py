@@ -234,6 +234,38 @@ def test_measure_with_full_stats_reports_consumers(rabbitmq_vhost: Vhost) -> Non
     assert consumers == 2
 
 
+def test_the_statistics_listing_gives_the_head_messages_publish_time_and_the_delivery_rate(
+        rabbitmq_vhost: Vhost) -> None:
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")
+    totals = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="totals")
+    broker.declare([], [queue_model("stamped"), queue_model("unstamped"), queue_model("quorum", queueType="quorum")])
+    now = int(time.time())
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        for i, age in enumerate((300, 200, 100)):
+            ch.basic_publish(amqp.Message(f"m{i}", timestamp=now - age), "", "stamped")
+            ch.basic_publish(amqp.Message(f"m{i}", timestamp=now - age), "", "quorum")
+        _publish(ch, "", "unstamped", 300)
+
+        def stats() -> dict[str, QueueDepth] | None:
+            for _ in range(5):  # a consumer keeps taking messages: a delivery rate to measure
+                ch.basic_get("unstamped", no_ack=True)
+            q = broker.measure(["stamped", "unstamped", "quorum"]).queues
+            return q if q["stamped"].oldest_published is not None and q["unstamped"].drain_rate else None
+
+        queues = wait_for(stats, 30, "the statistics database caught up")
+    finally:
+        conn.close()
+    assert queues["stamped"].oldest_published == now - 300  # the head: the oldest
+    assert queues["unstamped"].oldest_published is None
+    assert queues["unstamped"].drain_rate > 0
+    assert queues["quorum"].oldest_published is None  # RabbitMQ keeps no head timestamp for quorum queues
+    # The live totals (every other poll) carry none of it.
+    live = totals.measure(["stamped"]).queues["stamped"]
+    assert (live.ready, live.oldest_published, live.drain_rate) == (3, None, None)
+    assert 0 < queues["unstamped"].ready < 300
+
+
 def test_measure_falls_back_to_passive_declares_when_management_is_unreachable(
         rabbitmq_vhost: Vhost) -> None:
     wrong = f"http://{rabbitmq_vhost.server.user}:{rabbitmq_vhost.server.password}@127.0.0.1:{free_port()}"

@@ -100,7 +100,7 @@ def test_thirty_messages_over_four_priorities_are_counted_as_thirty(
     assert lengths == [9, 8, 7, 6]  # every priority list is really in use
 
 
-def test_measure_sends_one_llen_per_priority_list_and_nothing_else(redis_db: RedisDb) -> None:
+def test_measure_sends_one_llen_and_one_lindex_per_priority_list_and_nothing_else(redis_db: RedisDb) -> None:
     broker = RedisBroker(redis_db.url)
     broker.measure(["warm-up"])  # the connection's AUTH/SELECT/CLIENT SETINFO are not part of a poll
     with redis_db.client() as c:
@@ -109,7 +109,33 @@ def test_measure_sends_one_llen_per_priority_list_and_nothing_else(redis_db: Red
         stats = c.info("commandstats")
     by_command = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
     assert by_command.pop("llen") == 50 * 4
+    assert by_command.pop("lindex") == 50 * 4
     assert set(by_command) <= {"config|resetstat", "info"}  # the checking client's own commands
+
+
+def test_the_oldest_publish_time_over_every_priority_list_is_the_queues(redis_db: RedisDb) -> None:
+    broker = RedisBroker(redis_db.url)
+    broker.declare([], [queue_model("tasks", maxPriority=9), queue_model("plain")])
+    with kombu_channel(redis_db.url) as ch:
+        producer = Producer(ch, exchange=Exchange("tasks", "direct"))
+        # The high-priority list holds the newest messages, a low-priority one the oldest.
+        for priority, stamp in ((0, 1_700_000_300), (0, 1_700_000_400), (6, 1_700_000_100), (6, 1_700_000_200)):
+            producer.publish({"p": priority}, routing_key="tasks", priority=priority, timestamp=stamp)
+        Producer(ch, exchange=Exchange("plain", "direct")).publish({"n": 1}, routing_key="plain")
+    report = broker.measure(["tasks", "plain", "empty"])
+    assert report.queues["tasks"].oldest_published == 1_700_000_100
+    assert report.queues["plain"].oldest_published is None  # published without a timestamp
+    assert report.queues["empty"].oldest_published is None
+
+
+def test_one_unstamped_priority_list_makes_the_oldest_publish_time_unknown(redis_db: RedisDb) -> None:
+    broker = RedisBroker(redis_db.url)
+    broker.declare([], [queue_model("tasks", maxPriority=9)])
+    with kombu_channel(redis_db.url) as ch:
+        producer = Producer(ch, exchange=Exchange("tasks", "direct"))
+        producer.publish({"n": 1}, routing_key="tasks", priority=0, timestamp=1_700_000_000)
+        producer.publish({"n": 2}, routing_key="tasks", priority=9)
+    assert broker.measure(["tasks"]).queues["tasks"].oldest_published is None
 
 
 def test_in_flight_counts_unacked_messages_per_queue(redis_db: RedisDb) -> None:

@@ -70,7 +70,7 @@ def pool(name: str, queues: list[str], created: str = "2026-01-01T00:00:00Z", ap
 
 AUTOSCALING_DEFAULTS = {"minReplicas": 1, "targetMessagesPerReplica": 10, "activationMessages": 0,
                         "pollIntervalSeconds": 10, "scaleUpStabilizationSeconds": 0,
-                        "scaleDownStabilizationSeconds": 300, "countInFlight": True}
+                        "scaleDownStabilizationSeconds": 300, "scaleDownDrainSeconds": 60, "countInFlight": True}
 
 
 def schedule(name: str, entries: list[dict[str, Any]], created: str = "2026-01-01T00:00:00Z",

@@ -15,6 +15,7 @@ from celery_operator.autoscale import (
     total_depth,
 )
 from celery_operator.models import Autoscaling
+from celery_operator.waits import Wait
 
 DEFAULTS: dict[str, Any] = {
     "minReplicas": 1,
@@ -24,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "pollIntervalSeconds": 10,
     "scaleUpStabilizationSeconds": 0,
     "scaleDownStabilizationSeconds": 300,
+    "scaleDownDrainSeconds": 60,
     "countInFlight": True,
 }
 
@@ -245,3 +247,82 @@ def test_total_depth_is_unknown_when_any_queue_is_unknown(
     queues: list[tuple[int | None, int | None]], expected: tuple[int | None, int | None]
 ) -> None:
     assert total_depth(queues) == expected
+
+
+# -- targetWaitSeconds ------------------------------------------------------------------------------
+
+def on_wait(**overrides: Any) -> Autoscaling:
+    """A pool that scales on wait only (no depth target)."""
+    base = {k: v for k, v in DEFAULTS.items() if k != "targetMessagesPerReplica"}
+    p = Autoscaling.of({**base, "targetWaitSeconds": 10, **overrides})
+    assert p is not None
+    return p
+
+
+@pytest.mark.parametrize(
+    ("wait", "workers", "current", "expected"),
+    [
+        (0.0, 3, 3, 1),  # nothing waits: down to min
+        (5.0, 4, 4, 2),  # half the target with 4 workers: 2 would keep it under
+        (10.0, 4, 4, 4),  # on target
+        (25.0, 2, 2, 5),  # 2.5 x the target: 5 workers
+        (25.0, 0, 3, 3),  # none ready yet (starting): hold, never fewer while over the target
+        (25.0, 1, 3, 3),  # 1 ready of 3: ceil(2.5) = 3
+        (40.0, 1, 3, 4),  # the wait keeps growing while 2 start: linear in the wait, no compounding
+        (30.0, None, 2, 6),  # ready workers unknown: the current count
+        (1000.0, 2, 2, 10),  # clamped to max
+    ],
+)
+def test_on_wait_the_ready_workers_are_scaled_by_wait_over_target(
+        wait: float, workers: int | None, current: int, expected: int) -> None:
+    w = Wait(wait, "timestamp" if wait else None)
+    assert raw_recommendation(on_wait(), 5, 0, w, workers, current) == expected
+
+
+def test_slow_tasks_with_a_low_depth_scale_on_wait_and_the_reason_says_so() -> None:
+    p = on_wait(targetMessagesPerReplica=100)
+    d = decide(p, ready=4, in_flight=2, current=2, now=0.0, history=History(), wait=Wait(31.0, "timestamp"),
+               workers=2)
+    assert (d.desired, d.direction) == (7, "up")
+    assert d.reason == ("4 messages ready + 2 in flight / 100 per replica → 1; tasks wait 31s (oldest task's "
+                        "publish time) with 2 ready workers / 10s target → 7 (not fewer while over the target)")
+
+
+def test_many_fast_tasks_that_wait_little_do_not_scale_on_depth_when_only_wait_is_targeted() -> None:
+    d = decide(on_wait(), ready=2000, in_flight=4, current=2, now=0.0, history=History(),
+               wait=Wait(3.0, "timestamp"), workers=2)
+    assert d.raw == 1
+
+
+def test_with_both_targets_the_larger_recommendation_wins() -> None:
+    p = on_wait(targetMessagesPerReplica=10)
+    by_depth = decide(p, ready=80, in_flight=0, current=1, now=0.0, history=History(),
+                      wait=Wait(1.0, "drain_rate"), workers=1)
+    by_wait = decide(p, ready=5, in_flight=0, current=1, now=0.0, history=History(),
+                     wait=Wait(60.0, "timestamp"), workers=1)
+    assert (by_depth.raw, by_wait.raw) == (8, 6)
+
+
+def test_an_unknown_wait_holds_the_current_count_and_leaves_scaling_up_to_depth() -> None:
+    d = decide(on_wait(), ready=50, in_flight=0, current=3, now=0.0, history=History(), wait=None, workers=3)
+    assert (d.raw, d.desired) == (3, 3)
+    assert "wait unknown" in d.reason
+    both = decide(on_wait(targetMessagesPerReplica=10), ready=50, in_flight=0, current=3, now=0.0,
+                  history=History(), wait=None, workers=3)
+    assert both.desired == 5
+
+
+def test_a_pool_at_zero_on_wait_wakes_above_activation_and_stays_asleep_below() -> None:
+    p = on_wait(minReplicas=0, activationMessages=2)
+    asleep = decide(p, ready=2, in_flight=0, current=0, now=0.0, history=History(), wait=Wait(99.0, "timestamp"),
+                    workers=0)
+    woken = decide(p, ready=3, in_flight=0, current=0, now=0.0, history=History(), wait=None, workers=0)
+    assert (asleep.desired, woken.desired) == (0, 1)
+
+
+def test_the_wait_target_is_stabilized_like_depth() -> None:
+    p = on_wait(scaleDownStabilizationSeconds=60)
+    d = decide(p, ready=1, in_flight=0, current=6, now=100.0, history=hist((70.0, 6)), wait=Wait(0.0, None),
+               workers=6)
+    assert (d.raw, d.desired) == (1, 6)
+    assert "scale-down stabilization (60s) keeps 6" in d.reason

@@ -173,3 +173,19 @@ def test_soft_shutdown_timeout_from_the_environment_becomes_celerys_setting(
 
 def test_without_the_soft_shutdown_variable_the_worker_shutdown_is_celerys_default(seeded: ModuleType) -> None:
     assert seeded.app.conf.worker_soft_shutdown_timeout == 0.0
+
+
+def test_published_tasks_carry_their_publish_time_and_keep_a_producers_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real publish (kombu's in-memory transport): the `timestamp` property reaches the message."""
+    module = load_bootstrap(tmp_path, monkeypatch, celery_config(crs.seed()), user_module(tmp_path),
+                            {api.ENV_BROKER_URL: "memory://"})
+    before = int(time.time())
+    module.app.send_task("sample_tasks.tasks.add", (1, 2), queue="high_queue")
+    module.app.send_task("sample_tasks.tasks.add", (1, 2), queue="high_queue", timestamp=12345)
+    with module.app.connection_for_read() as conn:
+        queue = Queue("high_queue", channel=conn.default_channel)
+        stamped, own = queue.get(no_ack=True), queue.get(no_ack=True)
+    assert before <= stamped.properties["timestamp"] <= time.time()
+    assert isinstance(stamped.properties["timestamp"], int)  # what py-amqp can carry
+    assert own.properties["timestamp"] == 12345

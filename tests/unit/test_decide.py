@@ -108,7 +108,7 @@ def test_a_pool_whose_broker_is_unreachable_holds_its_replicas_and_says_why() ->
     pool_body = body(api.POOL, "w", {**POOL["spec"], "autoscaling": {
         "minReplicas": 1, "maxReplicas": 5, "targetMessagesPerReplica": 10, "activationMessages": 0,
         "pollIntervalSeconds": 10, "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 300,
-        "countInFlight": True}})
+        "scaleDownDrainSeconds": 60, "countInFlight": True}})
     topo = Topology.of(CeleryApp.of(APP), (), [CeleryQueue.of(QUEUE)], [CeleryWorkerPool.of(pool_body)], ())
     out = decide.statuses(facts(topology=topo, bodies={(api.APP, "proj"): APP, (api.POOL, "w"): pool_body},
                                 poll=decide.Poll(broker_up=False, error="connection refused"),

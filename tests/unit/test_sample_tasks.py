@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from sample_tasks import create_app, tasks
@@ -12,6 +14,7 @@ def test_tasks_compute_when_called_in_process() -> None:
     assert tasks.add(1, 2) == 3
     assert tasks.echo({"a": [1]}) == {"a": [1]}
     assert tasks.slow(0.01) == 0.01
+    assert tasks.tracked(0.01) == socket.gethostname()  # no result backend: nothing recorded
     with pytest.raises(SampleTaskError, match="boom"):
         tasks.fail("boom")
 

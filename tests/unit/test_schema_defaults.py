@@ -20,16 +20,19 @@ def test_minimal_pool_gets_every_defaulted_field() -> None:
 
 def test_autoscaling_defaults_fill_around_the_fields_given() -> None:
     out = apply_defaults(api.POOL, pool({"appRef": {"name": "a"}, "queues": ["q"],
-                                         "autoscaling": {"maxReplicas": 4, "minReplicas": 0}}))
+                                         "autoscaling": {"maxReplicas": 4, "minReplicas": 0,
+                                                         "targetWaitSeconds": 30}}))
+    # No target is defaulted: a pool scales on the targets it names (at least one, by a CEL rule).
     assert out["spec"]["autoscaling"] == {
-        "maxReplicas": 4, "minReplicas": 0, "targetMessagesPerReplica": 10, "activationMessages": 0,
+        "maxReplicas": 4, "minReplicas": 0, "targetWaitSeconds": 30, "activationMessages": 0,
         "pollIntervalSeconds": 10, "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 300,
-        "countInFlight": True}
+        "scaleDownDrainSeconds": 60, "countInFlight": True}
 
 
 def test_set_values_are_kept_even_when_falsy() -> None:
     out = apply_defaults(api.POOL, pool({"appRef": {"name": "a"}, "queues": ["q"], "replicas": 0,
-                                         "autoscaling": {"maxReplicas": 1, "countInFlight": False}}))
+                                         "autoscaling": {"maxReplicas": 1, "targetMessagesPerReplica": 5,
+                                                         "countInFlight": False}}))
     assert out["spec"]["replicas"] == 0
     assert out["spec"]["autoscaling"]["countInFlight"] is False
 

@@ -56,6 +56,10 @@ class QueueDepth:
     ready: int
     in_flight: int | None  # delivered, not yet acknowledged; None when unknown
     consumers: int | None  # None when unknown
+    # For the queue wait (waits.py): the oldest ready message's publish time (epoch seconds), None when
+    # unknown or unstamped; the broker's measured delivery rate (messages/s), None when it has none.
+    oldest_published: float | None = None
+    drain_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class DepthReport:
 
     `missing` lists asked queues the broker does not have (RabbitMQ only: on Redis an absent queue
     is an empty one). `unattributed_in_flight` is set when in-flight messages were counted only in
-    total (Redis, over the attribution bound); `note` then says why.
+    total (Redis, over the attribution bound); `note` then says why. `statistics` is True when the
+    report comes from RabbitMQ's statistics listing (consumers, head timestamps, delivery rates).
     """
 
     source: DepthSource
@@ -72,6 +77,7 @@ class DepthReport:
     missing: tuple[str, ...] = ()
     unattributed_in_flight: int | None = None
     note: str = ""
+    statistics: bool = False
 
     def ready(self, names: Sequence[str] | None = None) -> int:
         return sum(d.ready for n, d in self.queues.items() if names is None or n in names)

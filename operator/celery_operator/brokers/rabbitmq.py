@@ -6,7 +6,8 @@ Depth costs ONE HTTP request per vhost per poll, whatever the number of queues:
 live from the queues and skips the statistics database, so the counts are fresh and cheap; its
 price is that it has no consumer counts (`consumers` is None). `stats="full"` drops
 `disable_stats` to get consumer counts from the statistics database, which lag by up to
-`collect_statistics_interval` (5 s by default) and cost the broker more.
+`collect_statistics_interval` (5 s by default) and cost the broker more; that listing also gives
+each queue's head message timestamp and delivery rate (`STATISTICS_COLUMNS`, for the queue wait).
 
 When the management API cannot be reached but AMQP can, depth falls back to one passive
 `queue.declare` per queue over one connection: ready and consumers are live, in-flight is unknown.
@@ -59,10 +60,14 @@ from celery_operator.brokers.urls import (
 )
 from celery_operator.models import CeleryExchange, CeleryQueue
 from celery_operator.topology import policy_fields, queue_arguments, queue_policy
+from celery_operator.waits import published_at
 
 PRECONDITION_FAILED = 406
 NOT_FOUND = 404
 QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
+# Only the statistics listing has these: the head message's `timestamp` property (classic queues) and the
+# rate messages were delivered to consumers over the last statistics interval (queue wait, waits.py).
+STATISTICS_COLUMNS = "head_message_timestamp,message_stats.deliver_get_details.rate"
 # Operator-owned policies: the name marks them ours; the priority puts them above users' policies,
 # which usually keep the default priority 0 or a small number.
 POLICY_PREFIX = "celery-operator."
@@ -295,14 +300,19 @@ class RabbitMQBroker:
                 ready=int(row.get("messages_ready") or 0),
                 in_flight=_int_or_none(row.get("messages_unacknowledged")),
                 consumers=_int_or_none(row.get("consumers")),
+                oldest_published=published_at(row.get("head_message_timestamp")),
+                drain_rate=_deliver_rate(row),
             )
-        return DepthReport(source="management", queues=depths, missing=tuple(missing))
+        return DepthReport(source="management", queues=depths, missing=tuple(missing),
+                           statistics=self.stats == "full")
 
     def list_queues(self) -> list[dict[str, Any]]:
         """ONE request to the management API for every queue of the vhost."""
         params = {"columns": QUEUE_COLUMNS}
         if self.stats == "totals":
             params.update(disable_stats="true", enable_queue_totals="true")
+        else:
+            params["columns"] += "," + STATISTICS_COLUMNS
         data = self._http("GET", f"/api/queues/{self._vhost}", query=params)
         if not isinstance(data, list):
             raise BrokerError(f"management API {self.management.base} answered {type(data).__name__}")
@@ -404,6 +414,13 @@ def _default_exchange_binding(q: CeleryQueue) -> DeclareResult:
 
 def _int_or_none(v: object) -> int | None:
     return int(v) if isinstance(v, int | float) else None
+
+
+def _deliver_rate(row: dict[str, Any]) -> float | None:
+    stats = row.get("message_stats")
+    details = stats.get("deliver_get_details") if isinstance(stats, dict) else None
+    rate = details.get("rate") if isinstance(details, dict) else None
+    return float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None
 
 
 def _describe(e: BaseException) -> str:

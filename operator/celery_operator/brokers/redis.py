@@ -12,12 +12,14 @@ Key layout (kombu/transport/redis.py), every key prefixed with `global_keyprefix
   [message, exchange, routing_key]) until acked or restored.
 
 Cost of `measure()`: ready counts are ONE pipelined round trip of LLEN per priority list
-(queues x steps commands, O(1) each). In-flight counts (only when asked) add HLEN of `unacked` to
-that same round trip; the hash does not record the queue, so attributing entries means fetching
-every value (the full message bodies: O(total unacked bytes)) and resolving exchange/routing key
-through the binding tables, as kombu does when it restores them. That read is capped at
-`unacked_attribution_limit` entries (default 10,000): above it, only the HLEN total is reported,
-as `unattributed_in_flight`, with a note saying so.
+(queues x steps commands, O(1) each), with, in the same round trip, LINDEX -1 of each list: its
+oldest message (kombu pushes on the left and pops on the right), whose publish timestamp gives the
+queue's wait (waits.py); that transfers one message per non-empty list and poll. In-flight counts
+(only when asked) add HLEN of `unacked` to that same round trip; the hash does not record the
+queue, so attributing entries means fetching every value (the full message bodies: O(total unacked
+bytes)) and resolving exchange/routing key through the binding tables, as kombu does when it
+restores them. That read is capped at `unacked_attribution_limit` entries (default 10,000): above
+it, only the HLEN total is reported, as `unattributed_in_flight`, with a note saying so.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from celery_operator.brokers.base import (
 from celery_operator.brokers.urls import parse_redis, redact
 from celery_operator.models import CeleryExchange, CeleryQueue
 from celery_operator.topology import policy_fields
+from celery_operator.waits import published_at
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -186,12 +189,15 @@ class RedisBroker:
         for name in names:
             for key in self.priority_lists(name):
                 pipe.llen(key)
+                pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest message is the last
         if count_in_flight:
             pipe.hlen(self.unacked_key)
         with self._io("measuring queue depth"):
             replies = pipe.execute()
-        n = len(self.priority_steps)
-        ready = {name: sum(int(r) for r in replies[i * n:(i + 1) * n]) for i, name in enumerate(names)}
+        n = 2 * len(self.priority_steps)
+        per_queue = {name: replies[i * n:(i + 1) * n] for i, name in enumerate(names)}
+        ready = {name: sum(int(r) for r in got[0::2]) for name, got in per_queue.items()}
+        oldest = {name: _oldest_published(got[0::2], got[1::2]) for name, got in per_queue.items()}
         in_flight: dict[str, int] | None = None
         unattributed: int | None = None
         note = ""
@@ -209,7 +215,7 @@ class RedisBroker:
             source="redis",
             queues={name: QueueDepth(name=name, ready=ready[name],
                                      in_flight=None if in_flight is None else in_flight[name],
-                                     consumers=None)
+                                     consumers=None, oldest_published=oldest[name])
                     for name in names},
             unattributed_in_flight=unattributed,
             note=note,
@@ -270,6 +276,23 @@ def _ignored_settings(q: CeleryQueue) -> DeclareResult:
         kind="policy", name=q.name, ok=True, reason=api.Reason.UNSUPPORTED_BY_BROKER,
         message=f"{fields} have no effect on a Redis broker (kombu's Redis transport has no queue TTL, "
                 "length limit or dead-lettering): remove them from the CeleryQueue, or use RabbitMQ")
+
+
+def _oldest_published(lengths: Sequence[Any], tails: Sequence[Any]) -> float | None:
+    """The publish time of a queue's oldest message over its priority lists (each list's tail): None
+    when a non-empty list's oldest message carries no timestamp (then nothing says which is oldest)."""
+    stamps = []
+    for length, raw in zip(lengths, tails, strict=True):
+        if not int(length) or raw is None:
+            continue
+        try:
+            stamp = published_at(json.loads(raw).get("properties", {}).get("timestamp"))
+        except (ValueError, TypeError, AttributeError):
+            stamp = None
+        if stamp is None:
+            return None
+        stamps.append(stamp)
+    return min(stamps) if stamps else None
 
 
 def _route(table: list[tuple[str, str, str]] | None, exchange: str, routing_key: str) -> set[str]:

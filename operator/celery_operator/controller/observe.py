@@ -74,6 +74,15 @@ class ClusterCache:
                     out[("Secret", name)] = secret
         return out
 
+    def child(self, kind: str, namespace: str, name: str) -> Body | None:
+        """One cached child by name (None when the cache has none)."""
+        for inf in self.informers.get(kind, []):
+            if inf.namespace in (None, namespace):
+                found = inf.get(namespace, name)
+                if found is not None:
+                    return found
+        return None
+
     def pods(self, namespace: str, app: str) -> list[Body]:
         return self._select("Pod", namespace, {api.LABEL_APP: app})
 

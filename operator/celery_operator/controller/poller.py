@@ -15,26 +15,31 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from celery_operator import api, autoscale, conditions
 from celery_operator.brokers import connect
 from celery_operator.brokers.base import BrokerError, DepthReport
 from celery_operator.controller.observe import ClusterCache, Key
+from celery_operator.controller.scalein import ScaleIn
 from celery_operator.controller.state import AppState, PoolState
-from celery_operator.kube.client import ApiError, KubeClient
+from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics
+from celery_operator.models import CeleryWorkerPool
 from celery_operator.render import names
 from celery_operator.topology import Topology
+from celery_operator.waits import DrainMeter, Wait, longest, queue_wait
 
 log = logging.getLogger(__name__)
 DEFAULT_POLL_SECONDS = 15.0  # queue metrics for apps without autoscaled pools
-# RabbitMQ's live message totals carry no consumer counts; the statistics listing that does lags by
-# the broker's statistics interval (5 s by default). Depth comes live every poll; consumer counts
-# are refreshed from the statistics listing at most this often (still one request per poll).
+# RabbitMQ's live message totals carry no consumer counts, head timestamps or delivery rates; the
+# statistics listing that does lags by the broker's statistics interval (5 s by default). Depth comes
+# live every poll; the rest is refreshed from the statistics listing at most this often (still one
+# request per poll), or every statistics interval for an app with a pool that scales on wait.
 CONSUMERS_REFRESH_SECONDS = 30.0
+WAIT_REFRESH_SECONDS = 5.0
 POLL_TIMEOUT_SECONDS = 30.0
 
 
@@ -51,14 +56,24 @@ class Poller:
     recorder: Recorder
     metrics: Metrics
     after_poll: Callable[[Key], None]  # a status-only reconcile of the app
+    scale_in: ScaleIn = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scale_in = ScaleIn(self.client, self.cache, self.recorder, self.metrics)
 
     async def run(self, key: Key, state: AppState) -> None:
-        """Poll until cancelled (the app left this replica, or was deleted)."""
-        while True:
-            started = time.monotonic()
-            with contextlib.suppress(Exception):  # a poll's failure is in its result; never stop polling
-                await self.poll(key, state)
-            await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
+        """Poll until cancelled (the app left this replica, or was deleted); a drain this poller started
+        is called off with it (its workers consume again: whoever polls the app next decides afresh)."""
+        try:
+            while True:
+                started = time.monotonic()
+                with contextlib.suppress(Exception):  # a poll's failure is in its result; never stop polling
+                    await self.poll(key, state)
+                await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
+        finally:
+            for st in state.pools.values():
+                if st.draining is not None:
+                    st.draining.cancel()
 
     async def poll(self, key: Key, state: AppState) -> None:
         ns, name = key
@@ -71,7 +86,9 @@ class Poller:
         if broker.url is None:
             error = broker.problem or "broker URL unknown"
         else:
-            full = time.monotonic() - state.consumers_at >= CONSUMERS_REFRESH_SECONDS
+            on_wait = any(p.autoscaling and p.autoscaling.target_wait_seconds for p in topo.effective_pools)
+            refresh = WAIT_REFRESH_SECONDS if on_wait else CONSUMERS_REFRESH_SECONDS
+            full = time.monotonic() - state.consumers_at >= refresh
             count_in_flight = any(p.autoscaling and p.autoscaling.count_in_flight for p in topo.effective_pools)
             url, mgmt, opts = broker.url, broker.management_url, state.transport_options
             stats: Literal["totals", "full"] = "full" if full else "totals"
@@ -82,7 +99,7 @@ class Poller:
 
             try:
                 report = await asyncio.wait_for(asyncio.to_thread(measure), POLL_TIMEOUT_SECONDS)
-                report = self._with_consumers(state, report, full)
+                report = self._with_statistics(state, report, full)
             except (BrokerError, TimeoutError) as e:
                 error = str(e) or "the broker did not answer in time"
         self.metrics.observe_poll(ns, name, time.monotonic() - t0, ok=report is not None)
@@ -90,11 +107,16 @@ class Poller:
         state.broker_up, state.report, state.poll_error = report is not None, report, error
         self.metrics.set_broker_up(ns, name, report is not None)
         if report is not None:
+            state.waits = self._waits(state, report)
             self.metrics.set_depth_source(ns, name, report.source)
             for qname, d in report.queues.items():
                 self.metrics.observe_queue(ns, name, qname, d.ready, d.in_flight, d.consumers)
-        app_body = self.cache.crs(key).get((api.APP, name))
-        if app_body is not None and was_up is not None and was_up != state.broker_up:
+                w = state.waits.get(qname)
+                self.metrics.observe_queue_wait(ns, name, qname, None if w is None else w.seconds,
+                                                None if w is None else w.source)
+        changed = was_up is not None and was_up != state.broker_up
+        app_body = self.cache.crs(key).get((api.APP, name)) if changed else None  # decoded only when needed
+        if app_body is not None:
             if state.broker_up:
                 await self.recorder.normal(app_body, "BrokerReachable", "the broker answers again")
             else:
@@ -111,25 +133,48 @@ class Poller:
         report = state.report
         queues = tuple(sorted((n, d.ready, d.in_flight, d.consumers) for n, d in report.queues.items())) \
             if report is not None else None
-        pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time)
-                             for n, p in state.pools.items()))
+        pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time,
+                              p.view().wait_seconds) for n, p in state.pools.items()))
         return state.broker_up, state.poll_error, queues, pools
 
     @staticmethod
-    def _with_consumers(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
-        """Consumer counts from the last statistics listing where this poll's totals have none."""
+    def _with_statistics(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
+        """Consumer counts (and, from RabbitMQ's statistics listing, head timestamps and delivery rates)
+        from the last statistics listing where this poll's live totals have none. A queue found empty
+        forgets its head timestamp: that message is gone."""
         if fresh:
             state.consumers_at = time.monotonic()
             state.consumers = {n: d.consumers for n, d in report.queues.items()}
+            state.statistics = dict(report.queues) if report.statistics else {}
             return report
-        queues = {n: d if d.consumers is not None else dataclasses.replace(d, consumers=state.consumers.get(n))
-                  for n, d in report.queues.items()}
+        queues = {}
+        for n, d in report.queues.items():
+            if d.consumers is None:
+                d = dataclasses.replace(d, consumers=state.consumers.get(n))
+            last = state.statistics.get(n)
+            if last is not None and d.ready == 0:
+                state.statistics[n] = last = dataclasses.replace(last, oldest_published=None)
+            if last is not None and report.source == "management":
+                d = dataclasses.replace(
+                    d, oldest_published=d.oldest_published if d.oldest_published is not None else last.oldest_published,
+                    drain_rate=d.drain_rate if d.drain_rate is not None else last.drain_rate)
+            queues[n] = d
         return dataclasses.replace(report, queues=queues)
 
+    @staticmethod
+    def _waits(state: AppState, report: DepthReport) -> dict[str, Wait | None]:
+        """Each queue's wait (waits.py); the drain meters (for brokers that count nothing) move on."""
+        now, mono = time.time(), time.monotonic()
+        out: dict[str, Wait | None] = {}
+        for n, d in report.queues.items():
+            meter = state.drains[n] = state.drains.get(n, DrainMeter()).observe(mono, d.ready)
+            rate = d.drain_rate if d.drain_rate is not None else meter.rate
+            out[n] = queue_wait(d.ready, d.oldest_published, rate, now)
+        out.update(dict.fromkeys(report.missing, Wait(0.0, None)))  # no such queue: nothing waits in it
+        return out
+
     async def _autoscale(self, key: Key, state: AppState, topo: Topology, report: DepthReport | None) -> None:
-        ns, app = key
         now = time.time()
-        bodies = self.cache.crs(key)
         for pool in topo.effective_pools:
             a = pool.autoscaling
             if a is None:
@@ -141,25 +186,52 @@ class Poller:
             in_flight = report.in_flight(queues) if report is not None else None
             st.depth, st.in_flight = ready, in_flight
             st.source = report.source if report is not None else st.source
+            st.wait = longest(state.waits.get(q) for q in queues) if report is not None else None
+            workers = self._ready_workers(key, pool) if a.target_wait_seconds is not None else None
             decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
-                                        history=st.history)
+                                        history=st.history, wait=st.wait, workers=workers)
             st.history = decision.history
-            self.metrics.set_pool_bounds(ns, app, pool.meta.name, (a.min_replicas, a.max_replicas))
+            self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
+            if st.draining is not None:
+                if decision.desired >= st.drain_from:  # the load came back: keep the workers
+                    st.draining.cancel()
+                continue
+            await self.scale_in.restore(key, state, topo, pool, st)
             if not decision.changed:
                 continue
-            deployment = names.worker(app, pool.meta.name)
-            try:
-                await self.client.patch("Deployment", ns, deployment, {"spec": {"replicas": decision.desired}},
-                                        sub="scale")
-            except ApiError as e:
-                log.warning("scaling %s/%s failed: %s", ns, deployment, e)
-                continue
-            direction: Literal["up", "down"] = "up" if decision.desired > current else "down"
-            st.desired = decision.desired
-            st.last_scale_time = conditions.now_iso()
-            self.metrics.count_scale_event(ns, app, pool.meta.name, direction)
-            body = bodies.get((api.POOL, pool.meta.name))
-            if body is not None:
-                await self.recorder.emit(body, "Normal",
-                                         api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
-                                         f"{current} → {decision.desired}: {decision.reason}", dedupe=False)
+
+            async def apply(desired: int, note: str, pool: CeleryWorkerPool = pool, st: PoolState = st,
+                            current: int = current, reason: str = decision.reason) -> bool:
+                return await self._scale(key, pool, st, current, desired, f"{reason}; {note}" if note else reason)
+
+            if decision.desired < current:
+                await self.scale_in.start(key, state, topo, pool, st, current, decision.desired, apply)
+            else:
+                await apply(decision.desired, "")
+
+    def _ready_workers(self, key: Key, pool: CeleryWorkerPool) -> int | None:
+        """The pool's ready replicas from the cached Deployment (read only for pools scaling on wait)."""
+        dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
+        return int((dep.get("status") or {}).get("readyReplicas") or 0) if dep is not None else None
+
+    async def _scale(self, key: Key, pool: CeleryWorkerPool, st: PoolState, current: int, desired: int,
+                     why: str) -> bool:
+        """Patch the pool's Deployment's /scale; record, count and announce the change."""
+        ns, app = key
+        deployment = names.worker(app, pool.meta.name)
+        try:
+            await self.client.patch("Deployment", ns, deployment, {"spec": {"replicas": desired}}, sub="scale")
+        except (ApiError, NotOwner) as e:
+            log.warning("scaling %s/%s failed: %s", ns, deployment, e)
+            return False
+        direction: Literal["up", "down"] = "up" if desired > current else "down"
+        log.info("scaled %s/%s %d → %d: %s", ns, deployment, current, desired, why)
+        st.desired = desired
+        st.last_scale_time = conditions.now_iso()
+        self.metrics.count_scale_event(ns, app, pool.meta.name, direction)
+        body = self.cache.crs(key).get((api.POOL, pool.meta.name))
+        if body is not None:
+            await self.recorder.emit(body, "Normal",
+                                     api.Reason.SCALED_UP if direction == "up" else api.Reason.SCALED_DOWN,
+                                     f"{current} → {desired}: {why}", dedupe=False)
+        return True

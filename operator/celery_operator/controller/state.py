@@ -5,15 +5,17 @@ The API server holds everything else: the reconciler reads it from the watch-fed
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import autoscale
-from celery_operator.brokers.base import DeclareResult, DepthReport
+from celery_operator.brokers.base import DeclareResult, DepthReport, QueueDepth
 from celery_operator.decide import Poll, PoolScale
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryWorkerPool
 from celery_operator.topology import Topology
+from celery_operator.waits import DrainMeter, Wait
 
 
 @dataclass
@@ -24,9 +26,16 @@ class PoolState:
     depth: int | None = None
     in_flight: int | None = None
     source: str | None = None
+    wait: Wait | None = None
+    # A scale-in waiting for busy victims to drain (it scales when done), and the replicas it started from.
+    draining: asyncio.Task[None] | None = None
+    drain_from: int = 0
+    drained: dict[str, float] = field(default_factory=dict)  # pod -> monotonic time it should be gone by
+    recheck_drained: bool = True  # look for pods left drained (a new pool state, or a restore that failed)
 
     def view(self) -> PoolScale:
-        return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time)
+        return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time,
+                         None if self.wait is None else int(self.wait.seconds))
 
 
 @dataclass
@@ -41,6 +50,9 @@ class AppState:
     report: DepthReport | None = None
     consumers: dict[str, int | None] = field(default_factory=dict)
     consumers_at: float = float("-inf")
+    statistics: dict[str, QueueDepth] = field(default_factory=dict)  # RabbitMQ's last statistics listing
+    drains: dict[str, DrainMeter] = field(default_factory=dict)  # per queue
+    waits: dict[str, Wait | None] = field(default_factory=dict)  # per queue, as of the last poll
     declared_hash: str | None = None
     declared_at: float = float("-inf")
     declared: dict[tuple[str, str], DeclareResult] = field(default_factory=dict)

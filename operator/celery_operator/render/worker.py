@@ -64,10 +64,16 @@ def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
     return env
 
 
+def node_name(pool: str, hostname: str) -> str:
+    """A worker's Celery node name (`-n`): `<pool>@<hostname>`; in a pod the hostname is the pod's, so
+    Celery's remote control replies (keyed by node name) map to pods."""
+    return f"{pool}@{hostname}"
+
+
 def worker_command(topology: Topology, pool: CeleryWorkerPool) -> list[str]:
     cmd = ["celery", "-A", api.BOOTSTRAP_MODULE, "worker",
            "-Q", ",".join(topology.pool_queues(pool)),
-           "-n", f"{pool.meta.name}@%h",
+           "-n", node_name(pool.meta.name, "%h"),
            "--pool", pool.pool,
            "--concurrency", str(pool.concurrency),
            "--prefetch-multiplier", str(pool.prefetch_multiplier),

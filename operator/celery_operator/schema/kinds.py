@@ -395,12 +395,17 @@ def _forbid_arg(short: str, long: str, use: str) -> Rule:
 
 def autoscaling() -> Schema:
     return obj(
-        "Scale the pool's replicas on its queues' depth. When set, the operator owns spec.replicas.",
+        "Scale the pool's replicas on its queues' depth, on how long their tasks wait, or both (the larger "
+        "count wins). When set, the operator owns spec.replicas.",
         {
             "minReplicas": integer("Fewest replicas; 0 lets an idle pool scale to zero.", minimum=0, default=1),
             "maxReplicas": integer("Most replicas.", minimum=1),
-            "targetMessagesPerReplica": integer("Desired replicas = ceil(messages / this).", minimum=1,
-                                                default=10),
+            "targetMessagesPerReplica": integer("Scale on depth: desired replicas = ceil(messages / this).",
+                                                minimum=1),
+            "targetWaitSeconds": integer("Scale on wait: keep the time the pool's oldest waiting task has waited "
+                                         "(or, for messages without a publish timestamp, depth / drain rate) under "
+                                         "this; desired replicas = ceil(ready workers * wait / this), never fewer "
+                                         "than now while the wait exceeds it.", minimum=1, maximum=86400),
             "activationMessages": integer("Scale up from zero only when more than this many messages wait.",
                                           minimum=0, default=0),
             "pollIntervalSeconds": integer("How often queue depth is measured.", minimum=1, maximum=3600,
@@ -409,13 +414,20 @@ def autoscaling() -> Schema:
                                                    minimum=0, default=0),
             "scaleDownStabilizationSeconds": integer("Scale down to the highest recommendation of this window.",
                                                      minimum=0, default=300),
+            "scaleDownDrainSeconds": integer("On scale-down idle workers are removed first; when too few are idle, "
+                                             "the busy ones chosen stop taking tasks and the scale-down waits up to "
+                                             "this long for their running tasks (0: remove them at once).",
+                                             minimum=0, maximum=3600, default=api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
             "countInFlight": boolean("Count unacknowledged (running and prefetched) messages as well as "
                                      "ready ones.", default=True),
         },
         required=["maxReplicas"],
         rules=[Rule("self.minReplicas <= self.maxReplicas",
                     "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas; lower minReplicas "
-                    "or raise maxReplicas", ".minReplicas")],
+                    "or raise maxReplicas", ".minReplicas"),
+               Rule("has(self.targetMessagesPerReplica) || has(self.targetWaitSeconds)",
+                    "spec.autoscaling must set targetMessagesPerReplica (scale on depth), targetWaitSeconds (scale "
+                    "on wait) or both", reason="FieldValueRequired")],
     )
 
 
@@ -486,6 +498,9 @@ def pool_status() -> Schema:
                                     fmt="int64"),
         "depthSource": string("How depth was measured: the RabbitMQ management API, a passive queue "
                               "declare, or Redis list length.", enum=["management", "passive", "redis"]),
+        "waitSeconds": integer("Seconds the longest-waiting task of the pool's queues has waited since it was "
+                               "published (or depth / drain rate), last measured; absent when unknown.",
+                               minimum=0, fmt="int64"),
         "lastScaleTime": string("When the autoscaler last changed replicas.", fmt="date-time"),
     })
 

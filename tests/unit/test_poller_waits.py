@@ -1,0 +1,87 @@
+"""The poller carries RabbitMQ's statistics (head timestamps, delivery rates) between its listings and
+turns each poll into queue waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+from celery_operator.brokers.base import DepthReport, QueueDepth
+from celery_operator.controller.poller import Poller
+from celery_operator.controller.state import AppState, PoolState
+from celery_operator.waits import Wait
+
+
+def report(statistics: bool, source: str = "management", missing: tuple[str, ...] = (),
+           **queues: tuple[int, float | None, float | None]) -> DepthReport:
+    return DepthReport(source=source,  # type: ignore[arg-type]
+                       queues={n: QueueDepth(n, ready, 0, 1 if statistics else None, oldest, rate)
+                               for n, (ready, oldest, rate) in queues.items()},
+                       missing=missing, statistics=statistics)
+
+
+def test_live_totals_take_the_head_timestamp_and_rate_of_the_last_statistics_listing() -> None:
+    state = AppState(uid="u")
+    stamp = time.time() - 60
+    Poller._with_statistics(state, report(True, a=(5, stamp, None), b=(9, None, 3.0)), fresh=True)
+    merged = Poller._with_statistics(state, report(False, a=(4, None, None), b=(9, None, None)), fresh=False)
+    assert merged.queues["a"].oldest_published == stamp and merged.queues["a"].consumers == 1
+    assert merged.queues["b"].drain_rate == 3.0
+    waits = Poller._waits(state, merged)
+    a, b = waits["a"], waits["b"]
+    assert a is not None and a.source == "timestamp" and 59 <= a.seconds < 70
+    assert b == Wait(3.0, "drain_rate")
+
+
+def test_a_queue_found_empty_forgets_its_head_timestamp() -> None:
+    state = AppState(uid="u")
+    Poller._with_statistics(state, report(True, a=(5, time.time() - 600, None)), fresh=True)
+    Poller._with_statistics(state, report(False, a=(0, None, None)), fresh=False)
+    refilled = Poller._with_statistics(state, report(False, a=(2, None, None)), fresh=False)
+    assert refilled.queues["a"].oldest_published is None
+    assert Poller._waits(state, refilled)["a"] is None  # unknown until the next listing
+
+
+def test_without_broker_counters_the_drain_rate_comes_from_the_falling_ready_count() -> None:
+    state = AppState(uid="u")
+    assert Poller._waits(state, report(False, "redis", q=(100, None, None)))["q"] is None
+    meter = state.drains["q"]
+    assert meter.at is not None
+    state.drains["q"] = dataclasses.replace(meter, at=meter.at - 10)  # as if that poll was 10 s ago
+    w = Poller._waits(state, report(False, "redis", q=(60, None, None)))["q"]
+    assert w is not None and w.source == "drain_rate" and 14 < w.seconds < 16  # 60 / ~4 per second
+
+
+def test_a_queue_the_broker_does_not_have_waits_nothing() -> None:
+    state = AppState(uid="u")
+    assert Poller._waits(state, report(False, missing=("gone",)))["gone"] == Wait(0.0, None)
+
+
+def test_a_pools_wait_changing_alone_re_decides_the_statuses() -> None:
+    state = AppState(uid="u")
+    st = state.pools["p"] = PoolState(desired=1, depth=3, wait=Wait(5.0, "timestamp"))
+    before = Poller._seen(state)
+    st.wait = Wait(40.0, "timestamp")
+    longer = Poller._seen(state)
+    assert longer != before
+    st.wait = Wait(40.4, "timestamp")  # the status shows whole seconds: nothing new to write
+    assert Poller._seen(state) == longer
+
+
+def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
+    async def scenario() -> bool:
+        state = AppState(uid="u")  # no topology yet: each poll returns at once
+        drain = asyncio.create_task(asyncio.sleep(3600))
+        state.pools["p"] = PoolState(draining=drain)
+        poller = Poller(None, None, None, None, lambda _: None)  # type: ignore[arg-type]  # a poll without topology uses none
+        task = asyncio.create_task(poller.run(("ns", "app"), state))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.wait([drain], timeout=1)
+        return drain.cancelled()
+
+    assert asyncio.run(scenario())
