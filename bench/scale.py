@@ -102,10 +102,22 @@ def unsettled(cp: ControlPlane, ns: str) -> int:
     return sum(1 for d in items if not done(d))
 
 
+def unreported(cp: ControlPlane, ns: str) -> int:
+    """Custom resources whose status does not yet say Ready for their generation."""
+    items = json.loads(kubectl(cp, "get", "celeryapps,celeryqueues,celeryworkerpools", "-n", ns, "-o", "json"))["items"]
+
+    def done(o: dict[str, Any]) -> bool:
+        return any(c.get("type") == "Ready" and c.get("observedGeneration") == o["metadata"]["generation"]
+                   for c in (o.get("status") or {}).get("conditions") or [])
+
+    return sum(1 for o in items if not done(o))
+
+
 def wait_settled(cp: ControlPlane, ns: str, timeout: float = 900) -> float:
-    """Seconds until the deployment controller is done with every Deployment of `ns`."""
+    """Seconds until the deployment controller is done with every Deployment of `ns` and the operator
+    has reported every custom resource's Ready condition for its generation."""
     t0 = time.monotonic()
-    while unsettled(cp, ns):
+    while unsettled(cp, ns) or unreported(cp, ns):
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"{ns}: the deployment controller did not finish in {timeout:.0f}s")
         time.sleep(1)
@@ -250,11 +262,11 @@ class Bench:
         try:
             f = self.tmp / "big.yaml"
             f.write_text(yaml.safe_dump_all(docs))
-            kubectl(self.cp, "apply", "-n", ns, "-f", str(f))
+            kubectl(self.cp, "create", "-n", ns, "-f", str(f))
             apps = len([d for d in docs if d["kind"] == "CeleryApp"])
             while deployments(self.cp, ns) < apps * POOLS_PER_APP:
                 time.sleep(1)
-            time.sleep(20)
+            wait_settled(self.cp, ns, timeout=1800)
             return {"crs": len(docs), "rss": rss_mib(proc.pid), "scrape": scrape_ms(port)}
         finally:
             stop(proc, 15)
@@ -265,7 +277,7 @@ class Bench:
         self.namespace(ns)
         f = self.tmp / f"{ns}.yaml"
         f.write_text(yaml.safe_dump_all(crs(apps, pools=2, poll=3600)))
-        kubectl(self.cp, "apply", "-n", ns, "-f", str(f))
+        kubectl(self.cp, "create", "-n", ns, "-f", str(f))
         ops = [self.operator("--namespace", ns, "--shards", str(shards), "--lease-name", ns, "--lease-namespace",
                              SA_NS, "--identity", f"{ns}-r{i}", name=f"{ns}-r{i}") for i in range(replicas)]
         try:
@@ -301,22 +313,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
             ControlPlane(workdir=Path(tmp) / "cp", scheduler=False) as cp, RabbitMQ(Path(tmp) / "rabbit") as rabbit:
         bench = Bench(cp, rabbit, Path(tmp))
-        rows = [bench.size(int(n), args.idle) for n in args.sizes.split(",")]
-        print("\n## Converge, idle and resources (one operator, apps x 10 autoscaled pools; "
-              f"idle: {args.idle:g} s holding one resync of every app)\n")
-        print("| apps | pools | converge (ratio) | after CR apply (ratio) | kubectl --server-side | idle writes/s "
-              "(by verb) | idle reads | idle CPU | RSS | /metrics |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            writes = {k: v for k, v in r["idle"].items() if not k.startswith(("get", "list", "watch"))}
-            reads = {k: v for k, v in r["idle"].items() if k.startswith(("get", "list"))}
-            per_s = sum(writes.values()) / r["window"]
-            by_verb = ", ".join(f"{k} {v / r['window']:.3f}" for k, v in sorted(writes.items())) or "none"
-            print(f"| {r['apps']} | {r['pools']} | {r['converge']:.1f} s ({r['converge'] / r['baseline']:.2f}x) | "
-                  f"{r['after_apply']:.1f} s ({r['after_apply'] / r['baseline']:.2f}x) | "
-                  f"{r['baseline']:.1f} s | {per_s:.3f} ({by_verb}); "
-                  f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s | "
-                  f"{r['cpu']:.2f} % | {r['rss']:.0f} MiB | {r['scrape']:.1f} ms |")
+        rows = [bench.size(int(n), args.idle) for n in args.sizes.split(",") if n]
+        if rows:
+            print("\n## Converge, idle and resources (one operator, apps x 10 autoscaled pools; "
+                  f"idle: {args.idle:g} s holding one resync of every app)\n")
+            print("| apps | pools | converge (ratio) | after CR apply (ratio) | kubectl --server-side | idle writes/s "
+                  "(by verb) | idle reads | idle CPU | RSS | /metrics |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for r in rows:
+                writes = {k: v for k, v in r["idle"].items() if not k.startswith(("get", "list", "watch"))}
+                reads = {k: v for k, v in r["idle"].items() if k.startswith(("get", "list"))}
+                per_s = sum(writes.values()) / r["window"]
+                by_verb = ", ".join(f"{k} {v / r['window']:.3f}" for k, v in sorted(writes.items())) or "none"
+                print(f"| {r['apps']} | {r['pools']} | {r['converge']:.1f} s ({r['converge'] / r['baseline']:.2f}x) | "
+                      f"{r['after_apply']:.1f} s ({r['after_apply'] / r['baseline']:.2f}x) | "
+                      f"{r['baseline']:.1f} s | {per_s:.3f} ({by_verb}); "
+                      f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s | "
+                      f"{r['cpu']:.2f} % | {r['rss']:.0f} MiB | {r['scrape']:.1f} ms |")
         if args.big:
             b = bench.big(args.big)
             print(f"\n## Memory: {b['crs']} custom resources: RSS {b['rss']:.0f} MiB, /metrics {b['scrape']:.1f} ms")

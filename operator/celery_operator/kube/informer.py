@@ -1,6 +1,7 @@
 """A watch-fed cache of one kind of object, selected on the server (client-go's reflector, small).
 
-LIST once (with a label selector, so only the operator's children are streamed), then WATCH from
+LIST once (with a label selector, so only the operator's children are streamed; in pages, so the
+memory a large LIST needs is bounded, as client-go's pager does), then WATCH from
 that resourceVersion with bookmarks; a watch that ends is resumed from the last resourceVersion
 seen, a `410 Gone` relists. Reads are served from memory: reconciles cost no API reads.
 `metadata_only` asks for PartialObjectMetadata (Secrets: which changed, not what they hold).
@@ -13,6 +14,7 @@ import contextlib
 import json
 import logging
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ OnChange = Callable[[str, Body | None, Body | None], None]
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 METADATA_WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 WATCH_TIMEOUT_SECONDS = 290
+LIST_PAGE_SIZE = 500  # client-go's pager default
 
 
 def trim(obj: Body) -> Body:
@@ -40,12 +43,13 @@ def trim(obj: Body) -> Body:
 
 
 def pack(obj: Body) -> bytes:
-    """Objects are cached as compact JSON: a few times smaller than Python dicts, parsed when read."""
-    return json.dumps(trim(obj), separators=(",", ":")).encode()
+    """Objects are cached as compressed compact JSON: tens of times smaller than Python dicts (pod
+    templates repeat themselves), parsed when read."""
+    return zlib.compress(json.dumps(trim(obj), separators=(",", ":")).encode(), 1)
 
 
 def unpack(raw: bytes) -> Body:
-    return dict(json.loads(raw))
+    return dict(json.loads(zlib.decompress(raw)))
 
 
 @dataclass
@@ -57,8 +61,10 @@ class Informer:
     on_change: OnChange | None = None
     metadata_only: bool = False
     index_label: str | None = None  # `select` by this label's value without reading other objects
+    page_size: int = LIST_PAGE_SIZE
     synced: asyncio.Event = field(default_factory=asyncio.Event)
-    lists: int = 0  # LIST requests made (the scale benchmark counts them)
+    lists: int = 0  # complete LISTs made (each may take several pages)
+    pages: int = 0  # LIST requests made
     _store: dict[Key, bytes] = field(default_factory=dict)
     _index: dict[tuple[str, str], set[Key]] = field(default_factory=dict)  # (namespace, label value) -> keys
     _resource_version: str = ""
@@ -115,18 +121,30 @@ class Informer:
                 log.exception("handler of %s %s failed", self.kind, kind)
 
     async def _list(self) -> None:
-        params = {"labelSelector": self.label_selector} if self.label_selector else None
+        params = {"limit": str(self.page_size)}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
         headers = {"Accept": METADATA_ACCEPT} if self.metadata_only else None
-        body = await self.client.request("GET", path_for(self.kind, self.namespace), params=params, headers=headers)
+        seen: set[Key] = set()
+        while True:  # one page at a time: each is cached before the next is read
+            body = await self.client.request("GET", path_for(self.kind, self.namespace), params=params,
+                                             headers=headers)
+            self.pages += 1
+            for obj in body.get("items") or []:
+                key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+                seen.add(key)
+                before = self.put(obj)
+                if before is None or \
+                        before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                    self._emit("ADDED" if before is None else "MODIFIED", trim(obj), before)
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            params["continue"] = str(meta["continue"])  # an expired token (410) fails the LIST: it starts over
         self.lists += 1
-        fresh = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in body.get("items") or []}
-        self._resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
-        for key in [k for k in self._store if k not in fresh]:
+        self._resource_version = str(meta.get("resourceVersion", ""))
+        for key in [k for k in self._store if k not in seen]:
             self._emit("DELETED", None, self._remove(key))
-        for obj in fresh.values():
-            before = self.put(obj)
-            if before is None or before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._emit("ADDED" if before is None else "MODIFIED", trim(obj), before)
         self.synced.set()
 
     async def _watch(self) -> None:

@@ -1,0 +1,70 @@
+"""The informer against a real API server: a LIST in pages, then the watch keeps the cache current."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import kopf
+import pytest
+
+from celery_operator.kube.client import KubeClient
+from celery_operator.kube.informer import Informer
+from localenv.controlplane import ControlPlane
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def _client(cp: ControlPlane) -> KubeClient:
+    os.environ["KUBECONFIG"] = str(cp.kubeconfig)  # read at call time by kopf's kubeconfig login
+    conn = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    assert conn is not None
+    return KubeClient(conn)
+
+
+async def _until(check: object, seconds: float) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {seconds}s")
+
+
+def _configmap(ns: str, name: str, selected: bool) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "labels": {"pick": "yes" if selected else "no"}},
+            "data": {"n": name}}
+
+
+def test_a_list_in_pages_caches_every_selected_object_and_the_watch_follows_changes(
+        control_plane: ControlPlane, namespace: str) -> None:
+    items = [_configmap(namespace, f"cm-{i}", selected=i % 4 != 0) for i in range(11)]
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    want = {f"cm-{i}" for i in range(11) if i % 4 != 0}
+
+    async def run() -> tuple[int, int, set[str], set[str]]:
+        client = await _client(control_plane)
+        events: list[tuple[str, str]] = []
+        inf = Informer(client, "ConfigMap", namespace, label_selector="pick=yes", page_size=3,
+                       on_change=lambda ev, new, old: events.append((ev, (new or old or {})["metadata"]["name"])))
+        task = await inf.start()
+        try:
+            await asyncio.wait_for(inf.synced.wait(), 30)
+            listed = {o["metadata"]["name"] for o in inf.items()}
+            await asyncio.to_thread(control_plane.kubectl, "delete", "configmap", "cm-1", "-n", namespace)
+            await asyncio.to_thread(control_plane.kubectl, "apply", "-f", "-",
+                                    input=json.dumps(_configmap(namespace, "cm-new", selected=True)))
+            await _until(lambda: ("DELETED", "cm-1") in events and inf.get(namespace, "cm-new") is not None, 30)
+            return inf.pages, inf.lists, listed, {o["metadata"]["name"] for o in inf.items()}
+        finally:
+            task.cancel()
+            await client.close()
+
+    pages, lists, listed, after = asyncio.run(run())
+    assert listed == want
+    assert lists == 1
+    assert pages >= -(-len(want) // 3)  # at least ceil(8 / 3) pages of at most 3 (a page may hold fewer)
+    assert after == (want - {"cm-1"}) | {"cm-new"}
