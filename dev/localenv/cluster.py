@@ -8,6 +8,7 @@ undoes all of it, on the host too (localenv.node).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ class Cluster:
     control_plane: ControlPlane = field(init=False)
     node: Node = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
+    state_file: Path | None = None  # where `make up` wrote `state()`: kept true when a process restarts
     _own_workdir: bool = False
 
     def __post_init__(self) -> None:
@@ -91,13 +93,23 @@ class Cluster:
         return self.state()
 
     @classmethod
-    def attach(cls, state: dict[str, Any]) -> Cluster:
+    def attach(cls, state: dict[str, Any], state_file: Path | None = None) -> Cluster:
         """A cluster `make up` started: usable, and `stop()` stops it."""
-        c = cls(workdir=Path(state["workdir"]))
+        c = cls(workdir=Path(state["workdir"]), state_file=state_file)
         c.control_plane = ControlPlane.attach(c.workdir / "control-plane", state["server"],  # type: ignore[operator]
                                               state["control_plane_pids"])
         c.node = Node(c.control_plane, c.workdir / "node", c.images.ref("pause"))  # type: ignore[operator]
         return c
+
+    def restart_apiserver(self) -> float:
+        """Restart kube-apiserver on the same etcd and port (ControlPlane.restart_apiserver); an attached
+        cluster's state file gets the new process id, so `make down` still stops it. Returns the downtime."""
+        down = self.control_plane.restart_apiserver()
+        if self.state_file is not None and self.state_file.exists():
+            state = json.loads(self.state_file.read_text())
+            state["control_plane_pids"] = self.control_plane.pids()
+            self.state_file.write_text(json.dumps(state, indent=2))
+        return down
 
     def refresh_images(self) -> list[str]:
         """Build and load the images whose current tag the node lacks (after a source change)."""
@@ -112,7 +124,9 @@ class Cluster:
         return self.images.ref(name)
 
     def stop(self) -> None:
-        self.node.stop()
-        self.control_plane.stop()
+        try:
+            self.node.stop()
+        finally:  # a node that failed to start (another one runs here) must not keep the control plane up
+            self.control_plane.stop()
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -28,6 +28,7 @@ from localenv.procs import ServerError, free_port, pid_alive, spawn, stop, wait_
 SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 NODE_NAME = "localhost"  # the apiserver reaches the kubelet by this name (127.0.0.1), see localenv.node
+APISERVER_STOP_SECONDS = 3.0  # a restart: SIGTERM, SIGKILL if still there after this long
 
 
 def write_kubeconfig(path: Path, server: str, pki: PKI, pair: KeyPair, user: str = "admin") -> None:
@@ -88,12 +89,11 @@ class ControlPlane:
         assert self.workdir is not None
         pki = self.pki
         pki.create()
-        serving = pki.issue("apiserver", "kube-apiserver", client=False, server_names=(
+        pki.issue("apiserver", "kube-apiserver", client=False, server_names=(
             "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local"), server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
         admin = pki.issue("admin", "admin", ("system:masters",))
-        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-                                   ("system:masters",))
+        pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
         etcd_port, etcd_peer = free_port(), free_port()
         self._procs["etcd"] = spawn([
             str(self.bin_dir / "etcd"), "--name", "local", "--data-dir", str(self.workdir / "etcd"),
@@ -110,45 +110,9 @@ class ControlPlane:
 
         api_port = free_port()
         self.server = f"https://127.0.0.1:{api_port}"
-        audit_flags: list[str] = []
-        if self.audit:
-            policy = self.workdir / "audit-policy.json"
-            # Service accounts' requests (the operator's, as tests and benchmarks run it), at Metadata level.
-            policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-                                          "omitStages": ["RequestReceived"],
-                                          "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
-                                                    {"level": "None"}]}))
-            audit_flags = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
-                           "--audit-log-maxsize=200", "--audit-log-maxbackup=1", "--audit-log-format=json"]
-        self._procs["kube-apiserver"] = spawn([
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--secure-port={api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={pki.ca}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki.dir / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
-            "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-            "--allow-privileged=true",
-            # The kubelet serves on 127.0.0.1 under the node name `localhost` (localenv.node).
-            "--kubelet-preferred-address-types=Hostname",
-            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
-            f"--kubelet-certificate-authority={pki.ca}",
-            "--enable-priority-and-fairness=false", "--profiling=false",
-            "--endpoint-reconciler-type=none", "--v=0", *audit_flags,
-        ], self.log("kube-apiserver"))
-        ctx = ssl.create_default_context(cafile=str(pki.ca))
-        ctx.load_cert_chain(str(admin.cert), str(admin.key))
-
-        def ready() -> bool:
-            with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=3) as r:
-                return bool(r.status == 200)
-
-        wait_until(ready, timeout, "kube-apiserver", self._procs["kube-apiserver"], self.log("kube-apiserver"))
+        self._procs["kube-apiserver"] = spawn(self._apiserver_argv(f"http://127.0.0.1:{etcd_port}", api_port),
+                                              self.log("kube-apiserver"))
+        self._wait_apiserver(timeout, self._procs["kube-apiserver"])
         self.kubeconfig = self.workdir / "kubeconfig"
         write_kubeconfig(self.kubeconfig, self.server, pki, admin)
 
@@ -176,6 +140,82 @@ class ControlPlane:
                 "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--v=0",
             ], self.log("kube-scheduler"))
 
+    def _apiserver_argv(self, etcd_url: str, api_port: int) -> list[str]:
+        assert self.workdir is not None
+        pki = self.pki
+        audit: list[str] = []
+        if self.audit:
+            policy = self.workdir / "audit-policy.json"
+            # Service accounts' requests (the operator's, as tests and benchmarks run it), at Metadata level.
+            policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                          "omitStages": ["RequestReceived"],
+                                          "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                                                    {"level": "None"}]}))
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                     "--audit-log-maxsize=200", "--audit-log-maxbackup=1", "--audit-log-format=json"]
+        return [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--secure-port={api_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--tls-cert-file={pki.pair('apiserver').cert}", f"--tls-private-key-file={pki.pair('apiserver').key}",
+            f"--client-ca-file={pki.ca}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.dir / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
+            "--api-audiences=https://kubernetes.default.svc.cluster.local",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            # The kubelet serves on 127.0.0.1 under the node name `localhost` (localenv.node).
+            "--kubelet-preferred-address-types=Hostname",
+            f"--kubelet-client-certificate={pki.pair('apiserver-kubelet-client').cert}",
+            f"--kubelet-client-key={pki.pair('apiserver-kubelet-client').key}",
+            f"--kubelet-certificate-authority={pki.ca}",
+            "--enable-priority-and-fairness=false", "--profiling=false",
+            "--endpoint-reconciler-type=none", "--v=0", *audit,
+        ]
+
+    def _wait_apiserver(self, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+        pki = self.pki
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        ctx.load_cert_chain(str(pki.pair("admin").cert), str(pki.pair("admin").key))
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=3) as r:
+                return bool(r.status == 200)
+
+        wait_until(ready, timeout, "kube-apiserver", proc, self.log("kube-apiserver"))
+
+    def restart_apiserver(self, timeout: float = 90.0) -> float:
+        """Stop kube-apiserver and start it again with the very command line it ran (the same etcd, port
+        and flags, whichever checkout started it; every object stays); returns how long it did not answer.
+        Clients (the kubelet, kube-proxy, operators) must reconnect."""
+        own = self._procs.get("kube-apiserver")
+        pid = own.pid if own is not None else self._attached["kube-apiserver"]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+        down = time.monotonic()
+        # SIGTERM; it stops listening at once but may linger draining requests: SIGKILL after a few seconds.
+        if own is not None:
+            stop(own, APISERVER_STOP_SECONDS)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + APISERVER_STOP_SECONDS
+            while time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            wait_until(lambda: not pid_alive(pid), 10, "kube-apiserver to exit")
+        proc = spawn(argv, self.log("kube-apiserver"))
+        if own is not None:
+            self._procs["kube-apiserver"] = proc
+        else:
+            self._attached["kube-apiserver"] = proc.pid
+        self._wait_apiserver(timeout, proc)
+        return time.monotonic() - down
+
     def _default_service_account_exists(self) -> bool:
         r = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
         return r.returncode == 0
@@ -196,7 +236,7 @@ class ControlPlane:
         return env
 
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self._procs.items()}
+        return {**self._attached, **{name: p.pid for name, p in self._procs.items()}}
 
     @classmethod
     def attach(cls, workdir: Path, server: str, pids: dict[str, int]) -> ControlPlane:

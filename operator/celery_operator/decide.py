@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,11 +367,18 @@ def child_key(obj: Body) -> ObjKey:
 
 @dataclass(frozen=True)
 class ChildPlan:
-    """Children to apply (rendered, and missing or different live) and to delete (ours, no longer wanted)."""
+    """Children to apply (rendered, and missing or different live) and to delete (ours, no longer wanted,
+    or left by an earlier incarnation of their owner), and those held back until old pods are gone."""
 
     apply: list[Body]
     delete: list[ObjKey]
     why: dict[ObjKey, str]  # for each child to apply: the first field that differs, or "missing"
+    # Live children whose owner was deleted and recreated under the same name (another uid): never
+    # adopted; deleted (their pods first), the new one is created once they are gone.
+    replace: list[ObjKey] = field(default_factory=list)
+    # Missing workloads (Deployments) whose previous pods still run or stop: created once they are gone,
+    # so a pool's or beat's old and new workers never run side by side.
+    hold: list[ObjKey] = field(default_factory=list)
 
 
 def stamped(obj: Body) -> Body:
@@ -382,18 +389,44 @@ def stamped(obj: Body) -> Body:
                                                       api.ANNOTATION_APPLIED: digest}}}
 
 
-def child_plan(desired: list[Body], live: Mapping[ObjKey, Body]) -> ChildPlan:
+def controller_uid(obj: Body) -> str | None:
+    """The uid of the object's controller (its owner reference with `controller: true`)."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def _selects(workload: Body, pod: Body) -> bool:
+    match = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    labels = pod["metadata"].get("labels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def child_plan(desired: list[Body], live: Mapping[ObjKey, Body], pods: Sequence[Body] = ()) -> ChildPlan:
     """Only what differs is written: an unchanged child costs nothing, a hand-edited or deleted one
     is restored. A child whose rendered form changed since it was applied (its digest annotation
     differs: this also catches a field the operator stopped setting) is applied; otherwise it is
     applied only when a field the operator sets no longer holds its value (a hand edit). Children
     of the app that the desired state no longer has (a deleted pool, beat without schedules, the
-    servers of a broker kind the app left) are deleted."""
+    servers of a broker kind the app left) are deleted. A live child controlled by another uid than
+    its rendered owner's (the app or pool was deleted and recreated under the same name) is deleted
+    rather than adopted, and a missing Deployment waits until no pod it would select remains."""
     apply: list[Body] = []
     why: dict[ObjKey, str] = {}
+    replace: list[ObjKey] = []
+    hold: list[ObjKey] = []
     for rendered in desired:
         obj = stamped(rendered)
-        found = live.get(child_key(obj))
+        key = child_key(obj)
+        found = live.get(key)
+        owner = controller_uid(obj)
+        if found is not None and owner is not None and controller_uid(found) not in (owner, None):
+            replace.append(key)
+            continue
+        if found is None and obj["kind"] == "Deployment" and any(_selects(obj, p) for p in pods):
+            hold.append(key)
+            continue
         if found is None:
             diff: str | None = "missing"
         elif (found["metadata"].get("annotations") or {}).get(api.ANNOTATION_APPLIED) != \
@@ -403,8 +436,8 @@ def child_plan(desired: list[Body], live: Mapping[ObjKey, Body]) -> ChildPlan:
             diff = drift.differs(obj, found)
         if diff is not None:
             apply.append(obj)
-            why[child_key(obj)] = diff
+            why[key] = diff
     wanted = {child_key(o) for o in desired}
     delete = sorted(k for k, b in live.items() if k not in wanted
                     and (b["metadata"].get("labels") or {}).get(api.LABEL_MANAGED_BY) == api.OPERATOR_NAME)
-    return ChildPlan(apply, delete, why)
+    return ChildPlan(apply, delete, why, replace, hold)

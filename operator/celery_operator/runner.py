@@ -70,9 +70,10 @@ async def _run(opts: RunOptions) -> int:
     port = server.addresses[0][1] if server.addresses else opts.port
     log.info("serving /healthz, /readyz and /metrics on %s:%s", opts.host, port)
     client = await KubeClient.login()
+    identity = opts.identity or f"{socket.gethostname()}-{os.getpid()}"
+    client.identity = identity
     shards = None
     if opts.leader_election:
-        identity = opts.identity or f"{socket.gethostname()}-{os.getpid()}"
         shards = ShardManager(client, opts.lease_namespace, opts.lease_name, identity, shards=opts.shards,
                               lease_seconds=opts.lease_seconds, renew_deadline_seconds=opts.renew_deadline_seconds,
                               retry_seconds=opts.retry_seconds)

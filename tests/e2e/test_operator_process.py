@@ -37,32 +37,89 @@ def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
     assert "stopped (exit 0)" in op.logs()
 
 
-def _holder(control_plane: ControlPlane, name: str) -> str | None:
-    r = control_plane.kubectl("get", "lease", name, "-n", OPERATOR_NAMESPACE, "-o", "json", check=False)
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout)["spec"].get("holderIdentity")
+def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_when_it_stops(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+        broker_vhost: Vhost) -> None:
+    """Both replicas run kopf and fill their caches; the API server's audit log shows writes only from the
+    holder of the shard lease, until it stops (releasing the lease) and the other takes over at once."""
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue, unattributed_writes
 
-
-def test_two_operator_replicas_never_both_reconcile(control_plane: ControlPlane, namespace: str,
-                                                    operator_factory: OperatorFactory) -> None:
+    assert control_plane.audit_log.exists(), "the API server keeps no audit log (localenv.controlplane enables it)"
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
     lease = f"ha-{namespace}"
+    shard = f"{lease}-shard-0"
+    since = time.time()
     a = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-a", name="a")
-    wait_for(lambda: _holder(control_plane, lease) == "replica-a", 30, "replica-a leads")
+    wait_for(lambda: lease_holder(control_plane, OPERATOR_NAMESPACE, shard) == "replica-a", 30, "replica-a leads")
     b = operator_factory("--namespace", namespace, "--lease-name", lease, "--identity", "replica-b", name="b")
-    wait_for(lambda: "waiting for leadership" in b.logs(), 30, "replica-b waits")
-    time.sleep(3)
-    # Only the leader started kopf (and so any handler); the follower never did.
-    assert "acquired leadership" in a.logs()
-    assert "Activity 'configure' succeeded" in a.logs()
-    assert "acquired leadership" not in b.logs()
-    assert "kopf" not in b.logs()
-    assert _holder(control_plane, lease) == "replica-a"
-    # The leader stops: it releases the lease and the follower takes over promptly.
+    wait_for(lambda: "caches synced" in b.logs(), 30, "replica-b's caches synced")
+    apply(control_plane, namespace, [external_app("proj", images.sample_tasks), queue("proj", "work", "work"),
+                                     pool("proj", "w", ["work"], replicas=0)])
+    wait_ready(control_plane, namespace, "celeryworkerpool", "w", 60)
+
+    def app_writes(identity: str, after: float) -> list[str]:
+        return [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}" for e in
+                audit_writes(control_plane, identity, after) if (e.get("objectRef") or {}).get("resource") != "leases"]
+
+    assert app_writes("replica-a", since)  # children, statuses, Events
+    assert app_writes("replica-b", since) == []  # the standby wrote nothing but its own lease
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(30) == 0
-    wait_for(lambda: _holder(control_plane, lease) == "replica-b", 30, "replica-b takes over")
-    wait_for(lambda: "Activity 'configure' succeeded" in b.logs(), 30, "replica-b starts kopf")
+    stopped = time.time()
+    wait_for(lambda: lease_holder(control_plane, OPERATOR_NAMESPACE, shard) == "replica-b", 10,
+             "replica-b takes the released lease")
+    control_plane.kubectl("delete", "configmap", "proj-celery-config", "-n", namespace)
+    wait_for(lambda: get(control_plane, namespace, "configmap", "proj-celery-config"), 30, "restored by replica-b")
+    assert app_writes("replica-b", stopped)
+    assert app_writes("replica-a", stopped) == []
+    assert unattributed_writes(control_plane, namespace, since) == []  # every write is a replica's
+
+
+def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_holds(
+        control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+        broker_vhost: Vhost) -> None:
+    """`--shards 2` and two replicas: each ends up holding one shard's lease, and the audit log shows every
+    write for an app coming from the holder of that app's shard."""
+    from celery_operator.kube.shards import shard_of
+    from tests.e2e.faults import audit_writes, external_app, lease_holder, pool, queue, unattributed_writes
+
+    secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    candidates = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    apps = {s: next(n for n in candidates if shard_of(namespace, n, 2) == s) for s in (0, 1)}
+    lease = f"sh-{namespace}"
+    args = ("--namespace", namespace, "--lease-name", lease, "--shards", "2")
+    operator_factory(*args, "--identity", "replica-a", name="a")
+    operator_factory(*args, "--identity", "replica-b", name="b")
+
+    def holders() -> dict[int, str | None]:
+        return {s: lease_holder(control_plane, OPERATOR_NAMESPACE, f"{lease}-shard-{s}") for s in (0, 1)}
+
+    # A newcomer waits a lease duration for the member count to settle; then each takes its share.
+    def split_evenly() -> dict[int, str | None] | None:
+        h = holders()
+        return h if sorted(map(str, h.values())) == ["replica-a", "replica-b"] else None
+
+    split = wait_for(split_evenly, 90, "one shard each")
+    since = time.time()
+    for app in apps.values():
+        apply(control_plane, namespace, [external_app(app, images.sample_tasks), queue(app, f"{app}-work", app),
+                                         pool(app, f"{app}-w", [app], replicas=0)])
+    for app in apps.values():
+        wait_ready(control_plane, namespace, "celeryworkerpool", f"{app}-w", 60)
+    assert holders() == split, "the shards moved while the apps were made"
+
+    def writes_for(identity: str, app: str) -> list[str]:
+        return [f"{e['verb']} {ref.get('resource')}/{ref.get('name')}"
+                for e in audit_writes(control_plane, identity, since)
+                if (ref := e.get("objectRef") or {}).get("resource") not in ("leases", "events")
+                and str(ref.get("name") or "").startswith(app)]
+
+    for shard, app in apps.items():
+        holder = split[shard]
+        other = next(i for i in ("replica-a", "replica-b") if i != holder)
+        assert writes_for(str(holder), app), f"{holder} holds shard {shard} but wrote nothing for {app}"
+        assert writes_for(other, app) == [], f"{other} wrote for {app} of shard {shard}, which it does not hold"
+    assert unattributed_writes(control_plane, namespace, since) == []
 
 
 @pytest.mark.parametrize("form", ["flattened-inline-data", "file-paths"])

@@ -68,13 +68,14 @@ def test_replicas_split_the_shards_and_a_survivor_takes_a_dead_ones_within_the_l
 
 
 def test_a_replica_past_its_renew_deadline_refuses_to_write(control_plane: ControlPlane, namespace: str) -> None:
-    async def run() -> tuple[bool, bool]:
+    async def run() -> tuple[bool, bool, bool]:
         client = await _client(control_plane)
         m = _manager(client, namespace, "solo", shards=1)
         stop = asyncio.Event()
         task = asyncio.create_task(m.run(stop))
         try:
             await _until(lambda: m.holds(0), 10)
+            for_no_app = m.guard()  # a write made outside any app's shard
             current_shard.set(0)
             while_held = m.guard()
             m.held[0] = time.monotonic() - RENEW - 0.1  # as if renewals had stalled (a paused process)
@@ -83,9 +84,9 @@ def test_a_replica_past_its_renew_deadline_refuses_to_write(control_plane: Contr
             stop.set()
             await task
             await client.close()
-        return while_held, after_deadline
+        return for_no_app, while_held, after_deadline
 
-    assert asyncio.run(run()) == (True, False)
+    assert asyncio.run(run()) == (False, True, False)
 
 
 def test_a_graceful_stop_releases_the_lease_for_an_immediate_takeover(control_plane: ControlPlane,

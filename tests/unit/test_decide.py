@@ -81,6 +81,29 @@ def test_children_no_longer_rendered_are_deleted_only_if_the_operator_made_them(
     assert plan.delete == [("Deployment", "proj-old")]
 
 
+def test_children_of_an_earlier_incarnation_of_the_app_are_replaced_not_adopted() -> None:
+    """The app was deleted and recreated under its name: its old children (another owner uid) are deleted
+    first, never applied over; everything else of the new app goes ahead."""
+    live = {decide.child_key(o): copy.deepcopy(o) for o in map(decide.stamped, rendered())}
+    old = live[("Deployment", "proj-w")]
+    old["metadata"]["ownerReferences"][0]["uid"] = "uid-of-the-deleted-app"
+    plan = decide.child_plan(rendered(), live)
+    assert plan.replace == [("Deployment", "proj-w")]
+    assert plan.apply == [] and plan.delete == [] and plan.hold == []
+
+
+def test_a_missing_deployment_waits_until_no_pod_it_would_select_remains() -> None:
+    live = {decide.child_key(o): copy.deepcopy(o) for o in map(decide.stamped, rendered())}
+    dep = live.pop(("Deployment", "proj-w"))
+    old_pod = {"kind": "Pod", "metadata": {"name": "proj-w-abc", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                                           "labels": dict(dep["spec"]["template"]["metadata"]["labels"])}}
+    other = {"kind": "Pod", "metadata": {"name": "proj-beat-abc", "labels": {api.LABEL_APP: "proj"}}}
+    plan = decide.child_plan(rendered(), live, [old_pod, other])
+    assert plan.hold == [("Deployment", "proj-w")] and plan.apply == []
+    plan = decide.child_plan(rendered(), live, [other])  # the old pod is gone
+    assert plan.hold == [] and plan.why == {("Deployment", "proj-w"): "missing"}
+
+
 def test_a_pool_whose_broker_is_unreachable_holds_its_replicas_and_says_why() -> None:
     pool_body = body(api.POOL, "w", {**POOL["spec"], "autoscaling": {
         "minReplicas": 1, "maxReplicas": 5, "targetMessagesPerReplica": 10, "activationMessages": 0,

@@ -28,6 +28,32 @@ def test_a_burst_of_adds_is_worked_once_and_a_full_add_wins() -> None:
     assert asyncio.run(run()) == [(("ns", "a"), True)]
 
 
+def test_a_status_only_add_does_not_pull_a_delayed_full_one_forward() -> None:
+    """A failed reconcile retried with backoff (a delayed full add) keeps its delay while polls ask for
+    status-only passes: those run at once, the full one when due."""
+    async def run() -> list[tuple[bool, float]]:
+        done: list[tuple[bool, float]] = []
+        finished = asyncio.Event()
+        t0 = asyncio.get_running_loop().time()
+
+        async def work(key: Key, full: bool) -> None:
+            done.append((full, asyncio.get_running_loop().time() - t0))
+            if full:
+                finished.set()
+
+        q = WorkQueue(work, workers=4, debounce_seconds=0.01)
+        q.start()
+        q.add(("ns", "a"), delay=0.5)
+        q.add(("ns", "a"), full=False)
+        await asyncio.wait_for(finished.wait(), 5)
+        await q.stop()
+        return done
+
+    (first_full, first_at), (second_full, second_at) = asyncio.run(run())
+    assert (first_full, second_full) == (False, True)
+    assert first_at < 0.3 <= 0.45 <= second_at
+
+
 def test_a_key_is_never_worked_twice_at_once_and_an_add_during_work_runs_after() -> None:
     async def run() -> tuple[int, int]:
         running = peak = runs = 0

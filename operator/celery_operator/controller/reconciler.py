@@ -50,6 +50,8 @@ APPLY_CONCURRENCY = 8
 # Children others name and cannot do without, applied before the rest: a RoleBinding's Role (the API server
 # refuses a binding to a Role it cannot find) and a pod's ServiceAccount (beat's).
 APPLY_FIRST = ("ServiceAccount", "Role")
+HOLD_RECHECK_SECONDS = 2.0  # a child held back for old pods or a replaced child: how soon to look again
+HOLD_MARGIN_SECONDS = 30.0
 
 
 def _parse(cls: Any, bodies: list[Body]) -> list[Any]:
@@ -143,7 +145,8 @@ class Reconciler:
                     self.metrics.forget_app(ns, name)
                 state = self.states[key] = AppState(uid=app_body["metadata"]["uid"])
             await self._reconcile(key, state, bodies, app_body, full)
-            state.failures, state.last_error = 0, None
+            if full:  # a status-only pass does not redo what failed: only a full one clears the error
+                state.failures, state.last_error = 0, None
             self.metrics.count_reconcile(api.APP, "success")
         except (asyncio.CancelledError, NotOwner):
             raise
@@ -190,9 +193,14 @@ class Reconciler:
                       for o in rendered if o["kind"] == "ConfigMap"), "")
         state.topology, state.broker = topo, broker
         if full:
-            plan = decide.child_plan(rendered, live)
+            plan = decide.child_plan(rendered, live, self.cache.pods(ns, name))
+            plan = self._release_overdue(state, plan, rendered)
             state.apply_errors = await self._apply(plan, live, app_body)
             await self._delete(plan.delete, app_body)
+            await self._delete(plan.replace, app_body, propagation="Foreground",
+                               why="left by a deleted object of the same name")
+            if plan.replace or plan.hold:
+                self.requeue(key, HOLD_RECHECK_SECONDS)
             await self._declare(state, topo, broker)
             await self._finalizers(key, bodies, topo, broker, state)
         self.on_app(key, state)
@@ -238,12 +246,35 @@ class Reconciler:
         await asyncio.gather(*(one(o) for o in plan.apply if o["kind"] not in APPLY_FIRST))
         return errors
 
-    async def _delete(self, keys: list[ObjKey], app_body: Body) -> None:
+    async def _delete(self, keys: list[ObjKey], app_body: Body, propagation: str = "Background",
+                      why: str = "no longer desired") -> None:
         ns = app_body["metadata"]["namespace"]
         for kind, name in keys:
-            log.info("deleting %s %s/%s: no longer desired", kind, ns, name)
-            if await self.client.delete(kind, ns, name):
-                await self.recorder.normal(app_body, "Deleted", f"{kind} {name} deleted: no longer desired")
+            log.info("deleting %s %s/%s: %s", kind, ns, name, why)
+            if await self.client.delete(kind, ns, name, propagation=propagation):
+                await self.recorder.normal(app_body, "Deleted", f"{kind} {name} deleted: {why}")
+
+    @staticmethod
+    def _release_overdue(state: AppState, plan: decide.ChildPlan, rendered: list[Body]) -> decide.ChildPlan:
+        """Held workloads wait for their old pods at most their grace period and a margin (pods that
+        never go, e.g. under a ReplicaSet orphaned by hand, are adopted by the new Deployment)."""
+        now = time.monotonic()
+        state.held_since = {k: state.held_since.get(k, now) for k in plan.hold}
+        overdue = []
+        for obj in rendered:
+            key = decide.child_key(obj)
+            if key not in state.held_since:
+                continue
+            grace = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+                "terminationGracePeriodSeconds", 30)
+            if now - state.held_since[key] > float(grace) + HOLD_MARGIN_SECONDS:
+                log.warning("%s %s: its old pods did not go in time; creating it anyway", *key)
+                overdue.append(decide.stamped(obj))
+        if not overdue:
+            return plan
+        keys = {decide.child_key(o) for o in overdue}
+        return dataclasses.replace(plan, apply=[*plan.apply, *overdue], hold=[k for k in plan.hold if k not in keys],
+                                   why={**plan.why, **dict.fromkeys(keys, "old pods still there")})
 
     async def _replace_statefulset(self, obj: Body, error: str) -> str:
         """A managed server's StatefulSet whose immutable fields (its claim templates: storage size or

@@ -57,6 +57,7 @@ class AppState:
     declared_at: float = float("-inf")
     declared: dict[tuple[str, str], DeclareResult] = field(default_factory=dict)
     apply_errors: list[str] = field(default_factory=list)
+    held_since: dict[tuple[str, str], float] = field(default_factory=dict)  # workloads waiting for old pods
     failures: int = 0  # reconciles failed in a row
     last_seen: tuple[object, ...] = ()  # what the last poll showed (a status-only reconcile follows a change)
     last_error: str | None = None

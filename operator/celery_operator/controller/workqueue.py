@@ -2,7 +2,9 @@
 
 Like client-go's workqueue: a key enqueued many times while waiting is worked once; a key being
 worked is not worked by a second worker at the same time, and if enqueued meanwhile it is worked
-again afterwards. A full reconcile subsumes a status-only one.
+again afterwards. A full reconcile subsumes a status-only one due at the same time or later, but a
+status-only request never pulls a later full one forward: a failed reconcile's backoff holds while
+polls keep the statuses current.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Work = Callable[[Key, bool], Awaitable[None]]  # (key, full)
+INF = float("inf")
 
 
 @dataclass
@@ -24,17 +27,15 @@ class WorkQueue:
     work: Work
     workers: int = 16
     debounce_seconds: float = 0.2
-    _due: dict[Key, tuple[float, bool]] = field(default_factory=dict)  # key -> (when, full)
+    _due: dict[Key, tuple[float, float]] = field(default_factory=dict)  # key -> (status-only when, full when)
     _active: set[Key] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def add(self, key: Key, *, full: bool = True, delay: float | None = None) -> None:
         when = time.monotonic() + (self.debounce_seconds if delay is None else delay)
-        before = self._due.get(key)
-        if before is not None:
-            when, full = min(when, before[0]), full or before[1]
-        self._due[key] = (when, full)
+        status, whole = self._due.get(key, (INF, INF))
+        self._due[key] = (status, min(whole, when)) if full else (min(status, when), whole)
         self._wake.set()
 
     def forget(self, key: Key) -> None:
@@ -44,16 +45,21 @@ class WorkQueue:
         return len(self._due) + len(self._active)
 
     def _next(self) -> tuple[Key, bool] | float:
-        """A due key not being worked, or the seconds until the next one is due."""
+        """A due key not being worked (and whether a full reconcile is due), or the seconds until the next."""
         now = time.monotonic()
         soonest = 1.0
-        for key, (when, full) in sorted(self._due.items(), key=lambda kv: kv[1][0]):
+        for key, (status, whole) in sorted(self._due.items(), key=lambda kv: min(kv[1])):
             if key in self._active:
                 continue
-            if when <= now:
-                del self._due[key]
-                return key, full
-            soonest = min(soonest, when - now)
+            if whole <= now or (status <= now and whole <= now + self.debounce_seconds):
+                del self._due[key]  # a full reconcile writes the statuses too
+                return key, True
+            if status <= now:
+                self._due[key] = (INF, whole)
+                if whole == INF:
+                    del self._due[key]
+                return key, False
+            soonest = min(soonest, min(status, whole) - now)
             break
         return soonest
 

@@ -97,6 +97,7 @@ class KubeClient:
 
     conn: kopf.ConnectionInfo
     write_guard: Callable[[], bool] | None = None
+    identity: str | None = None  # this replica's: in the User-Agent, so audit logs tell replicas apart
     _session: aiohttp.ClientSession | None = None
     requests: Counter[str] = field(default_factory=Counter)  # by verb (benchmarks read it)
 
@@ -109,9 +110,13 @@ class KubeClient:
             # kopf's own decoding of the credentials: inline kubeconfig data, files, tokens.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.conn.as_ssl_context(), limit=POOL_CONNECTIONS),
-                headers={**self.conn.as_http_headers(), "User-Agent": api.OPERATOR_NAME},
+                headers={**self.conn.as_http_headers(), "User-Agent": self.user_agent},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
         return self._session
+
+    @property
+    def user_agent(self) -> str:
+        return f"{api.OPERATOR_NAME}/{self.identity}" if self.identity else api.OPERATOR_NAME
 
     async def _relogin(self) -> None:
         """After a 401: credentials rotate (projected tokens, exec plugins), so log in again."""
@@ -128,15 +133,19 @@ class KubeClient:
                       body: Any = None, content_type: str = "application/json",
                       headers: dict[str, str] | None = None, guarded: bool = True,
                       timeout_seconds: float | None = None) -> Body:
-        if method != "GET" and guarded and self.write_guard is not None and not self.write_guard():
-            raise NotOwner(f"{method} {path}: not sent, this replica does not hold the lease")
+        self._check_guard(method, path, guarded)
         try:
             return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
         except ApiError as e:
             if e.status != 401:
                 raise
         await self._relogin()
+        self._check_guard(method, path, guarded)  # logging in again took time: the lease may be gone
         return await self._request(method, path, params, body, content_type, headers, timeout_seconds)
+
+    def _check_guard(self, method: str, path: str, guarded: bool) -> None:
+        if method != "GET" and guarded and self.write_guard is not None and not self.write_guard():
+            raise NotOwner(f"{method} {path}: not sent, this replica does not hold the lease")
 
     def _url(self, path: str, params: dict[str, str] | None) -> str:
         return self.conn.server.rstrip("/") + path + ("?" + urlencode(params) if params else "")

@@ -11,7 +11,8 @@ Timing follows client-go's leaderelection:
   before anyone may take the lease;
 - another holder's lease counts as expired only when its record has not changed for
   `lease_seconds` *as observed by this replica's own monotonic clock* (no clock comparisons
-  across machines);
+  across machines); a standby wakes at that moment rather than at its next retry, so a frozen or
+  dead holder is replaced within a lease duration of its last renewal;
 - every update carries the resourceVersion read (compare-and-swap): two replicas never both win.
 Writes of a reconcile are guarded (KubeClient.write_guard asks `holds` for the app's shard just
 before sending), so a replica paused past its deadline (SIGSTOP, a long GC) writes nothing after
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 Body = dict[str, Any]
 LABEL_GROUP = f"{api.GROUP}/lease-of"
 LABEL_ROLE = f"{api.GROUP}/lease-role"
+EXPIRY_MARGIN_SECONDS = 0.05  # past a lease's expiry, so `_expired` holds when the cycle runs
 
 # The shard whose lease guards the writes being made in this task (the reconciler sets it).
 current_shard: contextvars.ContextVar[int | None] = contextvars.ContextVar("current_shard", default=None)
@@ -101,9 +103,11 @@ class ShardManager:
         return self.holds(self.shard_of(namespace, name))
 
     def guard(self) -> bool:
-        """KubeClient.write_guard: writes made for an app go out only while its shard is held."""
+        """KubeClient.write_guard: writes made for an app go out only while its shard is held; a write
+        made for no app (no shard set) is refused too, so none can escape the leases by omission
+        (the leases' own writes are sent unguarded)."""
         shard = current_shard.get()
-        return shard is None or self.holds(shard)
+        return shard is not None and self.holds(shard)
 
     # -- leases -----------------------------------------------------------------------------------
     def lease_name(self, shard: int) -> str:
@@ -216,6 +220,22 @@ class ShardManager:
                     if self.on_acquired is not None:
                         self.on_acquired(shard)
 
+    def _next_cycle(self) -> float:
+        """Seconds to the next cycle: the retry period, or sooner when a lease another replica holds
+        expires before (by this replica's clock), so a dead holder is replaced within its lease."""
+        wait = self.retry_seconds
+        now = time.monotonic()
+        for shard in range(self.shards):
+            name = self.lease_name(shard)
+            lease, seen = self._record(name), self._observed.get(name)
+            if shard in self.held or lease is None or seen is None:
+                continue
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity"):
+                duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
+                wait = min(wait, max(0.0, seen.at + duration - now) + EXPIRY_MARGIN_SECONDS)
+        return wait
+
     def _lose(self, shard: int, why: str) -> None:
         self.held.pop(shard, None)
         log.warning("stopped acting on shard %d: %s", shard, why)
@@ -243,7 +263,7 @@ class ShardManager:
             while not stop.is_set():
                 await self._cycle()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.retry_seconds)
+                    await asyncio.wait_for(stop.wait(), self._next_cycle())
         finally:
             for shard in sorted(self.held):
                 self._lose(shard, "shutting down")
