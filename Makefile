@@ -50,9 +50,7 @@ HOSTCHECK := /tmp/celery-operator-hostcheck.json
 
 .PHONY: test
 test: system-deps venv binaries checkov lint ## everything CI runs: install, build, lint, type check, all tests
-	@PYTHONPATH=dev $(PY) -m localenv hostcheck save $(HOSTCHECK)
-	@rc=0; $(VENV)/bin/pytest -q || rc=$$?; \
-	  PYTHONPATH=dev $(PY) -m localenv hostcheck compare $(HOSTCHECK) || rc=1; exit $$rc
+	PY=$(PY) HOSTCHECK=$(HOSTCHECK) bash dev/run-tests.sh
 
 .PHONY: checkov
 checkov: ## checkov in its own venv (its pins clash with pytest's)

@@ -1,6 +1,6 @@
 """`python -m localenv up | down | demo` (what `make up`, `make down` and `make demo` run).
 
-`up` starts the local cluster (control plane + one kubelet node, state in `.local/`) and leaves it
+`up` starts the local cluster (control plane + one kubelet node, state in `.local/` or $LOCALENV_DIR) and leaves it
 running; `down` stops it and gives the host back what the node changed (it also cleans up after a
 test run that died without stopping its node); `demo` installs the operator with helm and runs the
 sample topology and a producer on it.
@@ -9,6 +9,7 @@ sample topology and a producer on it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from localenv.cluster import Cluster
 from localenv.node import ACTIVE_FILE, clean_up_after_crash, node_owner_alive
 from localenv.procs import REPO
 
-STATE_DIR = REPO / ".local"
+# LOCALENV_DIR: where the cluster's state lives (`make test` keeps its run's cluster apart from `make up`'s).
+STATE_DIR = Path(os.environ.get("LOCALENV_DIR") or REPO / ".local")
 STATE = STATE_DIR / "state.json"
 NAMESPACE = "demo"
 

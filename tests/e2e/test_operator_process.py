@@ -18,6 +18,7 @@ from tests.fixtures.servers import OPERATOR_NAMESPACE, Images
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
+@pytest.mark.exclusive  # it watches every namespace: no other test's operator may run meanwhile
 def test_operator_answers_probes_serves_metrics_and_exits_cleanly_on_sigterm(
         control_plane: ControlPlane, operator_factory: OperatorFactory, namespace: str) -> None:
     op = operator_factory("--all-namespaces", "--lease-name", f"probe-{namespace}")

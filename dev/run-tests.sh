@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What `make test` runs after installing and building: every test, on one local cluster this script
+# starts and always stops, with the host checked to be as it was before.
+#
+# Phase 1 runs every test not marked `exclusive` on $TEST_JOBS pytest-xdist workers side by side: they
+# share the cluster (each test works in namespaces of its own; each worker has its own brokers and
+# operator identity). Phase 2 runs the `exclusive` tests alone (they restart the API server, or run an
+# operator that watches every namespace). Extra arguments go to both pytest runs.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+py=${PY:-$repo/.venv/bin/python}
+jobs=${TEST_JOBS:-3}
+hostcheck=${HOSTCHECK:-/tmp/celery-operator-hostcheck.json}
+export LOCALENV_DIR=${LOCALENV_DIR:-$(mktemp -d /tmp/celery-operator-test.XXXXXX)}
+export PYTHONPATH=$here
+
+"$py" -m localenv hostcheck save "$hostcheck" || exit 1
+rc=0
+finish() {
+  "$py" -m localenv down || rc=1
+  rm -rf "$LOCALENV_DIR"
+  "$py" -m localenv hostcheck compare "$hostcheck" || rc=1
+  exit $rc
+}
+trap finish EXIT
+trap 'rc=130; exit' INT TERM
+
+t0=$SECONDS
+if ! "$py" -m localenv up; then
+  echo "the local cluster could not start (see above)" >&2
+  rc=1
+  exit
+fi
+echo "cluster up in $((SECONDS - t0)) s"
+export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
+cd "$repo" || exit 1
+"$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive" --durations=25 "$@" || rc=$?
+"$py" -m pytest -q -m exclusive --durations=10 "$@" || { r=$?; [ $r -eq 5 ] || rc=$r; }
+echo "tests done in $((SECONDS - t0)) s"
