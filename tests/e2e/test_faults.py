@@ -66,6 +66,7 @@ def test_a_broker_down_a_minute_under_load_holds_replicas_is_reported_and_clears
     assert out.converged == 1
 
 
+@pytest.mark.exclusive  # every other test would see the API server go away
 def test_the_operator_resumes_its_watches_after_the_api_server_restarts_and_misses_no_change(
         harness: faults.Harness) -> None:
     out = faults.apiserver_restart(harness)
