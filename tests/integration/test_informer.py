@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
 
-import kopf
 import pytest
 
-from celery_operator.kube.client import KubeClient
 from celery_operator.kube.informer import Informer
 from localenv.controlplane import ControlPlane
+from tests.fixtures.kube_async import kube_client, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-async def _client(cp: ControlPlane) -> KubeClient:
-    os.environ["KUBECONFIG"] = str(cp.kubeconfig)  # read at call time by kopf's kubeconfig login
-    conn = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    assert conn is not None
-    return KubeClient(conn)
-
-
-async def _until(check: object, seconds: float) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {seconds}s")
 
 
 def _configmap(ns: str, name: str, selected: bool) -> dict[str, object]:
@@ -46,7 +27,7 @@ def test_a_list_in_pages_caches_every_selected_object_and_the_watch_follows_chan
     want = {f"cm-{i}" for i in range(11) if i % 4 != 0}
 
     async def run() -> tuple[int, int, set[str], set[str]]:
-        client = await _client(control_plane)
+        client = await kube_client(control_plane)
         events: list[tuple[str, str]] = []
         inf = Informer(client, "ConfigMap", namespace, label_selector="pick=yes", page_size=3,
                        on_change=lambda ev, new, old: events.append((ev, (new or old or {})["metadata"]["name"])))
@@ -57,7 +38,7 @@ def test_a_list_in_pages_caches_every_selected_object_and_the_watch_follows_chan
             await asyncio.to_thread(control_plane.kubectl, "delete", "configmap", "cm-1", "-n", namespace)
             await asyncio.to_thread(control_plane.kubectl, "apply", "-f", "-",
                                     input=json.dumps(_configmap(namespace, "cm-new", selected=True)))
-            await _until(lambda: ("DELETED", "cm-1") in events and inf.get(namespace, "cm-new") is not None, 30)
+            await until(lambda: ("DELETED", "cm-1") in events and inf.get(namespace, "cm-new") is not None, 30)
             return inf.pages, inf.lists, listed, {o["metadata"]["name"] for o in inf.items()}
         finally:
             task.cancel()

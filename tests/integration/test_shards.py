@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
-import kopf
 import pytest
 
 from celery_operator.kube.client import KubeClient
 from celery_operator.kube.shards import ShardManager, current_shard
 from localenv.controlplane import ControlPlane
+from tests.fixtures.kube_async import kube_client, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 LEASE, RENEW, RETRY = 3, 2.0, 0.3
-
-
-async def _client(cp: ControlPlane) -> KubeClient:
-    os.environ["KUBECONFIG"] = str(cp.kubeconfig)  # read at call time by kopf's kubeconfig login
-    conn = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    assert conn is not None
-    return KubeClient(conn)
-
-
-async def _until(check: object, seconds: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if check():  # type: ignore[operator]
-            return time.monotonic() - t0
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {seconds}s")
 
 
 def _manager(client: KubeClient, ns: str, identity: str, shards: int) -> ShardManager:
@@ -41,19 +24,19 @@ def _manager(client: KubeClient, ns: str, identity: str, shards: int) -> ShardMa
 def test_replicas_split_the_shards_and_a_survivor_takes_a_dead_ones_within_the_lease(
         control_plane: ControlPlane, namespace: str) -> None:
     async def run() -> tuple[list[int], float]:
-        clients = [await _client(control_plane) for _ in range(2)]
+        clients = [await kube_client(control_plane) for _ in range(2)]
         a, b = (_manager(c, namespace, n, shards=4) for c, n in zip(clients, ("a", "b"), strict=True))
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         ta = asyncio.create_task(a.run(stop_a))
         tb = asyncio.create_task(b.run(stop_b))
         try:
-            await _until(lambda: len(a.held) == 2 and len(b.held) == 2, 30)
+            await until(lambda: len(a.held) == 2 and len(b.held) == 2, 30)
             split = sorted([len(a.held), len(b.held)])
             # `a` dies without releasing anything (no graceful stop): `b` waits for the leases to expire.
             ta.cancel()
             a.held.clear()
             died = time.monotonic()
-            await _until(lambda: len(b.held) == 4, 30)
+            await until(lambda: len(b.held) == 4, 30)
             takeover = time.monotonic() - died
         finally:
             stop_b.set()
@@ -69,12 +52,12 @@ def test_replicas_split_the_shards_and_a_survivor_takes_a_dead_ones_within_the_l
 
 def test_a_replica_past_its_renew_deadline_refuses_to_write(control_plane: ControlPlane, namespace: str) -> None:
     async def run() -> tuple[bool, bool, bool]:
-        client = await _client(control_plane)
+        client = await kube_client(control_plane)
         m = _manager(client, namespace, "solo", shards=1)
         stop = asyncio.Event()
         task = asyncio.create_task(m.run(stop))
         try:
-            await _until(lambda: m.holds(0), 10)
+            await until(lambda: m.holds(0), 10)
             for_no_app = m.guard()  # a write made outside any app's shard
             current_shard.set(0)
             while_held = m.guard()
@@ -92,18 +75,18 @@ def test_a_replica_past_its_renew_deadline_refuses_to_write(control_plane: Contr
 def test_a_graceful_stop_releases_the_lease_for_an_immediate_takeover(control_plane: ControlPlane,
                                                                        namespace: str) -> None:
     async def run() -> float:
-        clients = [await _client(control_plane) for _ in range(2)]
+        clients = [await kube_client(control_plane) for _ in range(2)]
         a, b = (_manager(c, namespace, n, shards=1) for c, n in zip(clients, ("a", "b"), strict=True))
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         ta = asyncio.create_task(a.run(stop_a))
-        await _until(lambda: a.holds(0), 10)
+        await until(lambda: a.holds(0), 10)
         tb = asyncio.create_task(b.run(stop_b))
         await asyncio.sleep(1)
         assert not b.held
         stop_a.set()
         await ta
         t0 = time.monotonic()
-        await _until(lambda: b.holds(0), 10)
+        await until(lambda: b.holds(0), 10)
         took = time.monotonic() - t0
         stop_b.set()
         await tb
