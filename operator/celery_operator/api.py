@@ -85,6 +85,9 @@ REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS: Final = 3600
 
 # How long a scale-in waits at most for busy workers it drains (CeleryWorkerPool autoscaling.scaleDownDrainSeconds).
 DEFAULT_SCALE_DOWN_DRAIN_SECONDS: Final = 60
+# autoscaling.targetMessagesPerReplica when a pool names no target at all (it was the schema default
+# before targetWaitSeconds existed: manifests written then keep scaling on depth).
+DEFAULT_TARGET_MESSAGES_PER_REPLICA: Final = 10
 
 # Condition types.
 READY: Final = "Ready"

@@ -269,7 +269,7 @@ class CeleryQueue:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """At least one of the two targets is set (CEL enforces it)."""
+    """At least one of the two targets is set: with neither, depth at the default target."""
 
     min_replicas: int
     max_replicas: int
@@ -289,7 +289,8 @@ class Autoscaling:
         return cls(
             min_replicas=d["minReplicas"],
             max_replicas=d["maxReplicas"],
-            target_messages_per_replica=d.get("targetMessagesPerReplica"),
+            target_messages_per_replica=d.get("targetMessagesPerReplica", None if "targetWaitSeconds" in d
+                                              else api.DEFAULT_TARGET_MESSAGES_PER_REPLICA),
             activation_messages=d["activationMessages"],
             poll_interval_seconds=d["pollIntervalSeconds"],
             scale_up_stabilization_seconds=d["scaleUpStabilizationSeconds"],

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from celery_operator import api
 from celery_operator.autoscale import (
     Decision,
     History,
@@ -326,3 +327,11 @@ def test_the_wait_target_is_stabilized_like_depth() -> None:
                workers=6)
     assert (d.raw, d.desired) == (1, 6)
     assert "scale-down stabilization (60s) keeps 6" in d.reason
+
+
+def test_a_pool_naming_no_target_scales_on_depth_at_the_default_target_as_before_wait_targets() -> None:
+    base = {k: v for k, v in DEFAULTS.items() if k != "targetMessagesPerReplica"}
+    p = Autoscaling.of(base)
+    assert p is not None
+    assert (p.target_messages_per_replica, p.target_wait_seconds) == (api.DEFAULT_TARGET_MESSAGES_PER_REPLICA, None)
+    assert Autoscaling.of({**base, "targetWaitSeconds": 30}).target_messages_per_replica is None  # type: ignore[union-attr]

@@ -22,7 +22,8 @@ def test_autoscaling_defaults_fill_around_the_fields_given() -> None:
     out = apply_defaults(api.POOL, pool({"appRef": {"name": "a"}, "queues": ["q"],
                                          "autoscaling": {"maxReplicas": 4, "minReplicas": 0,
                                                          "targetWaitSeconds": 30}}))
-    # No target is defaulted: a pool scales on the targets it names (at least one, by a CEL rule).
+    # No target is defaulted: a pool scales on the targets it names (on depth at the default target when
+    # it names none, as before targetWaitSeconds existed).
     assert out["spec"]["autoscaling"] == {
         "maxReplicas": 4, "minReplicas": 0, "targetWaitSeconds": 30, "activationMessages": 0,
         "pollIntervalSeconds": 10, "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 300,

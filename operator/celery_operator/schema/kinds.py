@@ -400,8 +400,9 @@ def autoscaling() -> Schema:
         {
             "minReplicas": integer("Fewest replicas; 0 lets an idle pool scale to zero.", minimum=0, default=1),
             "maxReplicas": integer("Most replicas.", minimum=1),
-            "targetMessagesPerReplica": integer("Scale on depth: desired replicas = ceil(messages / this).",
-                                                minimum=1),
+            "targetMessagesPerReplica": integer(
+                "Scale on depth: desired replicas = ceil(messages / this). "
+                f"{api.DEFAULT_TARGET_MESSAGES_PER_REPLICA} when targetWaitSeconds is not set either.", minimum=1),
             "targetWaitSeconds": integer("Scale on wait: keep the time the pool's oldest waiting task has waited "
                                          "(or, for messages without a publish timestamp, depth / drain rate) under "
                                          "this; desired replicas = ceil(ready workers * wait / this), never fewer "
@@ -424,10 +425,7 @@ def autoscaling() -> Schema:
         required=["maxReplicas"],
         rules=[Rule("self.minReplicas <= self.maxReplicas",
                     "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas; lower minReplicas "
-                    "or raise maxReplicas", ".minReplicas"),
-               Rule("has(self.targetMessagesPerReplica) || has(self.targetWaitSeconds)",
-                    "spec.autoscaling must set targetMessagesPerReplica (scale on depth), targetWaitSeconds (scale "
-                    "on wait) or both", reason="FieldValueRequired")],
+                    "or raise maxReplicas", ".minReplicas")],
     )
 
 
