@@ -97,7 +97,7 @@ def test_urls_come_from_secrets_never_literal() -> None:
     assert api.ENV_RESULT_BACKEND not in env_of(render(backend=None))
 
 
-@pytest.mark.parametrize(("grace", "timeout"), [(60, 54), (600, 590), (3600, 3590), (20, 18), (5, 4), (1, 0)])
+@pytest.mark.parametrize(("grace", "timeout"), [(60, 50), (600, 590), (3600, 3590), (20, 16), (5, 2), (1, 0)])
 def test_prefork_workers_get_a_soft_shutdown_that_ends_before_the_grace_period(grace: int, timeout: int) -> None:
     topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], terminationGracePeriodSeconds=grace,
                                                   env=[{"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": "9999"}])])
