@@ -136,9 +136,10 @@ def test_prometheus_counts_every_task_of_the_worker_pods_by_task_and_pool(
     prom = prometheus_factory([], scrape_configs=[scrape_config_of(pod_monitor, cp)])
 
     ns = f'namespace="{namespace}"'
-    up = prom.wait_for(f"sum by (pool) (celery_worker_up{{{ns}}}) == 2", timeout=90)
-    assert [r["metric"]["pool"] for r in up] == ["adders"]
-    assert by(prom, f"sum by (pool) (celery_worker_up{{{ns}}})", "pool") == {("adders",): 2, ("failers",): 1}
+    want_up = {("adders",): 2, ("failers",): 1}
+    # Each pod is scraped in its own turn: await the last before reading them together.
+    wait_for(lambda: by(prom, f"sum by (pool) (celery_worker_up{{{ns}}})", "pool") == want_up, 90,
+             f"Prometheus to see workers up by pool: {want_up}")
     # One series per pod: Prometheus' instance and pod labels tell them apart; job is what celery-mixin selects.
     series = prom.query(f"celery_worker_up{{{ns}}}")
     assert {r["metric"]["pod"] for r in series} == set(pod_names(cp, namespace, f"{api.LABEL_APP}=proj"))
