@@ -128,6 +128,7 @@ def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
                              f"autoscaling as served now: {spec}") from None
     print(f"\npeak replicas {peak}, deepest queue {deepest}, longest wait {waited}")
     # The fast queue was by far the deeper, the slow one waited far longer: sizes follow the wait.
-    assert deepest["fast"] >= 1000 and deepest["slow"] <= 20, (deepest, waited)
+    # (How deep the fast queue gets depends on how fast its worker drains while the 2,000 are published.)
+    assert deepest["fast"] > 10 * deepest["slow"] and deepest["slow"] <= 20, (deepest, waited)
     assert peak["slow"] == 4 and peak["fast"] < peak["slow"], (peak, deepest, waited)
     assert waited["slow"] > 30 > waited["fast"], (peak, deepest, waited)
