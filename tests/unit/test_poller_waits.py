@@ -75,7 +75,7 @@ def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
         state = AppState(uid="u")  # no topology yet: each poll returns at once
         drain = asyncio.create_task(asyncio.sleep(3600))
         state.pools["p"] = PoolState(draining=drain)
-        poller = Poller(None, None, None, None, lambda _: None)  # type: ignore[arg-type]  # a poll without topology uses none
+        poller = Poller(None, None, None, None, lambda _key, _full: None)  # type: ignore[arg-type]  # a poll without topology uses none
         task = asyncio.create_task(poller.run(("ns", "app"), state))
         await asyncio.sleep(0.1)
         task.cancel()

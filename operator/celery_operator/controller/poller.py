@@ -55,7 +55,9 @@ class Poller:
     cache: ClusterCache
     recorder: Recorder
     metrics: Metrics
-    after_poll: Callable[[Key], None]  # a status-only reconcile of the app
+    # A reconcile of the app: (key, full). Status-only after a poll that saw something change; full when
+    # the broker answers again (declare what could not be declared while it was away).
+    after_poll: Callable[[Key, bool], None]
     scale_in: ScaleIn = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +127,7 @@ class Poller:
         seen = self._seen(state)
         if seen != state.last_seen:  # statuses show only what polls change: at idle, nothing is re-decided
             state.last_seen = seen
-            self.after_poll(key)
+            self.after_poll(key, changed and state.broker_up is True)
 
     @staticmethod
     def _seen(state: AppState) -> tuple[object, ...]:

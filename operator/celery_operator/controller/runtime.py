@@ -91,7 +91,7 @@ class Runtime:
                                      requeue=lambda key, delay: self.queue.add(key, delay=delay),
                                      on_app=self._on_app, watch=self._watch)
         self.poller = Poller(self.client, self.cache, recorder, self.metrics,
-                             after_poll=lambda key: self.queue.add(key, full=False))
+                             after_poll=lambda key, full: self.queue.add(key, full=full))
         self.queue = WorkQueue(self._work)
         if self.shards is not None:
             self.shards.on_acquired = self._acquired
