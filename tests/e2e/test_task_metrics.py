@@ -38,7 +38,8 @@ from tests.fixtures.operator import (
 from tests.fixtures.prometheus import PrometheusFactory
 from tests.fixtures.servers import Images
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+# Installing and removing the PodMonitor CRD changes what every running operator renders: alone.
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive, pytest.mark.timeout(600)]
 
 POD_MONITOR_CRD = REPO / "tests" / "fixtures" / "crds" / "monitoring.coreos.com_podmonitors.yaml"
 ADD, FAIL = "sample_tasks.tasks.add", "sample_tasks.tasks.fail"
@@ -49,9 +50,12 @@ def pod_monitor_crd(control_plane: ControlPlane) -> Iterator[None]:
     """Prometheus Operator's PodMonitor CRD, installed for the test (removed after, if it was not there)."""
     name = f"{api.POD_MONITOR_PLURAL}.{api.MONITORING_GROUP}"
     existed = control_plane.kubectl("get", "crd", name, check=False).returncode == 0
-    control_plane.kubectl("apply", "--server-side", "-f", str(POD_MONITOR_CRD))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
     try:
+        control_plane.kubectl("apply", "--server-side", "-f", str(POD_MONITOR_CRD))
+        # (`kubectl wait` fails outright on a CRD whose status the API server has not written yet.)
+        wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in (json.loads(
+            control_plane.kubectl("get", "crd", name, "-o", "json").stdout).get("status") or {}).get(
+            "conditions") or []), 60, f"{name} Established")
         yield
     finally:
         if not existed:
