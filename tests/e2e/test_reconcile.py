@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from celery_operator import api
+from celery_operator.controller.reconciler import HOLD_MARGIN_SECONDS
 from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
@@ -113,9 +114,13 @@ def test_deleting_a_pool_deletes_its_deployment(seeded: Seeded) -> None:
 
 def test_a_hand_deleted_deployment_comes_back(seeded: Seeded) -> None:
     uid = seeded.get("deployment", "proj-default")["metadata"]["uid"]  # type: ignore[index]
+    grace = seeded.get("deployment", "proj-default")["spec"]["template"]["spec"][  # type: ignore[index]
+        "terminationGracePeriodSeconds"]
     seeded.kubectl("delete", "deployment", "proj-default")
+    # It comes back once its old pods are gone (old and new workers never run side by side), at most the
+    # grace period and the operator's margin after the deletion.
     wait_for(lambda: (seeded.get("deployment", "proj-default") or {}).get("metadata", {}).get("uid")
-             not in (None, uid), 60, "proj-default recreated")
+             not in (None, uid), grace + HOLD_MARGIN_SECONDS + 30, "proj-default recreated")
 
 
 def test_a_hand_edited_deployment_is_restored(seeded: Seeded) -> None:

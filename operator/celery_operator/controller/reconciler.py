@@ -259,6 +259,9 @@ class Reconciler:
         """Held workloads wait for their old pods at most their grace period and a margin (pods that
         never go, e.g. under a ReplicaSet orphaned by hand, are adopted by the new Deployment)."""
         now = time.monotonic()
+        for kind, name in plan.hold:
+            if (kind, name) not in state.held_since:
+                log.info("%s %s: created once the pods of its predecessor are gone", kind, name)
         state.held_since = {k: state.held_since.get(k, now) for k in plan.hold}
         overdue = []
         for obj in rendered:
