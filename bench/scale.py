@@ -304,6 +304,8 @@ class Bench:
 
 
 def main() -> int:
+    # SIGTERM (a timeout, a kill) unwinds like Ctrl-C: the control plane and RabbitMQ are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,20,50,100,200", help="apps per run (x 10 pools)")
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
