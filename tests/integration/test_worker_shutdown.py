@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,16 +74,26 @@ class Worker:
         self.proc.wait(timeout=30)
 
 
-def test_sigterm_lets_a_task_run_until_the_soft_timeout_then_requeues_it_before_the_grace_period(
-        rabbitmq_vhost: Vhost, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def acks_late_worker(vhost: Vhost, tmp_path: Path) -> Iterator[tuple[Worker, Any, RabbitMQBroker]]:
+    """A one-process acks_late worker of queue `jobs` (grace period GRACE), a client, the broker."""
     app = crs.app(config={"task_acks_late": True})
     topo = Topology.of(app, queues=[crs.queue("jobs")],
                        pools=[crs.pool("p", ["jobs"], concurrency=1, terminationGracePeriodSeconds=GRACE)])
-    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    broker = RabbitMQBroker(vhost.url, vhost.management_url)
     broker.declare(topo.effective_exchanges, topo.effective_queues)
-    w = Worker(topo, "p", rabbitmq_vhost.url, tmp_path)
-    client = create_app({"broker_url": rabbitmq_vhost.url, "task_acks_late": True})
+    w = Worker(topo, "p", vhost.url, tmp_path)
+    client = create_app({"broker_url": vhost.url, "task_acks_late": True})
     try:
+        yield w, client, broker
+    finally:
+        w.stop()
+        client.close()
+
+
+def test_sigterm_lets_a_task_run_until_the_soft_timeout_then_requeues_it_before_the_grace_period(
+        rabbitmq_vhost: Vhost, tmp_path: Path) -> None:
+    with acks_late_worker(rabbitmq_vhost, tmp_path) as (w, client, broker):
         wait_for(lambda: w.heartbeat.exists() or w.proc.poll() is not None, 60, "worker ready")
         assert w.proc.poll() is None, w.log()
         task = client.send_task("sample_tasks.tasks.slow", (120,), queue="jobs")
@@ -97,20 +110,10 @@ def test_sigterm_lets_a_task_run_until_the_soft_timeout_then_requeues_it_before_
         # The task was cancelled, not lost: its unacknowledged message is back in the queue.
         depth = broker.measure_passive(["jobs"]).queues["jobs"]
         assert (depth.ready, depth.consumers) == (1, 0)
-    finally:
-        w.stop()
-        client.close()
 
 
 def test_sigterm_lets_a_short_task_finish_and_acknowledge(rabbitmq_vhost: Vhost, tmp_path: Path) -> None:
-    app = crs.app(config={"task_acks_late": True})
-    topo = Topology.of(app, queues=[crs.queue("jobs")],
-                       pools=[crs.pool("p", ["jobs"], concurrency=1, terminationGracePeriodSeconds=GRACE)])
-    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
-    broker.declare(topo.effective_exchanges, topo.effective_queues)
-    w = Worker(topo, "p", rabbitmq_vhost.url, tmp_path)
-    client = create_app({"broker_url": rabbitmq_vhost.url, "task_acks_late": True})
-    try:
+    with acks_late_worker(rabbitmq_vhost, tmp_path) as (w, client, broker):
         wait_for(lambda: w.heartbeat.exists() or w.proc.poll() is not None, 60, "worker ready")
         task = client.send_task("sample_tasks.tasks.slow", (4,), queue="jobs")
         wait_for(lambda: f"{task.id}] received" in w.log(), 30, "the task started")
@@ -118,6 +121,3 @@ def test_sigterm_lets_a_short_task_finish_and_acknowledge(rabbitmq_vhost: Vhost,
         w.proc.wait(timeout=GRACE + 30)
         assert f"{task.id}] succeeded" in w.log(), w.log()[-3000:]
         assert broker.measure_passive(["jobs"]).queues["jobs"].ready == 0
-    finally:
-        w.stop()
-        client.close()
