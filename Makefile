@@ -46,11 +46,9 @@ crds: venv binaries ## regenerate crds/, docs/crd-reference.md and the chart's c
 	$(PY) -m celery_operator.schema
 	bash dev/gen-manifests.sh
 
-HOSTCHECK := /tmp/celery-operator-hostcheck.json
-
 .PHONY: test
 test: system-deps venv binaries checkov lint ## everything CI runs: install, build, lint, type check, all tests
-	PY=$(PY) HOSTCHECK=$(HOSTCHECK) bash dev/run-tests.sh
+	PY=$(PY) bash dev/run-tests.sh
 
 .PHONY: checkov
 checkov: ## checkov in its own venv (its pins clash with pytest's)

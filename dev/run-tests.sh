@@ -11,16 +11,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 py=${PY:-$repo/.venv/bin/python}
 jobs=${TEST_JOBS:-3}
-hostcheck=${HOSTCHECK:-/tmp/celery-operator-hostcheck.json}
+hostcheck=${HOSTCHECK:-$(mktemp /tmp/celery-operator-hostcheck.XXXXXX)}
 export LOCALENV_DIR=${LOCALENV_DIR:-$(mktemp -d /tmp/celery-operator-test.XXXXXX)}
 export PYTHONPATH=$here
 
-"$py" -m localenv hostcheck save "$hostcheck" || exit 1
+# The snapshot is of the host without any node: a run that died is cleaned up, a running one waited for.
+CELERY_OPERATOR_NODE_WAIT_SECONDS=${CELERY_OPERATOR_NODE_WAIT_SECONDS:-300} \
+  "$py" -m localenv hostcheck save "$hostcheck" || { rm -rf "$LOCALENV_DIR"; [ -n "${HOSTCHECK:-}" ] || rm -f "$hostcheck"; exit 1; }
 rc=0
 finish() {
   "$py" -m localenv down || rc=1
   rm -rf "$LOCALENV_DIR"
   "$py" -m localenv hostcheck compare "$hostcheck" || rc=1
+  [ -n "${HOSTCHECK:-}" ] || rm -f "$hostcheck"
   exit $rc
 }
 trap finish EXIT

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from localenv.cluster import Cluster
-from localenv.node import ACTIVE_FILE, clean_up_after_crash, node_owner_alive
+from localenv.node import ACTIVE_FILE, ENV_WAIT, NodeBusy, clean_up_after_crash, node_owner_alive, wait_for_no_node
 from localenv.procs import REPO
 
 # LOCALENV_DIR: where the cluster's state lives (`make test` keeps its run's cluster apart from `make up`'s).
@@ -89,6 +89,15 @@ def main(argv: list[str]) -> int:
 
         path = Path(argv[3])
         if argv[2] == "save":
+            # The host without any node: a run that died without stopping its node is cleaned up first,
+            # one still running is waited for (CELERY_OPERATOR_NODE_WAIT_SECONDS).
+            try:
+                cleaned = wait_for_no_node(float(os.environ.get(ENV_WAIT, "0")))
+            except NodeBusy as busy:
+                print(busy, file=sys.stderr)
+                return 1
+            for line in cleaned:
+                print(line)
             path.write_text(json.dumps(snapshot(), indent=1))
             return 0
         diff = differences(json.loads(path.read_text()), snapshot())

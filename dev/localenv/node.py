@@ -457,6 +457,28 @@ def claim(workdir: Path, wait_seconds: float) -> None:
         time.sleep(2)
 
 
+def wait_for_no_node(wait_seconds: float) -> list[str]:
+    """Return once no node runs on this machine (cleaning up after one that died), so a snapshot of the
+    host taken next is the host as it is without any node; raise NodeBusy after `wait_seconds`."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            active = json.loads(ACTIVE_FILE.read_text()) if ACTIVE_FILE.exists() else None
+            if active is None:
+                return []
+            if not node_owner_alive(active):
+                return clean_up_after_crash()
+        finally:
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise NodeBusy(f"a node already runs on this machine ({active}): `make down` stops the demo's; "
+                           f"set {ENV_WAIT} to wait for it")
+        time.sleep(2)
+
+
 def clean_up_after_crash() -> list[str]:
     """With the machine's lock held: undo what a node that died without stopping left behind."""
     if not ACTIVE_FILE.exists():
