@@ -61,8 +61,9 @@ def test_a_broker_down_a_minute_under_load_holds_replicas_is_reported_and_clears
     assert out.facts["broker_up_down"] == 0.0 and out.facts["broker_up_back"] == 1.0
     assert out.facts["app_reason_down"] == api.Reason.BROKER_UNREACHABLE
     assert out.facts["reconcile_errors"] == 0  # an unreachable broker is no reconcile error
-    # Every task is done, or (Redis) held unacknowledged by the broker until its visibility timeout.
+    # Every task is done: none lost, none (Redis) still held unacknowledged past its visibility timeout.
     assert out.tasks_lost == 0, out.facts
+    assert out.tasks_held == 0, out.facts
     assert out.converged == 1
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import json
+import math
 import threading
 import time
 import urllib.parse
@@ -15,7 +17,7 @@ import pytest
 
 from celery_operator import api
 from celery_operator.brokers import BrokerUnreachable, QueueDepth, connect
-from celery_operator.brokers.rabbitmq import POLICY_PRIORITY, RabbitMQBroker
+from celery_operator.brokers.rabbitmq import NAME_FILTER_MAX_CHARS, PAGE_SIZE, POLICY_PRIORITY, RabbitMQBroker
 from localenv.brokers import RabbitMQ, ServerError, free_port
 from tests.fixtures.brokers import Vhost, exchange_model, queue_model
 from tests.fixtures.operator import wait_for
@@ -47,6 +49,7 @@ class CountingProxy:
 
     def __init__(self, target_port: int) -> None:
         self.requests: list[str] = []
+        self.answers: list[Any] = []  # each answer's decoded JSON
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,6 +59,7 @@ class CountingProxy:
                                              headers={"Authorization": self.headers["Authorization"]})
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     body = resp.read()
+                proxy.answers.append(json.loads(body) if body else None)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -215,6 +219,46 @@ def test_measure_reports_true_ready_and_unacked_counts_in_one_request(
     assert set(report.queues) == {"q0", "q1", "q2"}
     assert report.ready() == 11
     assert report.in_flight() == 3
+
+
+def _rows(answer: Any) -> list[Any]:
+    return answer["items"] if isinstance(answer, dict) else answer
+
+
+@pytest.mark.parametrize("stats", ["totals", "full"])
+def test_measure_in_a_vhost_shared_with_many_queues_receives_only_its_own_queues_rows(
+        rabbitmq_vhost: Vhost, proxy: CountingProxy, stats: str) -> None:
+    mgmt = f"http://{rabbitmq_vhost.server.user}:{rabbitmq_vhost.server.password}@127.0.0.1:{proxy.port}"
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        others = [f"o{i}" for i in range(PAGE_SIZE + 100)]
+        for name in [*others, "app.q", "appxq", "app.q.dlq"]:  # "." must not match any character
+            ch.queue_declare(name, durable=True, auto_delete=False)
+        _publish(ch, "", "app.q", 5)
+        _publish(ch, "", "appxq", 2)
+        with RabbitMQBroker(rabbitmq_vhost.url, mgmt, stats=stats) as broker:  # type: ignore[arg-type]
+            # (the statistics database, which the "full" listing reads, lags by up to its interval)
+            wait_for(lambda: broker.measure(["app.q"]).queues["app.q"].ready == 5, 30, "the depth listed")
+            proxy.requests.clear()
+            proxy.answers.clear()
+            report = broker.measure(["app.q", "absent"])
+            listed = [r["name"] for a in proxy.answers for r in _rows(a)]
+            proxy.requests.clear()
+            proxy.answers.clear()
+            everything = broker.measure(others)  # more than a page: every page is fetched
+            paged = len(proxy.requests), sum(len(_rows(a)) for a in proxy.answers)
+            proxy.requests.clear()
+            proxy.answers.clear()
+            long_names = [f"{'x' * 60}-{i}" for i in range(NAME_FILTER_MAX_CHARS // 60)]
+            unfiltered = broker.measure([*long_names, "app.q"])  # too long a regex: the vhost is listed
+    finally:
+        conn.close()
+    assert len(proxy.requests) == 1 and len(_rows(proxy.answers[0])) == len(others) + 3
+    assert unfiltered.queues["app.q"].ready == 5 and set(unfiltered.missing) == set(long_names)
+    assert listed == ["app.q"]
+    assert report.queues["app.q"].ready == 5 and report.missing == ("absent",)
+    assert set(everything.queues) == set(others) and everything.missing == ()
+    assert paged == (math.ceil(len(others) / PAGE_SIZE), len(others))
 
 
 def test_measure_with_full_stats_reports_consumers(rabbitmq_vhost: Vhost) -> None:

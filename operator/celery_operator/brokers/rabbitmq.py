@@ -70,6 +70,11 @@ QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
 STATISTICS_COLUMNS = "head_message_timestamp,message_stats.deliver_get_details.rate"
 # Operator-owned policies: the name marks them ours; the priority puts them above users' policies,
 # which usually keep the default priority 0 or a small number.
+# The queue listing asks RabbitMQ for the app's queues only (a name regex; apps often share a vhost with
+# thousands of other queues) unless the regex would make the request line longer than this; then it lists
+# the vhost and keeps the app's rows. RabbitMQ pages filtered listings (at most 500 rows a page).
+NAME_FILTER_MAX_CHARS = 4000
+PAGE_SIZE = 500
 POLICY_PREFIX = "celery-operator."
 POLICY_PRIORITY = 100
 POLICY_APPLY_TO = "queues"
@@ -284,7 +289,7 @@ class RabbitMQBroker:
         """Depth from the management API; passive declares when it cannot be reached.
         `count_in_flight` is accepted for the interface: RabbitMQ reports in-flight for free."""
         try:
-            rows = self.list_queues()
+            rows = self.list_queues(queue_names)
         except BrokerError as e:
             return self.measure_passive(queue_names, note=f"management API unavailable: {e}")
         by_name = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
@@ -306,14 +311,31 @@ class RabbitMQBroker:
         return DepthReport(source="management", queues=depths, missing=tuple(missing),
                            statistics=self.stats == "full")
 
-    def list_queues(self) -> list[dict[str, Any]]:
-        """ONE request to the management API for every queue of the vhost."""
+    def list_queues(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The vhost's queues (`names`: at least those; usually only those), in ONE request to the
+        management API (one per 500 queues when filtered by name)."""
         params = {"columns": QUEUE_COLUMNS}
         if self.stats == "totals":
             params.update(disable_stats="true", enable_queue_totals="true")
         else:
             params["columns"] += "," + STATISTICS_COLUMNS
-        data = self._http("GET", f"/api/queues/{self._vhost}", query=params)
+        regex = name_regex(names) if names else None
+        if regex is None or len(regex) > NAME_FILTER_MAX_CHARS:
+            return self._rows(self._http("GET", f"/api/queues/{self._vhost}", query=params))
+        params.update(name=regex, use_regex="true", pagination="true", page_size=str(PAGE_SIZE))
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            data = self._http("GET", f"/api/queues/{self._vhost}", query={**params, "page": str(page)})
+            if not isinstance(data, dict):
+                raise BrokerError(f"management API {self.management.base} answered {type(data).__name__} "
+                                  "to a paginated listing")
+            rows += self._rows(data.get("items"))
+            if page >= int(data.get("page_count") or 1):
+                return rows
+            page += 1
+
+    def _rows(self, data: Any) -> list[dict[str, Any]]:
         if not isinstance(data, list):
             raise BrokerError(f"management API {self.management.base} answered {type(data).__name__}")
         return data
@@ -357,6 +379,11 @@ class _HttpStatus(BrokerError):
     def __init__(self, method: str, url: str, code: int, text: str) -> None:
         super().__init__(f"{method} {url}: HTTP {code}{f' {text}' if text else ''}")
         self.code = code
+
+
+def name_regex(names: Sequence[str]) -> str:
+    """A regular expression RabbitMQ's listing filter matches exactly these queue names with."""
+    return "^(?:" + "|".join(re.escape(n) for n in dict.fromkeys(names)) + ")$"
 
 
 def _quote(segment: str) -> str:
