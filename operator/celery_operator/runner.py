@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from celery_operator import httpserver
+from celery_operator import heap, httpserver
 from celery_operator.controller.runtime import RESYNC_SECONDS, Runtime
 from celery_operator.kube.client import KubeClient
 from celery_operator.kube.shards import ShardManager
@@ -56,8 +56,17 @@ async def _ticker(health: httpserver.Health, stop: asyncio.Event, shards: ShardM
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
+async def _trim_heap(stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), heap.TRIM_SECONDS)
+        heap.trim()
+
+
 async def _run(opts: RunOptions) -> int:
     import celery_operator.handlers  # noqa: F401 - registers the kopf handlers
+
+    heap.limit_arenas()
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -81,6 +90,7 @@ async def _run(opts: RunOptions) -> int:
                  opts.lease_name, identity)
     runtime = Runtime(client, metrics, list(opts.namespaces), shards, resync_seconds=opts.resync_seconds)
     ticker = asyncio.create_task(_ticker(health, stop, shards))
+    trimmer = asyncio.create_task(_trim_heap(stop))
     health.role = "starting" if shards else "all apps"
     code = 0
     try:
@@ -89,6 +99,7 @@ async def _run(opts: RunOptions) -> int:
         health.ready = False
         stop.set()
         await ticker
+        await trimmer
         await runtime.close()
         await client.close()
         await server.cleanup()

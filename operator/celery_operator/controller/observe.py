@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from celery_operator import api
 from celery_operator.controller.secrets import SecretCache
-from celery_operator.kube.informer import Informer, unpack
+from celery_operator.kube.informer import Informer, Packer
 
 Body = dict[str, Any]
 Key = tuple[str, str]  # (namespace, app)
@@ -21,6 +21,8 @@ ObjKey = tuple[str, str]  # (kind, name)
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
 WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
                     "Lease")
+# How kopf's indexes keep each kind's custom resources (the index functions pack, `crs` unpacks).
+CR_PACKERS = {kind: Packer() for kind in CR_KINDS}
 # Children whose kind may not be served by every cluster: watched once the cluster serves it.
 OPTIONAL_CHILDREN = (api.POD_MONITOR,)
 
@@ -43,7 +45,7 @@ class ClusterCache:
         out: dict[ObjKey, Body] = {}
         for kind in CR_KINDS:
             for raw in self.indexes[kind].get(key, None) or ():
-                body = unpack(raw)
+                body = CR_PACKERS[kind].unpack(raw)
                 out[(kind, body["metadata"]["name"])] = body
         return out
 

@@ -12,8 +12,8 @@ from typing import Any
 import kopf
 
 from celery_operator import api
+from celery_operator.controller.observe import CR_PACKERS
 from celery_operator.controller.runtime import app_key
-from celery_operator.kube.informer import pack
 
 Body = dict[str, Any]
 
@@ -21,7 +21,7 @@ Body = dict[str, Any]
 def _indexed(kind: str, body: kopf.Body) -> dict[tuple[str, str], bytes]:
     """Indexed by (namespace, app), kept as compact JSON (memory: thousands of objects)."""
     key = app_key(kind, dict(body))
-    return {} if key is None else {key: pack(dict(body))}
+    return {} if key is None else {key: CR_PACKERS[kind].pack(dict(body))}
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.APP))

@@ -42,14 +42,26 @@ def trim(obj: Body) -> Body:
     return obj
 
 
-def pack(obj: Body) -> bytes:
-    """Objects are cached as compressed compact JSON: tens of times smaller than Python dicts (pod
-    templates repeat themselves), parsed when read."""
-    return zlib.compress(json.dumps(trim(obj), separators=(",", ":")).encode(), 1)
+@dataclass
+class Packer:
+    """Objects are cached as compressed compact JSON, parsed when read: tens of times smaller than Python
+    dicts. Objects of one kind are alike, so the first one packed becomes the zlib preset dictionary of
+    every later one (a Deployment: 1.5 KB alone, 0.2 KB against another Deployment). The dictionary never
+    changes once set: every blob packed here unpacks only here."""
 
+    zdict: bytes | None = None
 
-def unpack(raw: bytes) -> Body:
-    return dict(json.loads(zlib.decompress(raw)))
+    def pack(self, obj: Body) -> bytes:
+        data = json.dumps(trim(obj), separators=(",", ":")).encode()
+        if self.zdict is None:
+            self.zdict = data[-32768:]  # zlib's window
+        c = zlib.compressobj(1, zdict=self.zdict)
+        return c.compress(data) + c.flush()
+
+    def unpack(self, raw: bytes) -> Body:
+        assert self.zdict is not None, "unpacking what this packer did not pack"
+        d = zlib.decompressobj(zdict=self.zdict)
+        return dict(json.loads(d.decompress(raw) + d.flush()))
 
 
 @dataclass
@@ -65,24 +77,25 @@ class Informer:
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     lists: int = 0  # complete LISTs made (each may take several pages)
     pages: int = 0  # LIST requests made
+    _packer: Packer = field(default_factory=Packer)
     _store: dict[Key, bytes] = field(default_factory=dict)
     _index: dict[tuple[str, str], set[Key]] = field(default_factory=dict)  # (namespace, label value) -> keys
     _resource_version: str = ""
 
     def get(self, namespace: str, name: str) -> Body | None:
         raw = self._store.get((namespace, name))
-        return None if raw is None else unpack(raw)
+        return None if raw is None else self._packer.unpack(raw)
 
     def items(self) -> list[Body]:
-        return [unpack(raw) for raw in self._store.values()]
+        return [self._packer.unpack(raw) for raw in self._store.values()]
 
     def select(self, namespace: str, labels: dict[str, str]) -> list[Body]:
         """Cached objects of `namespace` carrying all `labels`."""
         if self.index_label is not None and self.index_label in labels:
             keys = sorted(self._index.get((namespace, labels[self.index_label]), ()))
-            found = [unpack(self._store[k]) for k in keys if k in self._store]
+            found = [self._packer.unpack(self._store[k]) for k in keys if k in self._store]
         else:
-            found = [unpack(raw) for (ns, _), raw in self._store.items() if ns == namespace]
+            found = [self._packer.unpack(raw) for (ns, _), raw in self._store.items() if ns == namespace]
         return [o for o in found if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
 
     def put(self, obj: Body) -> Body | None:
@@ -90,7 +103,7 @@ class Informer:
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         before = self.get(*key)
         self._unindex(key, before)
-        self._store[key] = pack(obj)
+        self._store[key] = self._packer.pack(obj)
         if self.index_label is not None:
             value = (obj["metadata"].get("labels") or {}).get(self.index_label)
             if value is not None:
