@@ -438,6 +438,18 @@ def node_owner_alive(active: dict[str, object]) -> bool:
 
 def claim(workdir: Path, wait_seconds: float) -> None:
     """Make this process the machine's node owner, waiting up to `wait_seconds` for another to stop."""
+    _once_no_node(wait_seconds, claim_for=workdir)
+
+
+def wait_for_no_node(wait_seconds: float) -> list[str]:
+    """Return once no node runs on this machine (cleaning up after one that died), so a snapshot of the
+    host taken next is the host as it is without any node; raise NodeBusy after `wait_seconds`."""
+    return _once_no_node(wait_seconds, claim_for=None)
+
+
+def _once_no_node(wait_seconds: float, claim_for: Path | None) -> list[str]:
+    """With the machine's lock held once no node runs (one that died is cleaned up after): claim the
+    machine for a node in `claim_for`, if given. Returns what the clean-up did."""
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     while True:
@@ -446,31 +458,10 @@ def claim(workdir: Path, wait_seconds: float) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX)
             active = json.loads(ACTIVE_FILE.read_text()) if ACTIVE_FILE.exists() else None
             if active is None or not node_owner_alive(active):
-                clean_up_after_crash()
-                ACTIVE_FILE.write_text(json.dumps({"workdir": str(workdir), "pid": os.getpid(), "pids": []}))
-                return
-        finally:
-            os.close(fd)
-        if time.monotonic() >= deadline:
-            raise NodeBusy(f"a node already runs on this machine ({active}): `make down` stops the demo's; "
-                           f"set {ENV_WAIT} to wait for it")
-        time.sleep(2)
-
-
-def wait_for_no_node(wait_seconds: float) -> list[str]:
-    """Return once no node runs on this machine (cleaning up after one that died), so a snapshot of the
-    host taken next is the host as it is without any node; raise NodeBusy after `wait_seconds`."""
-    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            active = json.loads(ACTIVE_FILE.read_text()) if ACTIVE_FILE.exists() else None
-            if active is None:
-                return []
-            if not node_owner_alive(active):
-                return clean_up_after_crash()
+                done = clean_up_after_crash()
+                if claim_for is not None:
+                    ACTIVE_FILE.write_text(json.dumps({"workdir": str(claim_for), "pid": os.getpid(), "pids": []}))
+                return done
         finally:
             os.close(fd)
         if time.monotonic() >= deadline:
