@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 
-log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 ARENAS = 2  # the event loop's and one for the broker threads (they allocate little)
 TRIM_SECONDS = 30.0

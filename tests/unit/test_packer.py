@@ -50,5 +50,5 @@ def test_objects_alike_pack_smaller_against_the_first_than_alone() -> None:
 
 
 def test_a_packer_refuses_to_unpack_before_it_packed() -> None:
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="did not pack"):
         Packer().unpack(zlib.compress(b"{}"))

@@ -68,13 +68,13 @@ QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
 # Only the statistics listing has these: the head message's `timestamp` property (classic queues) and the
 # rate messages were delivered to consumers over the last statistics interval (queue wait, waits.py).
 STATISTICS_COLUMNS = "head_message_timestamp,message_stats.deliver_get_details.rate"
-# Operator-owned policies: the name marks them ours; the priority puts them above users' policies,
-# which usually keep the default priority 0 or a small number.
 # The queue listing asks RabbitMQ for the app's queues only (a name regex; apps often share a vhost with
 # thousands of other queues) unless the regex would make the request line longer than this; then it lists
 # the vhost and keeps the app's rows. RabbitMQ pages filtered listings (at most 500 rows a page).
 NAME_FILTER_MAX_CHARS = 4000
 PAGE_SIZE = 500
+# Operator-owned policies: the name marks them ours; the priority puts them above users' policies,
+# which usually keep the default priority 0 or a small number.
 POLICY_PREFIX = "celery-operator."
 POLICY_PRIORITY = 100
 POLICY_APPLY_TO = "queues"

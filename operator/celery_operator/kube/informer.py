@@ -59,7 +59,8 @@ class Packer:
         return c.compress(data) + c.flush()
 
     def unpack(self, raw: bytes) -> Body:
-        assert self.zdict is not None, "unpacking what this packer did not pack"
+        if self.zdict is None:
+            raise ValueError("unpacking what this packer did not pack")
         d = zlib.decompressobj(zdict=self.zdict)
         return dict(json.loads(d.decompress(raw) + d.flush()))
 
