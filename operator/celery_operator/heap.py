@@ -14,11 +14,8 @@ TRIM_SECONDS = 30.0
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")  # an image may have no ldconfig cache
         libc.malloc_trim  # noqa: B018 - only glibc has it
         libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
