@@ -14,7 +14,8 @@ queue per pool, autoscaled between 0 and 5 with no backlog) it prints:
   The operator's resync period is set to both windows, so one resync of every app falls in them: the
   quieter window gives the CPU between resyncs, the difference the CPU of one resync, and the two the
   idle CPU at the default resync period;
-- `/metrics` scrape time (median of 5).
+- `/metrics` scrape time: median and max of the scrapes made every 15 s during the idle windows, and
+  the size of the text.
 
 Then: RSS with `--big` CRs; the split of 200 apps between 2 and 3 replicas (`--shards` shards) and
 the time until a SIGKILLed replica's shards are held by the others.
@@ -60,6 +61,9 @@ POOLS_PER_APP = 10
 # queue's status holds its consumer count (RabbitMQ's statistics listing is read every 30 s) and every
 # app has been polled a few times.
 SETTLE_SECONDS = 45
+# During the idle windows /metrics is scraped as often as a Prometheus commonly does (the CPU figures include
+# it); each app is polled every 10 s, so every poll series has changed between two scrapes.
+SCRAPE_INTERVAL = 15.0
 
 
 def crs(apps: int, pools: int = POOLS_PER_APP, poll: int = 10) -> list[dict[str, Any]]:
@@ -154,21 +158,27 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def fetch_metrics(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        body: bytes = r.read()
+    return body
+
+
+def scrape_once_ms(port: int) -> float:
+    t0 = time.perf_counter()
+    fetch_metrics(port)
+    return (time.perf_counter() - t0) * 1000
+
+
 def scrape_ms(port: int) -> float:
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-            r.read()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    """Median of 5 scrapes in a row (what changed between them is little: a cheap scrape)."""
+    return statistics.median(scrape_once_ms(port) for _ in range(5))
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+    for line in fetch_metrics(port).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return 0.0
 
 
@@ -246,8 +256,13 @@ class Bench:
             wait_settled(self.cp, ns)
             time.sleep(SETTLE_SECONDS)  # statuses, first polls, the first consumer counts
             marks = [(cpu_seconds(proc.pid), time.time())]
+            scrapes: list[float] = []
             for _ in range(2):
-                time.sleep(idle)
+                end = time.monotonic() + idle
+                while (left := end - time.monotonic()) > 0:  # scraped like Prometheus: all apps polled between
+                    time.sleep(min(SCRAPE_INTERVAL, left))
+                    if left > SCRAPE_INTERVAL:
+                        scrapes.append(scrape_once_ms(port))
                 marks.append((cpu_seconds(proc.pid), time.time()))
             time.sleep(2)  # the audit log is written asynchronously
             (c0, w0), (c1, w1), (c2, w2) = marks
@@ -257,7 +272,8 @@ class Bench:
             return {"apps": apps, "pools": want, "converge": done - t0, "after_apply": done - applied,
                     "baseline": base, "idle": counts, "window": w2 - w0, "cpu_quiet": windows[0] * 100,
                     "resync": resync, "cpu": (windows[0] + resync / RESYNC_SECONDS) * 100,
-                    "rss": rss_mib(proc.pid), "scrape": scrape_ms(port)}
+                    "rss": rss_mib(proc.pid), "scrape": statistics.median(scrapes), "scrape_max": max(scrapes),
+                    "scrape_bytes": len(fetch_metrics(port))}
         finally:
             stop(proc, 15)
             kubectl(self.cp, "delete", "namespace", ns, f"baseline-{apps}", "--wait=false")
@@ -339,12 +355,13 @@ def main() -> int:
                 reads = {k: v for k, v in r["idle"].items() if k.startswith(("get", "list"))}
                 per_s = sum(writes.values()) / r["window"]
                 by_verb = ", ".join(f"{k} {v / r['window']:.3f}" for k, v in sorted(writes.items())) or "none"
+                by_kind = f" ({', '.join(f'{k} {v}' for k, v in sorted(reads.items()))})" if reads else ""
                 print(f"| {r['apps']} | {r['pools']} | {r['converge']:.1f} s ({r['converge'] / r['baseline']:.2f}x) | "
                       f"{r['after_apply']:.1f} s ({r['after_apply'] / r['baseline']:.2f}x) | "
                       f"{r['baseline']:.1f} s | {per_s:.3f} ({by_verb}); "
-                      f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s | "
+                      f"{per_s / r['apps']:.4f}/app | {sum(reads.values())} in {r['window']:.0f} s{by_kind} | "
                       f"{r['cpu_quiet']:.2f} % | {r['resync']:.2f} s | {r['cpu']:.2f} % | {r['rss']:.0f} MiB | "
-                      f"{r['scrape']:.1f} ms |")
+                      f"{r['scrape']:.1f} ms (max {r['scrape_max']:.1f}; {r['scrape_bytes'] / 1e6:.1f} MB) |")
         if args.big:
             b = bench.big(args.big)
             print(f"\n## Memory: {b['crs']} custom resources: RSS {b['rss']:.0f} MiB at idle "

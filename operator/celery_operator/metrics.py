@@ -16,22 +16,20 @@ and the module-level functions are its bound methods. The HTTP server serves `ex
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
 
 from celery_operator import __version__
+from celery_operator.series import Counter, Family, Gauge, Histogram
 from celery_operator.waits import WAIT_SOURCES
 
-M = TypeVar("M", bound=MetricWrapperBase)
 Direction = Literal["up", "down"]
 # What a pod removed by a scale-in held: nothing (idle, not ready, silent), work it finished while draining,
 # or work still running (no drain, or the drain's bound passed): the tasks the soft shutdown may cut.
@@ -147,29 +145,8 @@ RECONCILE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 
 def _base(name: str) -> str:
-    """prometheus-client wants counters named without `_total`."""
+    """prometheus-client's counter families are named without `_total`."""
     return name.removesuffix("_total")
-
-
-class Gauge:
-    """A gauge family kept as a plain dict (label values -> value), exported by `collect`: a series
-    costs a dict entry, where prometheus-client's labelled children cost about a kilobyte each (an
-    operator of 10,000 resources holds tens of thousands of queue and pool series)."""
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (), *,
-                 registry: CollectorRegistry) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
-        registry.register(self)
-
-    def clear(self) -> None:
-        self.values.clear()
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in self.values.items():
-            family.add_metric(labels, value)
-        yield family
 
 
 @dataclass(frozen=True)
@@ -187,6 +164,15 @@ class BeatCollector:
 
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], dict[str, BeatEntry]] = {}  # (namespace, app) -> entry -> values
+        self._text: bytes | None = None
+
+    def changed(self) -> None:
+        self._text = None
+
+    def text(self) -> bytes:
+        if self._text is None:
+            self._text = generate_latest(_Only(self))
+        return self._text
 
     def collect(self) -> Iterator[Metric]:
         last = GaugeMetricFamily(BEAT_LAST_RUN, "Scheduled time of the last run beat sent of each entry.",
@@ -204,9 +190,6 @@ class BeatCollector:
                     nxt.add_metric(labels, e.next_run)
                 skipped.add_metric(labels, e.skipped_runs)
         yield from (last, nxt, skipped)
-
-
-Family = MetricWrapperBase | Gauge | BeatCollector
 
 
 class OperatorMetrics:
@@ -242,10 +225,10 @@ class OperatorMetrics:
         self.pool_max_replicas = Gauge(
             POOL_MAX_REPLICAS, "Autoscaled worker pool's maxReplicas.", POOL_LABELS, registry=r)
         self.scale_events = Counter(
-            _base(SCALE_EVENTS), "Autoscaler changes of a worker pool's replica count.",
+            SCALE_EVENTS, "Autoscaler changes of a worker pool's replica count.",
             (*POOL_LABELS, "direction"), registry=r)
         self.scale_in_pods = Counter(
-            _base(SCALE_IN_PODS), "Worker pods removed by the autoscaler's scale-ins, by what they held then: "
+            SCALE_IN_PODS, "Worker pods removed by the autoscaler's scale-ins, by what they held then: "
             "idle, drained (their tasks finished first) or busy.", (*POOL_LABELS, "state"), registry=r)
         self.broker_up = Gauge(
             BROKER_UP, "1 when the app's last broker poll succeeded, 0 when it failed.", APP_LABELS, registry=r)
@@ -253,10 +236,10 @@ class OperatorMetrics:
             BROKER_POLL_DURATION, "Time to read the queue depths of one app from its broker.", APP_LABELS,
             buckets=POLL_BUCKETS, registry=r)
         self.broker_polls = Counter(
-            _base(BROKER_POLLS), "Broker polls of an app by result (success, error): polls are not reconciles.",
+            BROKER_POLLS, "Broker polls of an app by result (success, error): polls are not reconciles.",
             (*APP_LABELS, "result"), registry=r)
         self.reconcile_count = Counter(
-            _base(RECONCILE_TOTAL), "Reconciliations by kind and result (success, error, retry).",
+            RECONCILE_TOTAL, "Reconciliations by kind and result (success, error, retry).",
             ("kind", "result"), registry=r)
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION, "Time spent in one reconciliation.", ("kind",), buckets=RECONCILE_BUCKETS,
@@ -265,50 +248,18 @@ class OperatorMetrics:
                                 registry=r)
         self.shards_held = Gauge(SHARDS_HELD, "Shards whose Lease this replica holds.", registry=r)
         self.build_info = Gauge(BUILD_INFO, "Operator build; the value is always 1.", ("version",), registry=r)
-        self.build_info.values[(__version__,)] = 1
+        self.build_info.set((__version__,), 1)
         self.beat = BeatCollector()
         r.register(self.beat)
-        # Label values of every series set, per metric: lets forget_* remove by partial labels.
-        self._series: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
-        # The exposition is cached per metric and a metric's text is made again only after it changed,
-        # so a scrape of thousands of unchanged queue series costs little.
         self._families: list[Family] = [m for m in vars(self).values() if isinstance(m, Family)]
-        self._text: dict[Family, bytes] = {}
-        self._dirty: set[Family] = set(self._families)
 
-    def _child(self, metric: M, *values: str) -> M:
-        self._series.setdefault(metric, set()).add(values)
-        self._dirty.add(metric)
-        return metric.labels(*values)
+    @staticmethod
+    def _set(metric: Gauge, value: float, *values: str) -> None:
+        metric.set(values, value)
 
-    def _set(self, metric: Gauge, value: float, *values: str) -> None:
-        """Set a gauge series; the metric's exposition is made again only when the value changed."""
-        if metric.values.get(values) == value:
-            return
-        metric.values[values] = float(value)
-        self._dirty.add(metric)
-
-    def _remove(self, metric: MetricWrapperBase | Gauge, **match: str) -> None:
-        if isinstance(metric, Gauge):
-            if len(match) == len(metric.labelnames):  # one series: no scan (polls remove per queue)
-                if metric.values.pop(tuple(match[k] for k in metric.labelnames), None) is not None:
-                    self._dirty.add(metric)
-                return
-            positions = {metric.labelnames.index(k): v for k, v in match.items()}
-            gone = [v for v in metric.values if all(v[i] == want for i, want in positions.items())]
-            for values in gone:
-                del metric.values[values]
-            if gone:
-                self._dirty.add(metric)
-            return
-        names = metric._labelnames  # the order labels were declared in
-        positions = {names.index(k): v for k, v in match.items()}
-        known = self._series.get(metric, set())
-        for values in [v for v in known if all(v[i] == want for i, want in positions.items())]:
-            with contextlib.suppress(KeyError):  # already gone (e.g. cleared by a test)
-                metric.remove(*values)
-            known.discard(values)
-            self._dirty.add(metric)
+    @staticmethod
+    def _remove(metric: Family, **match: str) -> None:
+        metric.remove_matching(**match)
 
     # --- queues ---------------------------------------------------------------------------------
 
@@ -364,11 +315,11 @@ class OperatorMetrics:
         self._set(self.pool_max_replicas, bounds[1], namespace, app, pool)
 
     def count_scale_event(self, namespace: str, app: str, pool: str, direction: Direction) -> None:
-        self._child(self.scale_events, namespace, app, pool, direction).inc()
+        self.scale_events.inc((namespace, app, pool, direction))
 
     def count_scale_in_pods(self, namespace: str, app: str, pool: str, state: ScaleInState, n: int) -> None:
         if n:
-            self._child(self.scale_in_pods, namespace, app, pool, state).inc(n)
+            self.scale_in_pods.inc((namespace, app, pool, state), n)
 
     def forget_pool(self, namespace: str, app: str, pool: str) -> None:
         for metric in (self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
@@ -381,8 +332,8 @@ class OperatorMetrics:
         self._set(self.broker_up, 1 if up else 0, namespace, app)
 
     def observe_poll(self, namespace: str, app: str, seconds: float, ok: bool = True) -> None:
-        self._child(self.broker_poll_duration, namespace, app).observe(seconds)
-        self._child(self.broker_polls, namespace, app, "success" if ok else "error").inc()
+        self.broker_poll_duration.observe((namespace, app), seconds)
+        self.broker_polls.inc((namespace, app, "success" if ok else "error"))
 
     # --- beat -------------------------------------------------------------------------------------
 
@@ -394,12 +345,12 @@ class OperatorMetrics:
             self.beat.entries[(namespace, app)] = dict(entries)
         else:
             self.beat.entries.pop((namespace, app), None)
-        self._dirty.add(self.beat)
+        self.beat.changed()
 
     def forget_app(self, namespace: str, app: str) -> None:
         """Remove every series of a deleted CeleryApp (its queues, pools and beat entries included)."""
         if self.beat.entries.pop((namespace, app), None) is not None:
-            self._dirty.add(self.beat)
+            self.beat.changed()
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
                        self.wait_source, self.depth_source, self.pool_replicas, self.pool_min_replicas,
                        self.pool_max_replicas, self.scale_events, self.scale_in_pods, self.broker_up,
@@ -415,10 +366,10 @@ class OperatorMetrics:
     # --- reconciliation -------------------------------------------------------------------------
 
     def count_reconcile(self, kind: str, result: ReconcileResult) -> None:
-        self._child(self.reconcile_count, kind, result).inc()
+        self.reconcile_count.inc((kind, result))
 
     def observe_reconcile(self, kind: str, seconds: float) -> None:
-        self._child(self.reconcile_duration, kind).observe(seconds)
+        self.reconcile_duration.observe((kind,), seconds)
 
     @contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:
@@ -436,11 +387,9 @@ class OperatorMetrics:
             self.observe_reconcile(kind, time.perf_counter() - start)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric: each made again only if it changed since."""
-        for metric in self._dirty:
-            self._text[metric] = generate_latest(_Only(metric))
-        self._dirty.clear()
-        parts = [self._text[m] for m in self._families]
+        """The Prometheus text format of every metric: only the series that changed since are formatted."""
+        parts = [m.text() for m in self._families]
+        parts.append(self.beat.text())
         if self._process is not None:
             parts.append(generate_latest(_Only(self._process)))
         return b"".join(parts)
