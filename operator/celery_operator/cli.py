@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _without_client_libraries() -> None:
+    """kopf imports the Kubernetes client libraries' models whenever they are installed, to recognise
+    them as bodies (about 20 MiB for the official one); the operator never passes it any and does not
+    depend on them (kube.login). The image does not install them; where they are installed (a dev
+    environment: the tests use the official one) the operator keeps them out the same way, so what runs
+    there is what runs in the image. Before kopf's first import, which is why it lives here."""
+    if "kopf" in sys.modules:
+        return  # too late to matter (the operator was imported in this process already, e.g. by a test)
+    for name in ("kubernetes", "kubernetes_asyncio", "pykube"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # `import` of it raises ImportError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if not args.verbose:  # kopf logs every handled watch event at INFO: our handlers only route
             logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        _without_client_libraries()
         from celery_operator.runner import RunOptions, run
 
         return run(RunOptions(

@@ -14,6 +14,7 @@ import kopf
 from celery_operator import api
 from celery_operator.controller.observe import CR_PACKERS
 from celery_operator.controller.runtime import app_key
+from celery_operator.kube import login as kube_login
 
 Body = dict[str, Any]
 
@@ -22,6 +23,12 @@ def _indexed(kind: str, body: kopf.Body) -> dict[tuple[str, str], bytes]:
     """Indexed by (namespace, app), kept as compact JSON (memory: thousands of objects)."""
     key = app_key(kind, dict(body))
     return {} if key is None else {key: CR_PACKERS[kind].pack(dict(body))}
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf logs in as the operator's own client does (kube.login), not with its defaults."""
+    return kube_login.login()
 
 
 @kopf.index(api.GROUP, api.VERSION, api.plural(api.APP))

@@ -19,6 +19,7 @@ import aiohttp
 import kopf
 
 from celery_operator import api
+from celery_operator.kube import login
 
 Body = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -40,16 +41,11 @@ POOL_CONNECTIONS = 50  # concurrent requests (watches hold one each)
 
 
 def _login() -> kopf.ConnectionInfo:
-    """Credentials the way kopf's default login finds them: in-cluster (service-account token, CA,
-    KUBERNETES_SERVICE_HOST/PORT), else the kubeconfig (paths or inline data, tokens, exec plugins)."""
-    settings = kopf.OperatorSettings()
+    """In-cluster credentials, else the kubeconfig's (kube.login)."""
     try:
-        conn = kopf.login_via_client(logger=log, settings=settings)
+        return login.login()
     except kopf.LoginError as e:
-        raise RuntimeError(f"no Kubernetes credentials: {e}") from None
-    if conn is None:
-        raise RuntimeError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
-    return conn
+        raise RuntimeError(str(e)) from None
 
 
 class ApiError(Exception):
