@@ -115,8 +115,8 @@ def _braced(pairs: list[str]) -> str:
     return "{" + ",".join(pairs) + "}" if pairs else ""
 
 
-class Gauge(Family):
-    type = "gauge"
+class _OneValue(Family):
+    """A family whose series are one value each (gauges, counters)."""
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
                  registry: CollectorRegistry) -> None:
@@ -125,6 +125,22 @@ class Gauge(Family):
 
     def _store(self) -> dict[Key, float]:
         return self.values
+
+    def _render(self, key: Key) -> str:
+        return f"{self.name}{_braced(self._pairs(key))} {_value(self.values[key])}\n"
+
+    def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        yield family
+
+
+class Gauge(_OneValue):
+    type = "gauge"
 
     def set(self, key: Key, value: float) -> None:
         """Set one series (a value equal to the one held changes nothing)."""
@@ -133,17 +149,11 @@ class Gauge(Family):
         self.values[key] = float(value)
         self._changed(key)
 
-    def _render(self, key: Key) -> str:
-        return f"{self.name}{_braced(self._pairs(key))} {_value(self.values[key])}\n"
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, value in self.values.items():
-            family.add_metric(key, value)
-        yield family
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
-class Counter(Family):
+class Counter(_OneValue):
     """A counter; `name` is the exposed one, ending in `_total`."""
 
     type = "counter"
@@ -152,11 +162,7 @@ class Counter(Family):
                  registry: CollectorRegistry) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"a counter's name ends in _total: {name}")
-        self.values: dict[Key, float] = {}
         super().__init__(name, documentation, labelnames, registry=registry)
-
-    def _store(self) -> dict[Key, float]:
-        return self.values
 
     def inc(self, key: Key, amount: float = 1) -> None:
         if amount < 0:
@@ -164,14 +170,8 @@ class Counter(Family):
         self.values[key] = self.values.get(key, 0.0) + amount
         self._changed(key)
 
-    def _render(self, key: Key) -> str:
-        return f"{self.name}{_braced(self._pairs(key))} {_value(self.values[key])}\n"
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation, labels=self.labelnames)
-        for key, value in self.values.items():
-            family.add_metric(key, value)
-        yield family
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name.removesuffix("_total"), self.documentation, labels=self.labelnames)
 
 
 class Histogram(Family):
