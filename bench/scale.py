@@ -140,8 +140,11 @@ def audit(cp: ControlPlane, since: float, until: float) -> collections.Counter[s
             continue
         t = datetime.datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
         if since <= t < until:
-            ref = e.get("objectRef") or {}
-            what = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            ref = e.get("objectRef")
+            if ref:
+                what = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            else:  # not a resource: discovery (/api, /apis/<group>/<version>), /version
+                what = e.get("requestURI", "?").split("?")[0]
             counts[f"{e['verb']} {what}"] += 1
     return counts
 
