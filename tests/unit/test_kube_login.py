@@ -172,7 +172,7 @@ def test_a_missing_exec_plugin_is_an_error_with_its_install_hint(tmp_path: Path)
 
 def test_legacy_auth_providers_are_refused_with_the_way_out(tmp_path: Path) -> None:
     kc = write(tmp_path / "kc", config({"auth-provider": {"name": "gcp", "config": {"access-token": "x"}}}))
-    with pytest.raises(kopf.LoginError, match="auth-provider 'gcp' is not supported.*exec credential plugin"):
+    with pytest.raises(kopf.LoginError, match=r"auth-provider 'gcp' is not supported.*exec credential plugin"):
         login.login({"KUBECONFIG": str(kc)}, tmp_path / "none")
     kc = write(tmp_path / "kc", config({"auth-provider": {"name": "oidc", "config": {"id-token": "jwt"}}}))
     assert login.login({"KUBECONFIG": str(kc)}, tmp_path / "none").token == "jwt"

@@ -78,7 +78,7 @@ def test_setting_a_gauge_to_the_value_it_holds_keeps_its_text() -> None:
 
 def test_removed_series_leave_the_text_and_the_registry() -> None:
     r = CollectorRegistry()
-    g, c, h, bare, hk = fs = families(r)
+    g, c, h, _, _ = fs = families(r)
     fill(*fs)
     assert g.remove_matching(app="app1")
     assert not g.remove_matching(app="app1")
