@@ -128,7 +128,8 @@ def holding(cp: ControlPlane, ns: str, chash: str, other_than: set[str] = frozen
 
 
 def skips_reported(cp: ControlPlane, ns: str) -> dict[str, list[int]]:
-    """Scheduled times the RunsSkipped Events on the schedule name, per entry."""
+    """Scheduled times the RunsSkipped Events on the schedule name, per entry, in time order (the API lists
+    Events by name, not by time)."""
     events = json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
     out: dict[str, list[int]] = {name: [] for name in ENTRIES}
     for e in events:
@@ -141,7 +142,7 @@ def skips_reported(cp: ControlPlane, ns: str) -> dict[str, list[int]]:
         slots = list(range(instant(first), instant(last) + 1, PERIOD))
         assert len(slots) == count, e["message"]
         out[name] += slots
-    return out
+    return {name: sorted(times) for name, times in out.items()}
 
 
 @pytest.fixture
