@@ -253,66 +253,58 @@ class OperatorMetrics:
         r.register(self.beat)
         self._families: list[Family] = [m for m in vars(self).values() if isinstance(m, Family)]
 
-    @staticmethod
-    def _set(metric: Gauge, value: float, *values: str) -> None:
-        metric.set(values, value)
-
-    @staticmethod
-    def _remove(metric: Family, **match: str) -> None:
-        metric.remove_matching(**match)
-
     # --- queues ---------------------------------------------------------------------------------
 
     def observe_queue(self, namespace: str, app: str, queue: str, ready: int, in_flight: int | None,
                       consumers: int | None) -> None:
         """One queue's depth. An unknown in-flight or consumer count removes that series."""
-        self._set(self.queue_length, ready, namespace, app, queue)
+        self.queue_length.set((namespace, app, queue), ready)
         for metric, value in ((self.queue_in_flight, in_flight), (self.queue_consumers, consumers)):
             if value is None:
-                self._remove(metric, namespace=namespace, app=app, queue_name=queue)
+                metric.remove_matching(namespace=namespace, app=app, queue_name=queue)
             else:
-                self._set(metric, value, namespace, app, queue)
+                metric.set((namespace, app, queue), value)
 
     def observe_queue_wait(self, namespace: str, app: str, queue: str, seconds: float | None,
                            source: str | None) -> None:
         """One queue's wait and how it is known; an unknown wait removes both series, an empty queue
         (`source` None) has a wait of 0 and no source."""
         if seconds is None:
-            self._remove(self.queue_wait, namespace=namespace, app=app, queue_name=queue)
+            self.queue_wait.remove_matching(namespace=namespace, app=app, queue_name=queue)
         else:
-            self._set(self.queue_wait, seconds, namespace, app, queue)
+            self.queue_wait.set((namespace, app, queue), seconds)
         for other in WAIT_SOURCES:
             if other != source or seconds is None:
-                self._remove(self.wait_source, namespace=namespace, app=app, queue_name=queue, source=other)
+                self.wait_source.remove_matching(namespace=namespace, app=app, queue_name=queue, source=other)
         if seconds is not None and source is not None:
-            self._set(self.wait_source, 1, namespace, app, queue, source)
+            self.wait_source.set((namespace, app, queue, source), 1)
 
     def set_depth_source(self, namespace: str, app: str, source: DepthSource) -> None:
         if self.depth_source.values.get((namespace, app, source)) == 1:
             return
-        self._remove(self.depth_source, namespace=namespace, app=app)
-        self._set(self.depth_source, 1, namespace, app, source)
+        self.depth_source.remove_matching(namespace=namespace, app=app)
+        self.depth_source.set((namespace, app, source), 1)
 
     def forget_queue(self, namespace: str, app: str, queue: str) -> None:
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
                        self.wait_source):
-            self._remove(metric, namespace=namespace, app=app, queue_name=queue)
+            metric.remove_matching(namespace=namespace, app=app, queue_name=queue)
 
     # --- pools ----------------------------------------------------------------------------------
 
     def set_pool_replicas(self, namespace: str, app: str, pool: str, desired: int, current: int,
                           ready: int) -> None:
         for kind, value in zip(REPLICA_KINDS, (desired, current, ready), strict=True):
-            self._set(self.pool_replicas, value, namespace, app, pool, kind)
+            self.pool_replicas.set((namespace, app, pool, kind), value)
 
     def set_pool_bounds(self, namespace: str, app: str, pool: str, bounds: tuple[int, int] | None) -> None:
         """(minReplicas, maxReplicas) of an autoscaled pool; None (not autoscaled) removes them."""
         if bounds is None:
-            self._remove(self.pool_min_replicas, namespace=namespace, app=app, pool=pool)
-            self._remove(self.pool_max_replicas, namespace=namespace, app=app, pool=pool)
+            self.pool_min_replicas.remove_matching(namespace=namespace, app=app, pool=pool)
+            self.pool_max_replicas.remove_matching(namespace=namespace, app=app, pool=pool)
             return
-        self._set(self.pool_min_replicas, bounds[0], namespace, app, pool)
-        self._set(self.pool_max_replicas, bounds[1], namespace, app, pool)
+        self.pool_min_replicas.set((namespace, app, pool), bounds[0])
+        self.pool_max_replicas.set((namespace, app, pool), bounds[1])
 
     def count_scale_event(self, namespace: str, app: str, pool: str, direction: Direction) -> None:
         self.scale_events.inc((namespace, app, pool, direction))
@@ -324,12 +316,12 @@ class OperatorMetrics:
     def forget_pool(self, namespace: str, app: str, pool: str) -> None:
         for metric in (self.pool_replicas, self.pool_min_replicas, self.pool_max_replicas,
                        self.scale_events, self.scale_in_pods):
-            self._remove(metric, namespace=namespace, app=app, pool=pool)
+            metric.remove_matching(namespace=namespace, app=app, pool=pool)
 
     # --- brokers --------------------------------------------------------------------------------
 
     def set_broker_up(self, namespace: str, app: str, up: bool) -> None:
-        self._set(self.broker_up, 1 if up else 0, namespace, app)
+        self.broker_up.set((namespace, app), 1 if up else 0)
 
     def observe_poll(self, namespace: str, app: str, seconds: float, ok: bool = True) -> None:
         self.broker_poll_duration.observe((namespace, app), seconds)
@@ -355,13 +347,13 @@ class OperatorMetrics:
                        self.wait_source, self.depth_source, self.pool_replicas, self.pool_min_replicas,
                        self.pool_max_replicas, self.scale_events, self.scale_in_pods, self.broker_up,
                        self.broker_poll_duration, self.broker_polls):
-            self._remove(metric, namespace=namespace, app=app)
+            metric.remove_matching(namespace=namespace, app=app)
 
     # --- sharding -------------------------------------------------------------------------------
 
     def set_ownership(self, apps: int, shards: int) -> None:
-        self._set(self.owned_apps, apps)
-        self._set(self.shards_held, shards)
+        self.owned_apps.set((), apps)
+        self.shards_held.set((), shards)
 
     # --- reconciliation -------------------------------------------------------------------------
 
