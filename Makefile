@@ -74,6 +74,7 @@ bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline
 	$(PY) bench/scale_in.py
 	$(PY) bench/scale.py
 	$(PY) bench/faults.py
+	$(PY) bench/keda.py
 
 .PHONY: image
 image: system-deps venv binaries ## build every image with buildah (operator, sample-tasks, rabbitmq, redis, ...)

@@ -8,6 +8,9 @@
 #   coredns                                  (github.com/coredns/coredns, cluster-DNS plugins only)
 #   local-path-provisioner                   (github.com/rancher/local-path-provisioner)
 #   crictl                                   (sigs.k8s.io/cri-tools: stops the node's pods on shutdown)
+#   keda, keda-adapter, keda-admission-webhooks  (github.com/kedacore/keda/v2, built inside its own module
+#                                            so its replace directives hold; its go directive may ask
+#                                            for a newer Go, which GOTOOLCHAIN=auto fetches from the proxy)
 # Everything lands in $CELERY_OPERATOR_CACHE/bin/<name>-<version>; a second run costs nothing.
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -185,11 +188,34 @@ if [ ! -x "$bin/crictl-v$CRI_TOOLS_VERSION" ]; then
   log "crictl built in $(( $(date +%s) - t0 ))s"
 fi
 
+KEDA_CMDS="keda keda-adapter keda-admission-webhooks"
+need_keda=0
+for c in $KEDA_CMDS; do
+  [ -x "$bin/$c-v$KEDA_VERSION" ] || need_keda=1
+done
+if [ $need_keda = 1 ]; then
+  t0=$(date +%s)
+  src=$(go mod download -json "github.com/kedacore/keda/v2@v$KEDA_VERSION" |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))')
+  w=$(mktemp -d "$cache/keda-src.XXXX")
+  trap 'chmod -R u+w "$w"; rm -rf "$w"' EXIT
+  cp -r "$src/." "$w/" && chmod -R u+w "$w"
+  log "building keda v$KEDA_VERSION (cold: several minutes)"
+  (cd "$w" && go build -trimpath -ldflags "-s -w -X=github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION -X=github.com/kedacore/keda/v2/version.GitCommit=v$KEDA_VERSION" \
+     -o "$w/out/" ./cmd/operator ./cmd/adapter ./cmd/webhooks >&2)
+  mv "$w/out/operator" "$bin/keda-v$KEDA_VERSION"
+  mv "$w/out/adapter" "$bin/keda-adapter-v$KEDA_VERSION"
+  mv "$w/out/webhooks" "$bin/keda-admission-webhooks-v$KEDA_VERSION"
+  rm -rf "$w"; trap - EXIT
+  log "keda built in $(( $(date +%s) - t0 ))s"
+fi
+
 # Stable names pointing at the pinned versions.
 for c in $K8S_CMDS; do ln -sf "$c-$k8s" "$bin/$c"; done
 ln -sf "coredns-v$COREDNS_VERSION" "$bin/coredns"
 ln -sf "local-path-provisioner-v$LOCAL_PATH_PROVISIONER_VERSION" "$bin/local-path-provisioner"
 ln -sf "crictl-v$CRI_TOOLS_VERSION" "$bin/crictl"
+for c in $KEDA_CMDS; do ln -sf "$c-v$KEDA_VERSION" "$bin/$c"; done
 ln -sf "$(cd "$bin" && ls -1 etcd-v* | sort -V | tail -1)" "$bin/etcd"
 ln -sf "helm-v$HELM_VERSION" "$bin/helm"
 ln -sf "$(cd "$bin" && ls -1 kubectl-v* | tail -1)" "$bin/kubectl"

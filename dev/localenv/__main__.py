@@ -1,9 +1,9 @@
-"""`python -m localenv up | down | demo` (what `make up`, `make down` and `make demo` run).
+"""`python -m localenv up | down | demo | keda install|uninstall` (what `make up`, `make down` and `make demo` run).
 
 `up` starts the local cluster (control plane + one kubelet node, state in `.local/` or $LOCALENV_DIR) and leaves it
 running; `down` stops it and gives the host back what the node changed (it also cleans up after a
 test run that died without stopping its node); `demo` installs the operator with helm and runs the
-sample topology and a producer on it.
+sample topology and a producer on it; `keda install` installs KEDA (localenv.keda) on the cluster `up` started.
 """
 
 from __future__ import annotations
@@ -112,6 +112,19 @@ def main(argv: list[str]) -> int:
         images.build()
         for name in images.names():
             print(images.ref(name))
+        return 0
+    if cmd == "keda" and len(argv) > 2 and argv[2] in ("install", "uninstall"):
+        from localenv import keda
+
+        state = load_state()
+        if state is None:
+            print("nothing is up: `make up` first", file=sys.stderr)
+            return 1
+        cluster = Cluster.attach(state)
+        if argv[2] == "install":
+            print(f"KEDA v{keda.version()} installed in {keda.install(cluster):.0f}s")
+        else:
+            keda.uninstall(cluster)
         return 0
     if cmd == "demo":
         if not STATE.exists():

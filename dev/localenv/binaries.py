@@ -9,7 +9,7 @@ from pathlib import Path
 from localenv.procs import REPO
 
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
-         "helm", "coredns", "local-path-provisioner", "crictl")
+         "helm", "coredns", "local-path-provisioner", "crictl", "keda", "keda-adapter", "keda-admission-webhooks")
 
 
 def cache_dir() -> Path:

@@ -28,6 +28,7 @@ from localenv.procs import ServerError, free_port, pid_alive, spawn, stop, wait_
 SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 NODE_NAME = "localhost"  # the apiserver reaches the kubelet by this name (127.0.0.1), see localenv.node
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the API server's identity towards extension API servers
 APISERVER_STOP_SECONDS = 3.0  # a restart: SIGTERM, SIGKILL if still there after this long
 
 
@@ -94,6 +95,7 @@ class ControlPlane:
             "kubernetes.default.svc.cluster.local"), server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
         admin = pki.issue("admin", "admin", ("system:masters",))
         pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+        pki.issue("front-proxy-client", FRONT_PROXY_CLIENT, ca="front-proxy-ca")
         etcd_port, etcd_peer = free_port(), free_port()
         self._procs["etcd"] = spawn([
             str(self.bin_dir / "etcd"), "--name", "local", "--data-dir", str(self.workdir / "etcd"),
@@ -174,6 +176,17 @@ class ControlPlane:
             f"--kubelet-certificate-authority={pki.ca}",
             "--enable-priority-and-fairness=false", "--profiling=false",
             "--endpoint-reconciler-type=none", "--v=0", *audit,
+            # The aggregation layer, as on any cluster: the API server proxies external.metrics.k8s.io to
+            # KEDA's adapter (an APIService) with its front-proxy client certificate and the caller's
+            # identity in request headers; it dials the adapter's endpoints (not a ClusterIP: the host
+            # routes to pod addresses on the bridge).
+            f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.pair('front-proxy-client').cert}",
+            f"--proxy-client-key-file={pki.pair('front-proxy-client').key}",
+            "--enable-aggregator-routing=true",
         ]
 
     def _wait_apiserver(self, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:

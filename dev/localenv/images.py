@@ -37,6 +37,9 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 BASE_PACKAGES = ("ca-certificates", "passwd")
 # Like debian:*-slim: no docs, man pages or translations in any image built on the base.
 SLIM_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
+# KEDA's images (bench/keda.py, its e2e test): image name -> the binary dev/build-binaries.sh built.
+KEDA_IMAGES = {"keda": "keda", "keda-metrics-apiserver": "keda-adapter",
+               "keda-admission-webhooks": "keda-admission-webhooks"}
 SKIP_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -219,6 +222,8 @@ def recipes() -> dict[str, Recipe]:
                key=(v["COREDNS_VERSION"],)),
         Recipe("local-path-provisioner", IMAGES_DIR / "local-path-provisioner" / "Dockerfile",
                prepare=_copy_binary("local-path-provisioner"), key=(v["LOCAL_PATH_PROVISIONER_VERSION"],)),
+        *(Recipe(image, IMAGES_DIR / image / "Dockerfile", prepare=_copy_binary(binary), key=(v["KEDA_VERSION"],))
+          for image, binary in KEDA_IMAGES.items()),
         Recipe("operator", REPO / "Dockerfile", base="python", context=REPO),
         Recipe("sample-tasks", REPO / "sample_tasks" / "Dockerfile", base="python", context=REPO / "sample_tasks"),
     ]}

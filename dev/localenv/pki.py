@@ -33,17 +33,25 @@ class PKI:
     def ca(self) -> Path:
         return self.dir / "ca.crt"
 
+    @property
+    def front_proxy_ca(self) -> Path:
+        """The aggregation layer's CA: it signs only the API server's proxy client certificate, which
+        extension API servers (KEDA's metrics adapter) trust for the request headers naming the user."""
+        return self.dir / "front-proxy-ca.crt"
+
     def create(self) -> None:
-        """The CA and the service-account signing key pair."""
+        """The CAs (cluster, front proxy) and the service-account signing key pair."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-                 "-days", DAYS, "-subj", "/CN=celery-operator-local-ca", cwd=self.dir)
+        for ca, cn in (("ca", "celery-operator-local-ca"), ("front-proxy-ca", "celery-operator-front-proxy-ca")):
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                     "-days", DAYS, "-subj", f"/CN={cn}", cwd=self.dir)
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=self.dir)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=self.dir)
 
     def issue(self, name: str, cn: str, orgs: tuple[str, ...] = (), *, server_names: tuple[str, ...] = (),
-              server_ips: tuple[str, ...] = (), client: bool = True) -> KeyPair:
-        """A key pair signed by the CA: a client certificate, a serving one (names/IPs), or both."""
+              server_ips: tuple[str, ...] = (), client: bool = True, ca: str = "ca") -> KeyPair:
+        """A key pair signed by a CA (`ca`, or `front-proxy-ca`): a client certificate, a serving one
+        (names/IPs), or both."""
         subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
         usages = (["clientAuth"] if client else []) + (["serverAuth"] if server_names or server_ips else [])
         ext = [f"extendedKeyUsage={','.join(usages)}"]
@@ -53,7 +61,7 @@ class PKI:
         (self.dir / f"{name}.ext").write_text("\n".join(ext) + "\n")
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                  "-subj", subj, cwd=self.dir)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
                  "-out", f"{name}.crt", "-days", DAYS, "-extfile", f"{name}.ext", cwd=self.dir)
         return KeyPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
 

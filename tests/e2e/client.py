@@ -61,10 +61,13 @@ def main(what: str) -> None:
                 add.apply_async((i, i), queue=queue, producer=producer, ignore_result=True)
         out = {"sent": int(n)}
     elif what.startswith("publish:"):
-        _, queue, n, seconds = what.split(":")
+        # n `slow` tasks, not awaited; `publish:QUEUE:N:SECONDS[:PRIORITY]`.
+        _, queue, n, seconds, *priority = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]
+        extra = {"priority": int(priority[0])} if priority else {}
         with app.producer_or_acquire() as producer:
-            ids = [slow.apply_async((float(seconds),), queue=queue, producer=producer).id for _ in range(int(n))]
+            ids = [slow.apply_async((float(seconds),), queue=queue, producer=producer, **extra).id
+                   for _ in range(int(n))]
         out = {"ids": ids}
     print(json.dumps(out))
 
