@@ -89,10 +89,19 @@ DEFAULT_SCALE_DOWN_DRAIN_SECONDS: Final = 60
 # before targetWaitSeconds existed: manifests written then keep scaling on depth).
 DEFAULT_TARGET_MESSAGES_PER_REPLICA: Final = 10
 
+# On a CeleryWorkerPool: pause its scaling ("true"), and hold it at N replicas while paused ("N"), as KEDA's
+# autoscaling.keda.sh/paused and autoscaling.keda.sh/paused-replicas.
+ANNOTATION_PAUSED: Final = "autoscaling.celery-operator.dev/paused"
+ANNOTATION_PAUSED_REPLICAS: Final = "autoscaling.celery-operator.dev/paused-replicas"
+# autoscaling.fallback.behavior, KEDA's names.
+FALLBACK_BEHAVIORS: Final = ("static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower")
+
 # Condition types.
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
+# On CeleryWorkerPools: True while scaling is paused (spec.autoscaling.paused or the annotations).
+AUTOSCALING_PAUSED: Final = "AutoscalingPaused"
 
 
 class Reason:
@@ -133,6 +142,19 @@ class Reason:
     PREFETCH_HIDES_BACKLOG: Final = "PrefetchHidesBacklog"
     # Beat skipped runs of an entry by its catch-up rule (startingDeadlineSeconds): an Event per skip.
     RUNS_SKIPPED: Final = "RunsSkipped"
+    # A pool's scaling was paused / resumed (spec.autoscaling.paused or the paused annotations); reasons of the
+    # AutoscalingPaused condition and Events, once per transition.
+    AUTOSCALING_PAUSED: Final = "AutoscalingPaused"
+    AUTOSCALING_RESUMED: Final = "AutoscalingResumed"
+    AUTOSCALING_ACTIVE: Final = "AutoscalingActive"
+    # A paused annotation the operator cannot read (the pool holds its replicas): condition and Warning Event.
+    INVALID_PAUSE_ANNOTATION: Final = "InvalidPauseAnnotation"
+    # The broker could not be reached for fallback.failureThreshold polls: the fallback replicas apply.
+    FALLBACK_ENGAGED: Final = "FallbackEngaged"
+    # A scheduled minimum's window reaches the next firing of its cron (found by the operator where CEL cannot
+    # tell, e.g. a DST change), or it names a time zone the operator does not know.
+    SCHEDULE_OVERLAPS: Final = "ScheduleOverlaps"
+    INVALID_SCHEDULE: Final = "InvalidSchedule"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

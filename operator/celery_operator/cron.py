@@ -22,8 +22,11 @@ with Celery.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 MACROS: dict[str, str] = {
     "@yearly": "0 0 1 1 *",
@@ -259,3 +262,172 @@ def cel_rules() -> list[tuple[str, str]]:
     return [(f"self.matches('{CEL_PATTERN}')", SYNTAX_MESSAGE),
             (f"!self.matches('{_descending_ranges()}')", RANGE_MESSAGE),
             (f"!self.matches('{_never_occurring()}')", DATE_MESSAGE)]
+
+
+# -- windows of scheduled minimums (CeleryWorkerPool spec.autoscaling.schedules) -----------------------------
+# A window opens at each firing of a cron (as beat reads it: `schedule.Cron`, in the schedule's time zone,
+# DST included) and lasts its durationSeconds. A window must end before the next firing ("overlaps itself"
+# otherwise). The CRD rejects that for the cron shapes whose smallest gap a regex can tell on an ordinary day
+# (`overlap_cel_rules`); `smallest_gap` finds every other case exactly, for the operator to report.
+
+_MINUTE_VALUE = _token(FIELDS[0], set(range(60)))
+_HOUR_VALUE = _token(FIELDS[1], set(range(24)))
+_DOW_VALUE = _token(FIELDS[4], set(range(7)))
+_EVERY = "[*](?:/1)?"
+OVERLAP_FIX = "shorten durationSeconds or use a cron that fires less often"
+
+
+def overlap_cel_rules() -> list[tuple[str, str]]:
+    """(CEL, message) pairs on an autoscaling schedule (`self.cron`, `self.durationSeconds`): for cron shapes
+    that fire every minute, hour, day or week on an ordinary day, a window as long as that gap overlaps the
+    next one. Sound in every time zone (the gap occurs on any day without a DST change); a DST change that
+    shortens a gap further is the operator's to find (`smallest_gap`)."""
+    shapes = [
+        ("every minute (minute field *)", 60, f"^{_EVERY} "),
+        ("every hour (@hourly, or one minute and hour *)", 3600, f"^(?:@hourly$|(?:{_MINUTE_VALUE}) +{_EVERY} )"),
+        ("every day (@daily, @midnight, or one minute and one hour, other fields *)", 86400,
+         f"^(?:@daily|@midnight|(?:{_MINUTE_VALUE}) +(?:{_HOUR_VALUE}) +{_EVERY} +{_EVERY} +{_EVERY})$"),
+        ("every week (@weekly, or one minute, one hour and one day of week, other fields *)", 7 * 86400,
+         f"^(?:@weekly|(?:{_MINUTE_VALUE}) +(?:{_HOUR_VALUE}) +{_EVERY} +{_EVERY} +(?:{_DOW_VALUE}))$"),
+    ]
+    return [(f"!self.cron.matches('{pattern}') || self.durationSeconds < {gap}",
+             f"spec.autoscaling.schedules[].durationSeconds must be less than {gap} when cron fires {what}: each "
+             f"window would overlap the next one; {OVERLAP_FIX}")
+            for what, gap, pattern in shapes]
+
+
+def cron_schedule(expr: str, timezone: str) -> Any:
+    """The `schedule.Cron` of an admitted expression in `timezone`; ValueError when either is not valid."""
+    from celery_operator import schedule
+
+    fields = parse_cron(expr)
+    if fields is None:
+        raise ValueError(problem(expr) or SYNTAX_MESSAGE)
+    try:
+        return schedule.schedule_of({"cron": {"minute": fields.minute, "hour": fields.hour,
+                                              "day_of_month": fields.day_of_month,
+                                              "month_of_year": fields.month_of_year,
+                                              "day_of_week": fields.day_of_week}}, timezone)
+    except (KeyError, ValueError, OSError) as e:  # zoneinfo: ZoneInfoNotFoundError is a KeyError
+        raise ValueError(f"unknown time zone {timezone!r}") from e
+
+
+def window_start(expr: str, timezone: str, duration_seconds: int, now: float) -> float | None:
+    """The firing (epoch seconds) whose window holds `now` (the latest one: its window ends last), or None
+    outside every window. ValueError for an invalid cron or time zone."""
+    from celery_operator.schedule import US
+
+    c = cron_schedule(expr, timezone)
+    t = int(now * US)
+    fired = c.last_at_or_before(t)
+    if fired is None or t >= fired + duration_seconds * US:
+        return None
+    return float(fired / US)
+
+
+@lru_cache(maxsize=256)
+def _day_distance(dom: str, month: str, dow: str) -> int | None:
+    """The fewest days between two consecutive matching days (Celery's rule: both day fields match), over a
+    whole 400-year Gregorian cycle; None when at most one day matches per cycle."""
+    import datetime
+
+    from celery_operator.schedule import _field
+
+    doms, months, dows = _field(dom, 1, 31), _field(month, 1, 12), _field(dow, 0, 6)
+    day, step = datetime.date(2000, 1, 1), datetime.timedelta(days=1)
+    last: int | None = None
+    first: int | None = None
+    best: int | None = None
+    for i in range(146097 * 2):  # two cycles: the wrap from one to the next counts too
+        if day.month in months and day.day in doms and (day.weekday() + 1) % 7 in dows:
+            if last is not None:
+                best = i - last if best is None else min(best, i - last)
+                if best == 1:
+                    return 1
+            if first is None:
+                first = i
+            elif i - first >= 146097:
+                break
+            last = i
+        day += step
+    return best
+
+
+@lru_cache(maxsize=64)
+def _offset_changes(timezone: str, year: int) -> tuple[int, ...]:
+    """The instants (epoch seconds) at which the zone's UTC offset changes from `year` on, for 28 years (the
+    calendar's weekday-date pattern repeats within that: every rule 'the second Sunday of March' takes each
+    of its dates)."""
+    import datetime
+
+    from celery_operator.schedule import _zone
+
+    tz = _zone(timezone)
+    if tz is datetime.UTC:
+        return ()
+    start = datetime.datetime(year, 1, 1, tzinfo=datetime.UTC)
+
+    def offset(s: int) -> datetime.timedelta | None:
+        return (start + datetime.timedelta(seconds=s)).astimezone(tz).utcoffset()
+
+    out = []
+    day = 86400
+    for d in range(28 * 366):
+        a, b = d * day, (d + 1) * day
+        if offset(a) == offset(b):
+            continue
+        while b - a > 60:  # the first minute with the new offset
+            mid = (a + b) // 120 * 60
+            if mid <= a:
+                break
+            if offset(mid) == offset(a):
+                a = mid
+            else:
+                b = mid
+        out.append(int(start.timestamp()) + b)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Gap:
+    seconds: int
+    at: float | None = None  # the earlier firing of the pair (epoch seconds), when it is one DST change's
+
+
+def smallest_gap(expr: str, timezone: str, year: int) -> Gap | None:
+    """The smallest time between two consecutive firings of `expr` in `timezone` (None if it fires at most once
+    in 400 years). Exact: the wall-clock gaps over a whole 400-year cycle, and the real gap across every UTC
+    offset change of the zone in the 28 years from `year` (its DST rules as the zone database has them now).
+    ValueError for an invalid cron or time zone."""
+    from celery_operator.schedule import US, _cron_sets
+
+    c = cron_schedule(expr, timezone)
+    minutes, hours, _, _, _ = _cron_sets(c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week)
+    times = sorted(h * 60 + m for h in hours for m in minutes)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    days = _day_distance(c.day_of_month, c.month_of_year, c.day_of_week)
+    if days is not None:
+        gaps.append(days * 1440 - (times[-1] - times[0]))
+    best = Gap(min(gaps) * 60) if gaps else None
+    if best is not None and best.seconds == 60:
+        return best  # no two minutes are closer
+    for change in _offset_changes(timezone, year):
+        before = c.last_at_or_before(change * US - 1)
+        after = c.first_after(change * US - 1)
+        if before is not None and after is not None and (best is None or (after - before) // US < best.seconds):
+            best = Gap(int((after - before) // US), before / US)
+    return best
+
+
+def overlap_problem(expr: str, timezone: str, duration_seconds: int, year: int) -> str | None:
+    """Why a window of `duration_seconds` from each firing overlaps the next firing, or None. ValueError for an
+    invalid cron or time zone."""
+    gap = smallest_gap(expr, timezone, year)
+    if gap is None or duration_seconds < gap.seconds:
+        return None
+    from celery_operator.schedule import US, to_rfc3339
+
+    where = (f" (across the UTC offset change after {to_rfc3339(int(gap.at * US))} in {timezone})"
+             if gap.at is not None else "")
+    return (f"durationSeconds {duration_seconds} reaches the next firing of cron {expr!r}: two firings are as close "
+            f"as {gap.seconds} s{where}; {OVERLAP_FIX}")

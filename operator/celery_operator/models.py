@@ -25,6 +25,7 @@ class Meta:
     generation: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     creation_timestamp: str = ""  # RFC 3339; orders duplicates (the older object wins)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, body: Body) -> Meta:
@@ -36,6 +37,7 @@ class Meta:
             generation=int(m.get("generation", 0) or 0),
             labels=dict(m.get("labels") or {}),
             creation_timestamp=str(m.get("creationTimestamp") or ""),
+            annotations={str(k): str(v) for k, v in (m.get("annotations") or {}).items()},
         )
 
 
@@ -268,6 +270,61 @@ class CeleryQueue:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """autoscaling.fallback: replicas after failure_threshold failed polls in a row, per behavior (KEDA's)."""
+
+    failure_threshold: int
+    replicas: int
+    behavior: Literal["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+
+    @classmethod
+    def of(cls, d: Body | None) -> Fallback | None:
+        if not d:
+            return None
+        return cls(failure_threshold=int(d.get("failureThreshold", 3)), replicas=int(d["replicas"]),
+                   behavior=d.get("behavior", "static"))
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    type: Literal["Pods", "Percent"]
+    value: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """autoscaling.scaleUp / scaleDown: the HPA's HPAScalingRules without its stabilization window."""
+
+    policies: tuple[ScalingPolicy, ...]
+    select_policy: Literal["Max", "Min", "Disabled"]
+
+    @classmethod
+    def of(cls, d: Body | None) -> ScalingRules | None:
+        if not d:
+            return None
+        return cls(tuple(ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"]))
+                         for p in d.get("policies") or []), d.get("selectPolicy", "Max"))
+
+
+@dataclass(frozen=True)
+class ScaleSchedule:
+    """One autoscaling.schedules item: from each firing of cron (in timezone), for duration_seconds, the pool's
+    minimum is at least min_replicas."""
+
+    name: str
+    cron: str
+    timezone: str
+    duration_seconds: int
+    min_replicas: int
+
+    @classmethod
+    def of(cls, d: Body) -> ScaleSchedule:
+        return cls(name=d["name"], cron=d["cron"], timezone=d.get("timezone", "UTC"),
+                   duration_seconds=int(d["durationSeconds"]), min_replicas=int(d["minReplicas"]))
+
+
+@dataclass(frozen=True)
 class Autoscaling:
     """At least one of the two targets is set: with neither, depth at the default target."""
 
@@ -281,6 +338,17 @@ class Autoscaling:
     count_in_flight: bool
     target_wait_seconds: int | None
     scale_down_drain_seconds: int
+    paused: bool = False
+    paused_replicas: int | None = None
+    fallback: Fallback | None = None
+    scale_up: ScalingRules | None = None
+    scale_down: ScalingRules | None = None
+    queue_aggregation: Literal["Sum", "Max"] = "Sum"
+    queue_weights: tuple[tuple[str, int], ...] = ()  # (queue, weight), sorted; queues not named weigh 1
+    schedules: tuple[ScaleSchedule, ...] = ()
+
+    def weight(self, queue: str) -> int:
+        return dict(self.queue_weights).get(queue, 1)
 
     @classmethod
     def of(cls, d: Body | None) -> Autoscaling | None:
@@ -299,6 +367,14 @@ class Autoscaling:
             target_wait_seconds=d.get("targetWaitSeconds"),
             # A CRD older than this operator has no such field: its default.
             scale_down_drain_seconds=d.get("scaleDownDrainSeconds", api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
+            paused=bool(d.get("paused", False)),
+            paused_replicas=d.get("pausedReplicas"),
+            fallback=Fallback.of(d.get("fallback")),
+            scale_up=ScalingRules.of(d.get("scaleUp")),
+            scale_down=ScalingRules.of(d.get("scaleDown")),
+            queue_aggregation=d.get("queueAggregation", "Sum"),
+            queue_weights=tuple(sorted((str(q), int(w)) for q, w in (d.get("queueWeights") or {}).items())),
+            schedules=tuple(ScaleSchedule.of(s) for s in d.get("schedules") or []),
         )
 
 

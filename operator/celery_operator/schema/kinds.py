@@ -421,11 +421,104 @@ def autoscaling() -> Schema:
                                              minimum=0, maximum=3600, default=api.DEFAULT_SCALE_DOWN_DRAIN_SECONDS),
             "countInFlight": boolean("Count unacknowledged (running and prefetched) messages as well as "
                                      "ready ones.", default=True),
+            "paused": boolean(f"Stop scaling: no poll changes the replicas and no scale-in runs; the Deployment keeps "
+                              f"pausedReplicas, or without it whatever count it has (a `kubectl scale deployment` "
+                              f"included). The annotations {api.ANNOTATION_PAUSED}: \"true\" and "
+                              f"{api.ANNOTATION_PAUSED_REPLICAS}: \"N\" pause as well. On resume scaling continues "
+                              "from the Deployment's replicas. Default false."),
+            "pausedReplicas": integer("Replicas to hold while paused (by paused or the annotations); unset: keep the "
+                                      "Deployment's count. A paused-replicas annotation overrides it.", minimum=0),
+            "fallback": obj(
+                "What to do when the broker cannot be reached for failureThreshold polls in a row (as KEDA's "
+                "fallback). Without it the pool holds its replicas while the broker is away.",
+                {
+                    "failureThreshold": integer("Failed polls in a row before the fallback applies.", minimum=1,
+                                                maximum=1000, default=3),
+                    "replicas": integer("The fallback replica count (never 0: the operator does not scale a pool "
+                                        "to zero because a broker cannot be reached).", minimum=1),
+                    "behavior": string("static: go to replicas; currentReplicas: keep the current count; "
+                                       "currentReplicasIfHigher: the larger of current and replicas; "
+                                       "currentReplicasIfLower: the smaller of current and replicas.",
+                                       enum=list(api.FALLBACK_BEHAVIORS), default="static"),
+                },
+                required=["replicas"],
+            ),
+            "scaleUp": _scaling_rules("up"),
+            "scaleDown": _scaling_rules("down"),
+            "queueAggregation": string("How the depths of the pool's queues combine into the one it scales on: Sum "
+                                       "(their total) or Max (the deepest queue's, so the pool is sized for its "
+                                       "busiest queue), each queue's depth times its queueWeights entry. Default Sum.",
+                                       enum=["Sum", "Max"]),
+            "queueWeights": {
+                "type": "object",
+                "description": "Per-queue integer weights (queue's Celery name -> weight, default 1): a queue's "
+                               "depth counts weight times; 0 ignores the queue. Every key must be in spec.queues.",
+                "maxProperties": 64,
+                "additionalProperties": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 1000},
+            },
+            "schedules": array("Scheduled minimums (as KEDA's cron trigger): from each firing of a schedule's cron, "
+                               "for durationSeconds, the pool's minimum is raised to its minReplicas (the largest "
+                               "of the active ones).", _autoscaling_schedule(), max_items=16, list_type="map",
+                               map_keys=["name"]),
         },
         required=["maxReplicas"],
         rules=[Rule("self.minReplicas <= self.maxReplicas",
                     "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas; lower minReplicas "
-                    "or raise maxReplicas", ".minReplicas")],
+                    "or raise maxReplicas", ".minReplicas"),
+               Rule("!has(self.pausedReplicas) || self.pausedReplicas <= self.maxReplicas",
+                    "spec.autoscaling.pausedReplicas must be <= spec.autoscaling.maxReplicas; lower pausedReplicas "
+                    "or raise maxReplicas", ".pausedReplicas"),
+               Rule("!has(self.fallback) || self.fallback.replicas <= self.maxReplicas",
+                    "spec.autoscaling.fallback.replicas must be <= spec.autoscaling.maxReplicas (a fallback replica "
+                    "count above maxReplicas); lower fallback.replicas or raise maxReplicas", ".fallback.replicas"),
+               Rule("!has(self.schedules) || self.schedules.all(s, s.minReplicas <= self.maxReplicas)",
+                    "spec.autoscaling.schedules[].minReplicas must be <= spec.autoscaling.maxReplicas; lower the "
+                    "schedule's minReplicas or raise maxReplicas", ".schedules")],
+    )
+
+
+def _scaling_rules(direction: str) -> Schema:
+    verb = "grows" if direction == "up" else "shrinks"
+    return obj(
+        f"How fast the pool {verb}, on top of the stabilization window (the HPA's behavior.scale"
+        f"{direction.capitalize()} policies, same semantics). Unset: no limit.",
+        {
+            "policies": array(
+                f"Limits on the change over a period: each allows the replicas at the period's start (derived from "
+                f"the scale events of the last periodSeconds) {'plus' if direction == 'up' else 'minus'} value "
+                f"pods (Pods) or value percent of them (Percent).",
+                obj("One policy.", {
+                    "type": string("Pods or Percent.", enum=["Pods", "Percent"]),
+                    "value": integer("Pods, or percent of the period's starting replicas.", minimum=1),
+                    "periodSeconds": integer("The period the policy looks back over.", minimum=1, maximum=1800),
+                }, required=["type", "value", "periodSeconds"]),
+                min_items=1, max_items=10, list_type="atomic"),
+            "selectPolicy": string("Max: the policy allowing the largest change applies; Min: the smallest; "
+                                   f"Disabled: the pool never scales {direction} by the autoscaler.",
+                                   enum=["Max", "Min", "Disabled"], default="Max"),
+        },
+        required=["policies"],
+    )
+
+
+def _autoscaling_schedule() -> Schema:
+    return obj(
+        "One scheduled minimum: a window opens at each firing of cron (in timezone) and lasts durationSeconds.",
+        {
+            "name": string("Unique name of the schedule.", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                           min_length=1, max_length=63),
+            "cron": string("When each window opens: the cron grammar of CeleryBeatSchedule entries (five fields or "
+                           "a macro).", max_length=128,
+                           rules=[Rule(cel, message) for cel, message in cron.cel_rules()]),
+            "timezone": string("IANA time zone the cron is read in.", default="UTC",
+                               pattern=r"^[A-Za-z0-9_+\-/]+$", max_length=64),
+            "durationSeconds": integer("How long each window lasts; it must be shorter than the smallest gap between "
+                                       "two firings of the cron (a window must not overlap the next).", minimum=60,
+                                       maximum=31 * 86400),
+            "minReplicas": integer("The pool's minimum during the window.", minimum=0),
+        },
+        required=["name", "cron", "durationSeconds", "minReplicas"],
+        rules=[Rule(cel, message, ".durationSeconds") for cel, message in cron.overlap_cel_rules()],
     )
 
 
@@ -481,7 +574,11 @@ def pool_spec() -> Schema:
             "autoscaling": autoscaling(),
         },
         required=["appRef", "queues"],
-        rules=rules,
+        rules=[*rules, Rule(
+            "!has(self.autoscaling) || !has(self.autoscaling.queueWeights) || "
+            "self.autoscaling.queueWeights.all(q, q in self.queues)",
+            "spec.autoscaling.queueWeights names a queue that is not in spec.queues; add the queue to spec.queues "
+            "or remove its weight", ".autoscaling.queueWeights")],
     )
 
 
@@ -489,7 +586,12 @@ def pool_status() -> Schema:
     return status("CeleryWorkerPool", {
         "replicas": integer("Worker pods that exist.", minimum=0),
         "readyReplicas": integer("Worker pods that are ready.", minimum=0),
-        "desiredReplicas": integer("Replicas the autoscaler last asked for.", minimum=0),
+        "desiredReplicas": integer("Replicas the pool should have: the autoscaler's last count, the paused count, "
+                                   "or spec.replicas.", minimum=0),
+        "paused": boolean("True while scaling is paused (spec.autoscaling.paused or the paused annotations)."),
+        "failedPolls": integer("Broker polls of the app that failed in a row (0 once one succeeds).", minimum=0),
+        "activeSchedule": string("The autoscaling schedule whose window raises the minimum now (the one with the "
+                                 "largest minReplicas); absent outside every window.", max_length=63),
         "selector": string("Label selector of the pool's pods (for the scale subresource).", max_length=1024),
         "queueDepth": integer("Ready messages in the pool's queues, last measured.", minimum=0, fmt="int64"),
         "messagesInFlight": integer("Unacknowledged messages in the pool's queues, last measured.", minimum=0,
@@ -630,10 +732,11 @@ KIND_DEFS: dict[str, KindDef] = {
         "their depth.",
         pool_spec, pool_status,
         [_col("Queues", "string", ".spec.queues", "Queues consumed."),
-         _col("Desired", "integer", ".spec.replicas", "Desired replicas."),
+         _col("Desired", "integer", ".status.desiredReplicas", "Desired replicas (autoscaler, pause or spec)."),
          _col("Current", "integer", ".status.replicas", "Existing replicas."),
          _col("Available", "integer", ".status.readyReplicas", "Ready replicas."),
          _col("Depth", "integer", ".status.queueDepth", "Ready messages in the pool's queues."),
+         _col("Paused", "boolean", ".status.paused", "Scaling paused."),
          _col("Pool", "string", ".spec.pool", "Execution pool.", priority=1),
          _col("Concurrency", "integer", ".spec.concurrency", "Processes per worker.", priority=1)],
         root_rules=[_dns_label_name("it is a label value on the pool's Deployment and pods")],
