@@ -11,17 +11,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api, conditions, drift, schedule, workloads
+from celery_operator import api, autoscale, conditions, cron, drift, schedule, workloads
 from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryBeatSchedule, CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
 from celery_operator.render import names
-from celery_operator.topology import Topology
+from celery_operator.topology import Problem, Topology
 
 Body = dict[str, Any]
 ObjKey = tuple[str, str]  # (kind, metadata.name)
@@ -29,7 +30,8 @@ ObjKey = tuple[str, str]  # (kind, metadata.name)
 # Problems that are worth saying but leave the object working: Ready stays True with this reason,
 # and the Event is a Warning.
 WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER,
-                      api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG})
+                      api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG,
+                      api.Reason.SCHEDULE_OVERLAPS, api.Reason.INVALID_SCHEDULE})
 APPLY_FAILED = "ApplyFailed"
 
 
@@ -43,6 +45,8 @@ class PoolScale:
     source: str | None = None
     last_scale_time: str | None = None
     wait_seconds: int | None = None
+    schedule: str | None = None  # the autoscaling schedule whose window raises the minimum
+    fallback: bool = False  # the fallback count applies
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Poll:
     broker_up: bool | None = None
     error: str | None = None
     report: DepthReport | None = None
+    failed_polls: int = 0  # in a row
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Facts:
     apply_errors: list[str] = field(default_factory=list)
     managed_problem: workloads.Problem | None = None
     reconcile_error: str | None = None
+    now: float = 0.0  # epoch seconds (the year from which a schedule's DST changes are checked); 0: 2025
 
 
 @dataclass(frozen=True)
@@ -174,43 +180,110 @@ def _labels_match(pod: Body, selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: list[Condition] | None) -> Desired:
+def schedule_problems(pool: CeleryWorkerPool, year: int) -> list[tuple[str, str]]:
+    """(reason, message) for each autoscaling schedule whose window overlaps the next firing where the CRD could
+    not tell (cron.overlap_problem: a DST change, a cron shape CEL does not read), or that names a time zone (or,
+    stored under an older CRD, a cron) the operator cannot read. Such a schedule is skipped."""
+    out = []
+    for s in pool.autoscaling.schedules if pool.autoscaling is not None else ():
+        try:
+            text = cron.overlap_problem(s.cron, s.timezone, s.duration_seconds, year)
+        except ValueError as e:
+            out.append((api.Reason.INVALID_SCHEDULE, f"autoscaling schedule {s.name}: {e}; the schedule is skipped"))
+            continue
+        if text is not None:
+            out.append((api.Reason.SCHEDULE_OVERLAPS, f"autoscaling schedule {s.name}: {text}"))
+    return out
+
+
+def _pause_condition(pause: autoscale.Pause) -> Condition:
+    if pause.problem is not None:
+        return Condition(api.AUTOSCALING_PAUSED, True, api.Reason.INVALID_PAUSE_ANNOTATION, pause.problem)
+    if pause.paused:
+        held = f"held at {pause.replicas} replicas" if pause.replicas is not None else \
+            "the Deployment keeps its replicas"
+        return Condition(api.AUTOSCALING_PAUSED, True, api.Reason.AUTOSCALING_PAUSED,
+                         f"scaling paused by {pause.source}: {held}")
+    return Condition(api.AUTOSCALING_PAUSED, False, api.Reason.AUTOSCALING_ACTIVE, "scaling is not paused")
+
+
+def _pause_events(body: Body | None, pause: autoscale.Pause, cond: Condition) -> list[Event]:
+    """AutoscalingPaused / AutoscalingResumed once per transition of status.paused; a Warning when the pause
+    annotation becomes unreadable."""
+    old = (body or {}).get("status") or {}
+    out = []
+    if bool(old.get("paused")) != pause.paused:
+        out.append(Event("Normal", api.Reason.AUTOSCALING_PAUSED, cond.message) if pause.paused else
+                   Event("Normal", api.Reason.AUTOSCALING_RESUMED,
+                         "scaling resumed: the autoscaler continues from the Deployment's replicas"))
+    before = next((c for c in old.get("conditions") or [] if c.get("type") == api.AUTOSCALING_PAUSED), None)
+    if pause.problem is not None and (before is None or before.get("reason") != cond.reason
+                                      or before.get("message") != cond.message):
+        out.append(Event("Warning", api.Reason.INVALID_PAUSE_ANNOTATION, pause.problem))
+    return out
+
+
+def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: list[Condition] | None,
+          body: Body | None = None) -> Desired:
     app_name = topo.app.meta.name
     dep = facts.children.get(("Deployment", names.worker(app_name, pool.meta.name))) or {}
     dst = dep.get("status") or {}
     st = facts.scale.get(pool.meta.name)
     desired = st.desired if st is not None and st.desired is not None else pool.replicas
+    pause = autoscale.pause_of(pool.meta.annotations, pool.autoscaling)
     match = (dep.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
     fields: Body = {"replicas": int(dst.get("replicas") or 0), "readyReplicas": int(dst.get("readyReplicas") or 0),
-                    "desiredReplicas": desired, "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))}
+                    "desiredReplicas": desired, "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items())),
+                    "paused": pause.paused}
+    report = facts.poll.report
+    if report is not None:  # every pool's queues are measured by the app's poll
+        queues = topo.pool_queues(pool)
+        fields.update({k: v for k, v in (("queueDepth", report.ready(queues)),
+                                         ("messagesInFlight", report.in_flight(queues)),
+                                         ("depthSource", report.source)) if v is not None})
+    if facts.poll.broker_up is not None:
+        fields["failedPolls"] = facts.poll.failed_polls
     if st is not None:
         fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
                                          ("depthSource", st.source), ("lastScaleTime", st.last_scale_time),
-                                         ("waitSeconds", st.wait_seconds))
+                                         ("waitSeconds", st.wait_seconds), ("activeSchedule", st.schedule))
                        if v is not None})
+    pause_cond = _pause_condition(pause)
+    events = tuple(_pause_events(body, pause, pause_cond))
+    year = time.gmtime(facts.now).tm_year if facts.now else 2025
+    own = [Problem(r, m) for r, m in schedule_problems(pool, year)]
+
+    def done(conds: list[Condition]) -> Desired:
+        return Desired(fields, [*conds, pause_cond], events)
+
     # Warnings (settings that bite) show once the workers are ready; until then, their progress does.
     conds = _problems(topo, api.POOL, pool.meta.name, warnings=False)
     if conds is None and pool.autoscaling is not None and broker_conds is not None:
-        # Replicas are held; say why the autoscaler is blind.
-        conds = conditions.not_ready(broker_conds[0].reason,
-                                     f"holding {desired} replicas: {broker_conds[0].message}", progressing=False)
+        # Replicas are held (or set to the fallback count); say why the autoscaler is blind.
+        held = f"holding {desired} replicas"
+        if st is not None and st.fallback and pool.autoscaling.fallback is not None:
+            fb = pool.autoscaling.fallback
+            held = (f"fallback ({fb.behavior}, {fb.replicas} replicas) after {facts.poll.failed_polls} failed polls: "
+                    f"{desired} replicas")
+        conds = conditions.not_ready(broker_conds[0].reason, f"{held}: {broker_conds[0].message}",
+                                     progressing=False)
     if conds is not None:
-        return Desired(fields, conds)
+        return done(conds)
     ready = fields["readyReplicas"]
     if not dep:
-        return Desired(fields, conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "Deployment not created yet",
-                                                    progressing=True, degraded=False))
+        return done(conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, "Deployment not created yet",
+                                         progressing=True, degraded=False))
     if ready >= desired:
         text = f"{ready}/{desired} workers ready"
-        warned = _problems(topo, api.POOL, pool.meta.name)
-        return Desired(fields, conditions.ready(warned[0].reason, f"{warned[0].message} ({text})") if warned
-                       else conditions.ready(api.Reason.DEPLOYMENT_READY, text))
+        warned = topo.problems_of(api.POOL, pool.meta.name) + own
+        return done(conditions.ready(warned[0].reason, f"{'; '.join(w.message for w in warned)} ({text})")
+                    if warned else conditions.ready(api.Reason.DEPLOYMENT_READY, text))
     problem = workloads.pod_problem([p for p in facts.pods if match and _labels_match(p, match)])
     if problem is not None:
-        return Desired(fields, conditions.not_ready(problem.reason, f"{ready}/{desired} workers ready; "
-                                                    f"{problem.message}", degraded=problem.degraded))
-    return Desired(fields, conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, f"{ready}/{desired} workers ready",
-                                                progressing=True, degraded=False))
+        return done(conditions.not_ready(problem.reason, f"{ready}/{desired} workers ready; {problem.message}",
+                                         degraded=problem.degraded))
+    return done(conditions.not_ready(api.Reason.DEPLOYMENT_PROGRESSING, f"{ready}/{desired} workers ready",
+                                     progressing=True, degraded=False))
 
 
 def _queue_depth(report: DepthReport | None, name: str) -> Body:
@@ -245,7 +318,7 @@ def statuses(facts: Facts) -> dict[ObjKey, Desired]:
         out[(kind, obj.meta.name)] = Desired(fields, conds)
     for pool in topo.pools:
         if (api.POOL, pool.meta.name) in live:
-            out[(api.POOL, pool.meta.name)] = _pool(facts, topo, pool, broker_conds)
+            out[(api.POOL, pool.meta.name)] = _pool(facts, topo, pool, broker_conds, live[(api.POOL, pool.meta.name)])
     state, unreadable = beat_state(facts)
     for sched in topo.schedules:
         if (api.SCHEDULE, sched.meta.name) in live:

@@ -105,6 +105,7 @@ class Poller:
             except (BrokerError, TimeoutError) as e:
                 error = str(e) or "the broker did not answer in time"
         self.metrics.observe_poll(ns, name, time.monotonic() - t0, ok=report is not None)
+        state.failed_polls = 0 if report is not None else state.failed_polls + 1
         was_up = state.broker_up
         state.broker_up, state.report, state.poll_error = report is not None, report, error
         self.metrics.set_broker_up(ns, name, report is not None)
@@ -136,8 +137,9 @@ class Poller:
         queues = tuple(sorted((n, d.ready, d.in_flight, d.consumers) for n, d in report.queues.items())) \
             if report is not None else None
         pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time,
-                              p.view().wait_seconds) for n, p in state.pools.items()))
-        return state.broker_up, state.poll_error, queues, pools
+                              p.view().wait_seconds, p.paused, p.schedule, p.fallback)
+                             for n, p in state.pools.items()))
+        return state.broker_up, state.poll_error, queues, pools, state.failed_polls
 
     @staticmethod
     def _with_statistics(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
@@ -182,18 +184,42 @@ class Poller:
             if a is None:
                 continue
             st = state.pools.setdefault(pool.meta.name, PoolState())
-            current = st.desired if st.desired is not None else a.min_replicas
             queues = topo.pool_queues(pool)
             ready = report.ready(queues) if report is not None else None
             in_flight = report.in_flight(queues) if report is not None else None
             st.depth, st.in_flight = ready, in_flight
             st.source = report.source if report is not None else st.source
             st.wait = longest(state.waits.get(q) for q in queues) if report is not None else None
+            self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
+            pause = autoscale.pause_of(pool.meta.annotations, a)
+            if pause.paused:  # nothing scales: no /scale, no scale-in; a drain under way is called off
+                st.paused = True
+                st.desired = autoscale.paused_replicas(pause, self._live_replicas(key, pool),
+                                                         st.desired if st.desired is not None else a.min_replicas)
+                st.schedule, st.fallback = autoscale.schedule_floor(a, now)[1], False
+                if st.draining is not None:
+                    st.draining.cancel()
+                continue
+            if st.paused:  # resumed before a reconcile saw it: continue from the Deployment's replicas
+                st.resume()
+            if st.desired is None:
+                live = self._live_replicas(key, pool)
+                st.desired = a.min_replicas if live is None else autoscale.clamp(live, a.min_replicas, a.max_replicas)
+            current = st.desired
+            if a.queue_aggregation != "Sum" or a.queue_weights:
+                rows = [(q, None, None) if report is None else
+                        (q, d.ready, d.in_flight) if (d := report.queues.get(q)) is not None else (q, 0, 0)
+                        for q in queues]
+                ready, in_flight = autoscale.pool_depth(a, rows)
             workers = self._ready_workers(key, pool) if a.target_wait_seconds is not None else None
             decision = autoscale.decide(a, ready=ready, in_flight=in_flight, current=current, now=now,
-                                        history=st.history, wait=st.wait, workers=workers)
+                                        history=st.history, wait=st.wait, workers=workers,
+                                        failed_polls=state.failed_polls, events=st.events)
             st.history = decision.history
-            self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
+            st.schedule = decision.schedule
+            if decision.fallback and not st.fallback:
+                await self._announce_fallback(key, pool, state, decision)
+            st.fallback = decision.fallback
             if st.draining is not None:
                 if decision.desired >= st.drain_from:  # the load came back: keep the workers
                     st.draining.cancel()
@@ -204,12 +230,29 @@ class Poller:
 
             async def apply(desired: int, note: str, pool: CeleryWorkerPool = pool, st: PoolState = st,
                             current: int = current, reason: str = decision.reason) -> bool:
-                return await self._scale(key, pool, st, current, desired, f"{reason}; {note}" if note else reason)
+                done = await self._scale(key, pool, st, current, desired, f"{reason}; {note}" if note else reason)
+                if done and pool.autoscaling is not None:  # the scaling policies count the changes made
+                    st.events = st.events.record(time.time(), current, desired, pool.autoscaling)
+                return done
 
             if decision.desired < current:
                 await self.scale_in.start(key, state, topo, pool, st, current, decision.desired, apply)
             else:
                 await apply(decision.desired, "")
+
+    async def _announce_fallback(self, key: Key, pool: CeleryWorkerPool, state: AppState,
+                                 decision: autoscale.Decision) -> None:
+        body = self.cache.crs(key).get((api.POOL, pool.meta.name))
+        if body is not None:
+            await self.recorder.emit(body, "Warning", api.Reason.FALLBACK_ENGAGED,
+                                     f"the broker failed {state.failed_polls} polls in a row: {decision.reason}",
+                                     dedupe=False)
+
+    def _live_replicas(self, key: Key, pool: CeleryWorkerPool) -> int | None:
+        """The replicas of the pool's Deployment, from the cache (None before it exists)."""
+        dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
+        n = (dep or {}).get("spec", {}).get("replicas")
+        return int(n) if n is not None else None
 
     def _ready_workers(self, key: Key, pool: CeleryWorkerPool) -> int | None:
         """The pool's ready replicas from the cached Deployment (read only for pools scaling on wait)."""

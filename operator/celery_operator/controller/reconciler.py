@@ -403,7 +403,8 @@ class Reconciler:
             namespace=ns, app_name=name, bodies=bodies, topology=topo, broker=broker, backend=backend,
             config_hash=chash, children=live, pods=pods, scale=state.scale(), poll=state.poll(),
             declared=state.declared, apply_errors=state.apply_errors,
-            managed_problem=await self._managed_problem(ns, live, pods), reconcile_error=state.last_error)
+            managed_problem=await self._managed_problem(ns, live, pods), reconcile_error=state.last_error,
+            now=time.time())
         self._pool_metrics(ns, name, topo, facts)
         self._beat_metrics(ns, name, topo, facts)
         await self._patch_statuses(bodies, decide.statuses(facts))

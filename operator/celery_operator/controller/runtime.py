@@ -55,8 +55,10 @@ def beat_wrote(kind: str, app: str, new: Body, old: Body) -> bool:
 def _fingerprint(body: Body) -> tuple[Any, ...]:
     """What a custom resource's reconcile depends on; a status-only change leaves it unchanged."""
     md = body.get("metadata") or {}
+    notes = md.get("annotations") or {}
     return (md.get("generation"), md.get("deletionTimestamp"), tuple(md.get("finalizers") or ()),
-            (body.get("spec") or {}).get("appRef", {}).get("name"))
+            (body.get("spec") or {}).get("appRef", {}).get("name"),
+            notes.get(api.ANNOTATION_PAUSED), notes.get(api.ANNOTATION_PAUSED_REPLICAS))  # a pool's pause
 
 
 def app_key(kind: str, body: Body) -> Key | None:

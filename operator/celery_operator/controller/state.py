@@ -32,10 +32,18 @@ class PoolState:
     drain_from: int = 0
     drained: dict[str, float] = field(default_factory=dict)  # pod -> monotonic time it should be gone by
     recheck_drained: bool = True  # look for pods left drained (a new pool state, or a restore that failed)
+    events: autoscale.ScaleEvents = field(default_factory=autoscale.ScaleEvents)  # for scaleUp/scaleDown policies
+    paused: bool = False  # as last seen (a resume starts afresh from the Deployment's replicas)
+    schedule: str | None = None  # the schedule whose window raises the minimum, as of the last poll
+    fallback: bool = False  # the fallback count applies (the broker failed failureThreshold polls in a row)
 
     def view(self) -> PoolScale:
         return PoolScale(self.desired, self.depth, self.in_flight, self.source, self.last_scale_time,
-                         None if self.wait is None else int(self.wait.seconds))
+                         None if self.wait is None else int(self.wait.seconds), self.schedule, self.fallback)
+
+    def resume(self) -> None:
+        """Forget what the autoscaler knew before a pause: it continues from the Deployment's replicas."""
+        self.paused, self.desired, self.history, self.events = False, None, None, autoscale.ScaleEvents()
 
 
 @dataclass
@@ -61,20 +69,32 @@ class AppState:
     failures: int = 0  # reconciles failed in a row
     last_seen: tuple[object, ...] = ()  # what the last poll showed (a status-only reconcile follows a change)
     last_error: str | None = None
+    failed_polls: int = 0  # broker polls failed in a row (the pools' fallback counts them)
 
     def poll(self) -> Poll:
-        return Poll(self.broker_up, self.poll_error, self.report)
+        return Poll(self.broker_up, self.poll_error, self.report, self.failed_polls)
 
     def scale(self) -> dict[str, PoolScale]:
         return {name: p.view() for name, p in self.pools.items()}
 
     def replicas_for(self, pool: CeleryWorkerPool, live_replicas: int | None) -> int:
         """A pool's replicas: spec.replicas, or the autoscaler's; a new autoscaled pool starts at
-        minReplicas and after an operator restart the Deployment's count stands."""
+        minReplicas and after an operator restart the Deployment's count stands. A paused pool keeps its
+        paused count, else the Deployment's (a count set by hand included); once resumed an autoscaled pool
+        starts again from the Deployment's count."""
+        pause = autoscale.pause_of(pool.meta.annotations, pool.autoscaling)
+        if pause.paused:
+            st = self.pools.setdefault(pool.meta.name, PoolState())
+            otherwise = st.desired if st.desired is not None else (
+                pool.autoscaling.min_replicas if pool.autoscaling is not None else pool.replicas)
+            st.paused, st.desired = True, autoscale.paused_replicas(pause, live_replicas, otherwise)
+            return st.desired
         if pool.autoscaling is None:
             self.pools.pop(pool.meta.name, None)
             return pool.replicas
         st = self.pools.setdefault(pool.meta.name, PoolState())
+        if st.paused:
+            st.resume()
         if st.desired is None:
             a = pool.autoscaling
             st.desired = a.min_replicas if live_replicas is None else max(a.min_replicas,
