@@ -23,7 +23,7 @@ from localenv.node import CLUSTER_DNS_IP, CLUSTER_DOMAIN, Node
 
 # Images every cluster loads: the sandbox, the add-ons, and what tests and the demo run.
 NODE_IMAGES = ("pause", "coredns", "local-path-provisioner", "debian")
-WORKLOAD_IMAGES = ("operator", "sample-tasks", "rabbitmq", "redis")
+WORKLOAD_IMAGES = ("operator", "sample-tasks", "rabbitmq", "redis", "flower")
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Cluster:
         return missing
 
     def image(self, name: str) -> str:
-        """The tag pods use for one of the project's images (operator, sample-tasks, rabbitmq, redis)."""
+        """The tag pods use for one of the project's images (operator, sample-tasks, rabbitmq, redis, flower)."""
         return self.images.ref(name)
 
     def stop(self) -> None:

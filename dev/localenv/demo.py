@@ -8,6 +8,7 @@ to look at; `make down` stops the cluster.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -40,7 +41,21 @@ def sample_topology(images: dict[str, str]) -> list[dict[str, Any]]:
             d["spec"]["image"] = images["sample-tasks"]
             d["spec"]["broker"]["rabbitmq"]["image"] = images["rabbitmq"]
             d["spec"]["resultBackend"]["redis"]["image"] = images["redis"]
+            if "flower" in d["spec"]:
+                d["spec"]["flower"]["image"] = images["flower"]
     return docs
+
+
+FLOWER_SECRET = "proj-flower-auth"
+FLOWER_USER = "admin"
+
+
+def flower_secret(namespace: str = NAMESPACE) -> dict[str, Any]:
+    """The sample app's Flower credentials (basic auth `admin:<random>`), made once per cluster."""
+    password = secrets.token_urlsafe(12)
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": FLOWER_SECRET, "namespace": namespace},
+            "stringData": {"auth": f"{FLOWER_USER}:{password}"}}
 
 
 PRODUCER = """
@@ -94,7 +109,7 @@ def run(state: dict[str, Any]) -> int:
     cluster = Cluster.attach(state)
     cluster.refresh_images()
     cp = cluster.control_plane
-    images = {n: cluster.image(n) for n in ("operator", "sample-tasks", "rabbitmq", "redis")}
+    images = {n: cluster.image(n) for n in ("operator", "sample-tasks", "rabbitmq", "redis", "flower")}
 
     def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
         return cp.kubectl(*args, input=input, check=check, timeout=300).stdout
@@ -117,12 +132,15 @@ def run(state: dict[str, Any]) -> int:
             "--set", f"image.tag={tag}", "--wait", "--timeout", "5m"]
     subprocess.run(helm, env=cp.env(), check=True, stdout=subprocess.DEVNULL)
     kubectl("create", "namespace", NAMESPACE, check=False)
+    if not kubectl("get", "secret", FLOWER_SECRET, "-n", NAMESPACE, "--ignore-not-found"):
+        kubectl("create", "-f", "-", input=json.dumps(flower_secret()))
     say("applying sample_tasks/topology (managed RabbitMQ and Redis, three pools, beat)")
     kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(sample_topology(images)))
     say("waiting for the app to be Ready (RabbitMQ and Redis start, queues are declared)")
     kubectl("wait", "--for=condition=Ready", "celeryapp/proj", "-n", NAMESPACE, "--timeout=300s")
     kubectl("wait", "--for=condition=Ready", "celeryworkerpool/default", "celeryworkerpool/high",
             "-n", NAMESPACE, "--timeout=300s")
+    kubectl("wait", "--for=condition=FlowerReady", "celeryapp/proj", "-n", NAMESPACE, "--timeout=300s")
     print(kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"))
     print(kubectl("get", "celery", "-n", NAMESPACE))
 
@@ -155,6 +173,10 @@ The demo is running on the local cluster. Try:
   kubectl logs -n {NAMESPACE} deploy/proj-beat      # beat sending add-every-30s
   kubectl logs -n {OPERATOR_NAMESPACE} deploy/{RELEASE}
   kubectl -n {OPERATOR_NAMESPACE} port-forward svc/{RELEASE}-metrics 8080 & curl -s localhost:8080/metrics
+Flower (workers, tasks, queues), behind basic auth:
+  kubectl -n {NAMESPACE} port-forward svc/proj-flower 5555 &    # then open http://localhost:5555
+  kubectl -n {NAMESPACE} get secret {FLOWER_SECRET} -o jsonpath='{{.data.auth}}' | base64 -d; echo   # user:password
+  kubectl get celeryapp proj -n {NAMESPACE} -o jsonpath='{{.status.flower}}'; echo   # its in-cluster URL and state
   kubectl delete job producer -n {NAMESPACE}; make demo   # run the producer again
 `make down` stops everything.""")
     return 0

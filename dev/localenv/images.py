@@ -226,6 +226,7 @@ def recipes() -> dict[str, Recipe]:
           for image, binary in KEDA_IMAGES.items()),
         Recipe("operator", REPO / "Dockerfile", base="python", context=REPO),
         Recipe("sample-tasks", REPO / "sample_tasks" / "Dockerfile", base="python", context=REPO / "sample_tasks"),
+        Recipe("flower", IMAGES_DIR / "flower" / "Dockerfile", base="python", context=IMAGES_DIR / "flower"),
     ]}
 
 

@@ -211,3 +211,27 @@ BEAT_SCHEDULED_TIME_HEADER: Final = "celery_operator_scheduled_time"
 BEAT_LEASE_SECONDS: Final = 15
 BEAT_RENEW_DEADLINE_SECONDS: Final = 10
 BEAT_RETRY_SECONDS: Final = 2
+
+# Flower (CeleryApp spec.flower): a Deployment and Service `<app>-flower`, an Ingress when asked for.
+COMPONENT_FLOWER: Final = "flower"
+FLOWER_PORT: Final = 5555
+FLOWER_PORT_NAME: Final = "http"
+# The image of Flower the operator runs when spec.flower.image is not set (dev/images/flower/Dockerfile).
+FLOWER_VERSION: Final = "2.2.0"
+DEFAULT_FLOWER_IMAGE: Final = f"ghcr.io/celery-operator/flower:{FLOWER_VERSION}"
+# The app condition saying whether Flower runs, and why not.
+FLOWER_READY: Final = "FlowerReady"
+
+
+class FlowerReason:
+    """Reasons of the FlowerReady condition."""
+
+    DISABLED: Final = "FlowerDisabled"
+    READY: Final = "FlowerReady"
+    PROGRESSING: Final = "FlowerProgressing"
+    # Flower is enabled with no authentication and without allowUnauthenticated: it is not run.
+    AUTH_REQUIRED: Final = "FlowerAuthRequired"
+    # A Secret (or key) the authentication names is missing: Flower is not run (never open instead).
+    AUTH_SECRET_NOT_FOUND: Final = "FlowerAuthSecretNotFound"
+    # Runs without authentication because spec.flower.allowUnauthenticated says so.
+    UNAUTHENTICATED: Final = "FlowerUnauthenticated"

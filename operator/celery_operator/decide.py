@@ -21,6 +21,7 @@ from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryBeatSchedule, CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
+from celery_operator.render import flower as flower_render
 from celery_operator.render import names
 from celery_operator.topology import Problem, Topology
 
@@ -78,6 +79,7 @@ class Facts:
     apply_errors: list[str] = field(default_factory=list)
     managed_problem: workloads.Problem | None = None
     reconcile_error: str | None = None
+    flower_problem: tuple[str, str] | None = None  # (reason, message): Flower enabled but not run
     now: float = 0.0  # epoch seconds (the year from which a schedule's DST changes are checked); 0: 2025
 
 
@@ -132,6 +134,33 @@ def broker_conditions(facts: Facts) -> list[Condition] | None:
     return None
 
 
+def flower_status(facts: Facts, topo: Topology) -> tuple[Body, Condition, tuple[Event, ...]]:
+    """status.flower, the FlowerReady condition, and a Warning Event when Flower is refused."""
+    app = topo.app
+    f = app.flower
+    if not f.enabled:
+        return ({"state": "Off"}, Condition(api.FLOWER_READY, False, api.FlowerReason.DISABLED,
+                                            "spec.flower.enabled is false"), ())
+    if facts.flower_problem is not None:
+        reason, message = facts.flower_problem
+        old: Body = next((c for c in ((facts.bodies.get((api.APP, app.meta.name)) or {}).get("status") or {}).get(
+            "conditions") or [] if c.get("type") == api.FLOWER_READY), {})
+        said = old.get("reason") == reason and old.get("message") == message  # the Event went with it
+        return ({"state": "Blocked"}, Condition(api.FLOWER_READY, False, reason, message),
+                () if said else (Event("Warning", reason, message),))
+    dep = facts.children.get(("Deployment", names.flower(app.meta.name))) or {}
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+    fields: Body = {"state": "Ready" if ready else "Starting", "url": flower_render.url(app), "readyReplicas": ready}
+    if not ready:
+        return fields, Condition(api.FLOWER_READY, False, api.FlowerReason.PROGRESSING,
+                                 "Flower's pod is not ready yet"), ()
+    if not f.authenticated:
+        return fields, Condition(api.FLOWER_READY, True, api.FlowerReason.UNAUTHENTICATED,
+                                 f"Flower runs WITHOUT authentication at {fields['url']} "
+                                 "(spec.flower.allowUnauthenticated)"), ()
+    return fields, Condition(api.FLOWER_READY, True, api.FlowerReason.READY, f"Flower serves {fields['url']}"), ()
+
+
 def _app(facts: Facts, topo: Topology) -> Desired:
     app = topo.app
     broker, backend = facts.broker, facts.backend
@@ -160,7 +189,8 @@ def _app(facts: Facts, topo: Topology) -> Desired:
         conds = conditions.not_ready(APPLY_FAILED, "; ".join(facts.apply_errors))
     if conds is None:
         conds = _problems(topo, api.APP, app.meta.name)
-    return Desired(fields, conds or conditions.ready())
+    fields["flower"], flower_cond, events = flower_status(facts, topo)
+    return Desired(fields, [*(conds or conditions.ready()), flower_cond], events)
 
 
 def _declared(result: DeclareResult | None, broker_conds: list[Condition] | None) -> list[Condition]:

@@ -51,6 +51,8 @@ def referenced_secrets(app: CeleryApp) -> list[str]:
             ref = broker_url_ref(app) if role == "broker" else result_backend_url_ref(app)
             if ref is not None:
                 out.append(ref.name)
+    if app.flower.enabled:  # Flower's authentication: checked before Flower runs
+        out += [ref.name for ref in app.flower.secret_refs()]
     return sorted(set(out))
 
 

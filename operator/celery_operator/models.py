@@ -140,6 +140,79 @@ class PodTemplate:
 
 
 @dataclass(frozen=True)
+class FlowerOAuth:
+    """Flower's OAuth 2 login (its --auth_provider, --auth, --oauth2_* options), secrets from Secrets."""
+
+    provider: str  # google | github | gitlab
+    allowed_emails: str  # Flower's --auth: a regular expression of the emails let in
+    redirect_uri: str
+    client_id: SecretKeyRef
+    client_secret: SecretKeyRef
+
+    @classmethod
+    def of(cls, d: Body | None) -> FlowerOAuth | None:
+        if not d:
+            return None
+        client_id = SecretKeyRef.of(d.get("clientIdSecretRef"), default_key="clientId")
+        client_secret = SecretKeyRef.of(d.get("clientSecretSecretRef"), default_key="clientSecret")
+        assert client_id is not None and client_secret is not None  # required by the schema
+        return cls(provider=d["provider"], allowed_emails=d["allowedEmails"], redirect_uri=d["redirectUri"],
+                   client_id=client_id, client_secret=client_secret)
+
+
+@dataclass(frozen=True)
+class FlowerIngress:
+    host: str
+    class_name: str | None = None
+    tls_secret_name: str | None = None
+
+    @classmethod
+    def of(cls, d: Body | None) -> FlowerIngress | None:
+        if not d:
+            return None
+        return cls(host=d["host"], class_name=d.get("className"), tls_secret_name=d.get("tlsSecretName"))
+
+
+@dataclass(frozen=True)
+class Flower:
+    """spec.flower: Flower for the app, behind basic auth or OAuth (or open only when allowed explicitly)."""
+
+    enabled: bool = False
+    image: str = api.DEFAULT_FLOWER_IMAGE
+    load_app: bool = False  # the image holds the app's code: Flower imports spec.app (task names known)
+    basic_auth: SecretKeyRef | None = None
+    oauth: FlowerOAuth | None = None
+    allow_unauthenticated: bool = False
+    url_prefix: str | None = None
+    ingress: FlowerIngress | None = None
+    resources: Body = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, d: Body | None) -> Flower:
+        if not d:
+            return cls()
+        auth = d.get("auth") or {}
+        return cls(enabled=bool(d.get("enabled", False)), image=d.get("image") or api.DEFAULT_FLOWER_IMAGE,
+                   load_app=bool(d.get("loadApp", False)),
+                   basic_auth=SecretKeyRef.of(auth.get("basicAuthSecretRef"), default_key="auth"),
+                   oauth=FlowerOAuth.of(auth.get("oauth")),
+                   allow_unauthenticated=bool(d.get("allowUnauthenticated", False)),
+                   url_prefix=(d.get("urlPrefix") or "").strip("/") or None,
+                   ingress=FlowerIngress.of(d.get("ingress")), resources=dict(d.get("resources") or {}))
+
+    @property
+    def authenticated(self) -> bool:
+        return self.basic_auth is not None or self.oauth is not None
+
+    def secret_refs(self) -> list[SecretKeyRef]:
+        """Every Secret key Flower's authentication reads."""
+        out = [self.basic_auth] if self.basic_auth is not None else []
+        if self.oauth is not None:
+            out += [self.oauth.client_id, self.oauth.client_secret]
+        return out
+
+
+@dataclass(frozen=True)
 class CeleryApp:
     meta: Meta
     image: str
@@ -156,6 +229,7 @@ class CeleryApp:
     env_from: list[Body]
     pod_template: PodTemplate
     max_countdown_seconds: int | None = None  # the longest countdown/ETA the app's code uses
+    flower: Flower = field(default_factory=Flower)
 
     @classmethod
     def of(cls, body: Body) -> CeleryApp:
@@ -178,6 +252,7 @@ class CeleryApp:
             env_from=list(s.get("envFrom") or []),
             pod_template=PodTemplate.of(s.get("podTemplate")),
             max_countdown_seconds=s.get("maxCountdownSeconds"),
+            flower=Flower.of(s.get("flower")),
         )
 
     @property

@@ -52,6 +52,7 @@ NAMESPACED: Final = (
          "beat's Role (its state ConfigMap and its Lease, by name: BEAT below) and its binding"),
     Rule(("coordination.k8s.io",), ("leases",), _WRITE,
          "each app's beat Lease (beat renews it; the operator creates it and must hold what beat's Role grants)"),
+    Rule(("networking.k8s.io",), ("ingresses",), _WRITE, "each app's Flower Ingress (spec.flower.ingress)"),
     Rule(("",), ("events",), ("create", "patch", "list"),
          "Events on the custom resources; a claim's Events say why it does not bind"),
     Rule(("events.k8s.io",), ("events",), ("create", "patch"), "kopf posts events.k8s.io Events"),

@@ -3,6 +3,7 @@
 Keys are Celery setting names, except `exchanges` (the exchange declarations `task_queues` refer
 to by name), `metrics_labels` (the app's namespace and name, which every task metric carries) and
 `beat_entries` (per beat entry, what only the operator's scheduler reads: its catch-up deadline).
+An app with Flower gets task events on (`worker_send_task_events`, `task_send_sent_event`).
 The user's `spec.config` is the base; the operator's keys override it, and `broker_url`/
 `result_backend` are dropped from it (they come from Secrets through the environment).
 """
@@ -86,6 +87,10 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
         "broker_connection_retry_on_startup": True,
         api.CONFIG_METRICS_LABELS_KEY: {"namespace": app.meta.namespace, "app": app.meta.name},
     })
+    if app.flower.enabled:
+        # Flower knows workers and tasks from events: every worker sends them (-E) and producers send
+        # task-sent. The cost: 3-4 small messages per task on the celeryev exchange, which Flower consumes.
+        config.update({"worker_send_task_events": True, "task_send_sent_event": True})
     return config
 
 

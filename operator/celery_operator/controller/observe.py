@@ -20,7 +20,7 @@ Key = tuple[str, str]  # (namespace, app)
 ObjKey = tuple[str, str]  # (kind, name)
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
 WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
-                    "Lease")
+                    "Lease", "Ingress")
 # How kopf's indexes keep each kind's custom resources (the index functions pack, `crs` unpacks).
 CR_PACKERS = {kind: Packer() for kind in CR_KINDS}
 # Children whose kind may not be served by every cluster: watched once the cluster serves it.

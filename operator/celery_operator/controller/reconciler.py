@@ -38,6 +38,7 @@ from celery_operator.models import (
     CeleryQueue,
     CeleryWorkerPool,
 )
+from celery_operator.render import flower as flower_render
 from celery_operator.render import names, render_all
 from celery_operator.topology import Topology
 
@@ -174,6 +175,7 @@ class Reconciler:
         broker = endpoints.resolve(app, app.broker, "broker", secret_data, self._password)
         backend = endpoints.resolve(app, app.result_backend, "result-backend", secret_data, self._password) \
             if app.result_backend is not None else None
+        flower_problem = flower_render.problem(app.flower, secret_data)
         topo = topology_of(bodies, app, broker.url)
         self._forget_gone(state, topo)
         pod_monitor = await POD_MONITORS.served(self.client)
@@ -184,7 +186,8 @@ class Reconciler:
             topo, endpoints.secrets_context(broker, backend),
             replicas_of=lambda p: state.replicas_for(p, (live.get(("Deployment", names.worker(name, p.meta.name)))
                                                         or {}).get("spec", {}).get("replicas")),
-            broker_transport_options=state.transport_options, pod_monitor=pod_monitor)
+            broker_transport_options=state.transport_options, pod_monitor=pod_monitor,
+            run_flower=flower_problem is None)
         for ep in (broker, backend):
             if ep is not None and ep.managed and ep.url is None:
                 ep.url = decide.url_from_rendered(rendered, ep.ref)
@@ -204,7 +207,7 @@ class Reconciler:
             await self._declare(state, topo, broker)
             await self._finalizers(key, bodies, topo, broker, state)
         self.on_app(key, state)
-        await self._write_statuses(key, state, bodies, topo, broker, backend, chash, live)
+        await self._write_statuses(key, state, bodies, topo, broker, backend, chash, live, flower_problem)
 
     @staticmethod
     def _password() -> str:
@@ -396,7 +399,7 @@ class Reconciler:
     # -- statuses -----------------------------------------------------------------------------------
     async def _write_statuses(self, key: Key, state: AppState, bodies: dict[ObjKey, Body], topo: Topology,
                               broker: endpoints.Endpoint, backend: endpoints.Endpoint | None, chash: str,
-                              live: dict[ObjKey, Body]) -> None:
+                              live: dict[ObjKey, Body], flower_problem: tuple[str, str] | None = None) -> None:
         ns, name = key
         pods = self.cache.pods(ns, name)
         facts = decide.Facts(
@@ -404,6 +407,7 @@ class Reconciler:
             config_hash=chash, children=live, pods=pods, scale=state.scale(), poll=state.poll(),
             declared=state.declared, apply_errors=state.apply_errors,
             managed_problem=await self._managed_problem(ns, live, pods), reconcile_error=state.last_error,
+            flower_problem=flower_problem,
             now=time.time())
         self._pool_metrics(ns, name, topo, facts)
         self._beat_metrics(ns, name, topo, facts)

@@ -31,6 +31,7 @@ _CORE: Final = {"Service": "services", "ConfigMap": "configmaps", "Secret": "sec
 _GROUPED: Final = {"Deployment": ("apps/v1", "deployments"), "StatefulSet": ("apps/v1", "statefulsets"),
                    "ReplicaSet": ("apps/v1", "replicasets"),
                    "Lease": ("coordination.k8s.io/v1", "leases"),
+                   "Ingress": ("networking.k8s.io/v1", "ingresses"),
                    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
                    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
                    api.POD_MONITOR: (api.MONITORING_API_VERSION, api.POD_MONITOR_PLURAL)}

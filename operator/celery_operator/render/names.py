@@ -56,6 +56,11 @@ def beat_state(app: str) -> str:
     return fit(f"{app}-beat-state")
 
 
+def flower(app: str) -> str:
+    """Flower's Deployment, Service and Ingress."""
+    return fit(f"{app}-flower")
+
+
 def pod_monitor(app: str) -> str:
     """The app's PodMonitor (a suffix, so it never takes the name of a PodMonitor of the user's own)."""
     return fit(f"{app}-celery")

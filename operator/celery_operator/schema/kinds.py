@@ -189,6 +189,79 @@ def _config() -> Schema:
     }
 
 
+def _flower() -> Schema:
+    ref = secret_key_ref
+    host_re = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    return obj(
+        "Flower, Celery's web UI, for this app: a Deployment and Service `<app>-flower` (and an Ingress when "
+        "asked for) configured from the same generated config and broker Secrets as the workers. Authentication "
+        "is required: basic auth or OAuth from Secrets; Flower runs open only with allowUnauthenticated. "
+        "Enabling Flower turns on task events in every worker of the app (worker_send_task_events, "
+        "task_send_sent_event): each task then publishes 3-4 small event messages to the broker's "
+        "celeryev exchange, which Flower consumes.",
+        {
+            "enabled": boolean("Run Flower for this app.", default=False),
+            "image": string("Image with Flower (`celery flower`), Celery and the broker's client library. The "
+                            f"default is the project's Flower {api.FLOWER_VERSION} image; set it to the app's "
+                            "image (with loadApp) when that image has Flower installed.",
+                            default=api.DEFAULT_FLOWER_IMAGE, min_length=1, max_length=512),
+            "loadApp": boolean("Import spec.app in Flower (the image must hold the app's code); otherwise Flower "
+                               "runs on a bare Celery app with the generated config, which shows every task "
+                               "from its events all the same.", default=False),
+            "auth": obj(
+                "How users log in to Flower. Set one of basicAuthSecretRef or oauth.",
+                {
+                    "basicAuthSecretRef": ref(
+                        "Secret key holding Flower's basic auth credentials, `user:password` (several "
+                        "separated by commas), as Flower's --basic_auth.", "auth"),
+                    "oauth": obj(
+                        "Log in through an OAuth 2 provider (Flower's --auth_provider).",
+                        {
+                            "provider": string("OAuth 2 provider.", enum=["google", "github", "gitlab"]),
+                            "allowedEmails": string("Regular expression of the emails let in (Flower's --auth), "
+                                                    r"e.g. `.*@example\.com`.", min_length=1, max_length=1024),
+                            "redirectUri": string("The callback URL registered with the provider "
+                                                  "(https://<host>/login).", min_length=1, max_length=2048),
+                            "clientIdSecretRef": ref("Secret key holding the OAuth client id.", "clientId"),
+                            "clientSecretSecretRef": ref("Secret key holding the OAuth client secret.",
+                                                         "clientSecret"),
+                        },
+                        required=["provider", "allowedEmails", "redirectUri", "clientIdSecretRef",
+                                  "clientSecretSecretRef"],
+                    ),
+                },
+                rules=[Rule("!(has(self.basicAuthSecretRef) && has(self.oauth))",
+                            "spec.flower.auth must set one of basicAuthSecretRef or oauth, not both")],
+            ),
+            "allowUnauthenticated": boolean(
+                "Run Flower without authentication when auth is not set. Anyone who reaches it can see task "
+                "arguments and results, and revoke or terminate tasks: leave false unless something in front of "
+                "Flower authenticates.", default=False),
+            "urlPrefix": string(
+                "Serve Flower under this path (Flower's --url_prefix), e.g. `flower` for https://host/flower/.",
+                max_length=253,
+                rules=[Rule("!self.contains(' ')",
+                            "spec.flower.urlPrefix must not contain spaces: give a URL path such as `flower` or "
+                            "`tools/flower`")]),
+            "ingress": obj(
+                "Expose Flower through an Ingress (the operator needs the chart's ingress permission).",
+                {
+                    "className": string("IngressClass name (spec.ingressClassName).", max_length=253),
+                    "host": string(
+                        "Host name Flower is served on.", min_length=1, max_length=253,
+                        rules=[Rule(f"self.matches('{host_re}')",
+                                    "spec.flower.ingress.host must be a DNS name (lowercase letters, digits, '-' "
+                                    "and '.', optionally starting with '*.'), e.g. flower.example.com: no scheme, "
+                                    "port, path or spaces")]),
+                    "tlsSecretName": k8s_name("Secret holding the TLS certificate and key for the host."),
+                },
+                required=["host"],
+            ),
+            "resources": resources("Compute resources of the Flower container."),
+        },
+    )
+
+
 def app_spec() -> Schema:
     return obj(
         "Desired state of a Celery application: its code image, broker, result backend and settings.",
@@ -225,6 +298,7 @@ def app_spec() -> Schema:
             "env": env(),
             "envFrom": env_from(),
             "podTemplate": pod_template("every worker and beat pod of this app"),
+            "flower": _flower(),
         },
         required=["image", "app", "broker"],
         rules=[_countdown_within_visibility_timeout()],
@@ -254,6 +328,12 @@ def app_status() -> Schema:
         "configHash": string("Hash of the generated config; pods roll when it changes.", max_length=128),
         "beat": boolean("True when a beat Deployment runs for this app (a CeleryBeatSchedule exists)."),
         "workerPools": integer("Number of CeleryWorkerPools that reference this app.", minimum=0),
+        "flower": obj("Flower of the app (spec.flower).", {
+            "state": string("Off (not enabled), Starting, Ready, or Blocked (not run: see the FlowerReady "
+                            "condition).", enum=["Off", "Starting", "Ready", "Blocked"]),
+            "url": string("In-cluster URL of Flower's Service.", max_length=2048),
+            "readyReplicas": integer("Flower pods ready.", minimum=0),
+        }),
     })
 
 
@@ -704,7 +784,8 @@ KIND_DEFS: dict[str, KindDef] = {
         app_spec, app_status,
         [_col("Image", "string", ".spec.image", "Application image.", priority=1),
          _col("Pools", "integer", ".status.workerPools", "Worker pools of the app."),
-         _col("Beat", "boolean", ".status.beat", "Whether a beat runs for the app.")],
+         _col("Beat", "boolean", ".status.beat", "Whether a beat runs for the app."),
+         _col("Flower", "string", ".status.flower.state", "Flower: Off, Starting, Ready or Blocked.")],
         root_rules=[_dns_label_name("it is a label value on every child of the app and starts their names")],
     ),
     api.EXCHANGE: KindDef(
