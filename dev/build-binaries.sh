@@ -8,9 +8,11 @@
 #   coredns                                  (github.com/coredns/coredns, cluster-DNS plugins only)
 #   local-path-provisioner                   (github.com/rancher/local-path-provisioner)
 #   crictl                                   (sigs.k8s.io/cri-tools: stops the node's pods on shutdown)
+#   with the argument `keda` (make keda, make bench) also:
 #   keda, keda-adapter, keda-admission-webhooks  (github.com/kedacore/keda/v2, built inside its own module
 #                                            so its replace directives hold; its go directive may ask
-#                                            for a newer Go, which GOTOOLCHAIN=auto fetches from the proxy)
+#                                            for a newer Go, which GOTOOLCHAIN=auto fetches from the proxy;
+#                                            cold, it alone takes longer than every other build here)
 # Everything lands in $CELERY_OPERATOR_CACHE/bin/<name>-<version>; a second run costs nothing.
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -190,9 +192,11 @@ fi
 
 KEDA_CMDS="keda keda-adapter keda-admission-webhooks"
 need_keda=0
-for c in $KEDA_CMDS; do
-  [ -x "$bin/$c-v$KEDA_VERSION" ] || need_keda=1
-done
+if [ "${1:-}" = keda ]; then
+  for c in $KEDA_CMDS; do
+    [ -x "$bin/$c-v$KEDA_VERSION" ] || need_keda=1
+  done
+fi
 if [ $need_keda = 1 ]; then
   t0=$(date +%s)
   src=$(go mod download -json "github.com/kedacore/keda/v2@v$KEDA_VERSION" |
@@ -215,7 +219,9 @@ for c in $K8S_CMDS; do ln -sf "$c-$k8s" "$bin/$c"; done
 ln -sf "coredns-v$COREDNS_VERSION" "$bin/coredns"
 ln -sf "local-path-provisioner-v$LOCAL_PATH_PROVISIONER_VERSION" "$bin/local-path-provisioner"
 ln -sf "crictl-v$CRI_TOOLS_VERSION" "$bin/crictl"
-for c in $KEDA_CMDS; do ln -sf "$c-v$KEDA_VERSION" "$bin/$c"; done
+if [ "${1:-}" = keda ]; then
+  for c in $KEDA_CMDS; do ln -sf "$c-v$KEDA_VERSION" "$bin/$c"; done
+fi
 ln -sf "$(cd "$bin" && ls -1 etcd-v* | sort -V | tail -1)" "$bin/etcd"
 ln -sf "helm-v$HELM_VERSION" "$bin/helm"
 ln -sf "$(cd "$bin" && ls -1 kubectl-v* | tail -1)" "$bin/kubectl"

@@ -38,6 +38,6 @@ fi
 echo "cluster up in $((SECONDS - t0)) s"
 export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
 cd "$repo" || exit 1
-"$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive" --durations=25 "$@" || rc=$?
-"$py" -m pytest -q -m exclusive --durations=10 "$@" || { r=$?; [ $r -eq 5 ] || rc=$r; }
+"$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive and not keda" --durations=25 "$@" || rc=$?
+"$py" -m pytest -q -m "exclusive and not keda" --durations=10 "$@" || { r=$?; [ $r -eq 5 ] || rc=$r; }
 echo "tests done in $((SECONDS - t0)) s"

@@ -106,11 +106,12 @@ def main(argv: list[str]) -> int:
         print("host as it was" if not diff else f"{len(diff)} difference(s)")
         return 1 if diff else 0
     if cmd == "images":
-        from localenv.images import Images
+        from localenv.images import KEDA_IMAGES, Images
 
         images = Images()
-        images.build()
-        for name in images.names():
+        built = [n for n in images.names() if n not in KEDA_IMAGES]  # KEDA's: `keda install` builds them
+        images.build(*built)
+        for name in built:
             print(images.ref(name))
         return 0
     if cmd == "keda" and len(argv) > 2 and argv[2] in ("install", "uninstall"):

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localenv.binaries import bin_dir, cache_dir
+from localenv.binaries import bin_dir, cache_dir, ensure
 from localenv.procs import REPO, ServerError, read_versions
 
 IMAGES_DIR = REPO / "dev" / "images"
@@ -188,9 +188,11 @@ def _prepare_debian(ctx: Path) -> None:
     _run(args, timeout=900)
 
 
-def _copy_binary(name: str) -> Callable[[Path], None]:
+def _copy_binary(name: str, *build: str) -> Callable[[Path], None]:
+    """Fill the context with one of dev/build-binaries.sh's binaries (`build`: its arguments that build it)."""
     def prepare(ctx: Path) -> None:
-        shutil.copy2(bin_dir() / name, ctx / name)
+        b = bin_dir() if not build or (bin_dir() / name).exists() else ensure(*build)
+        shutil.copy2(b / name, ctx / name)
     return prepare
 
 
@@ -222,8 +224,8 @@ def recipes() -> dict[str, Recipe]:
                key=(v["COREDNS_VERSION"],)),
         Recipe("local-path-provisioner", IMAGES_DIR / "local-path-provisioner" / "Dockerfile",
                prepare=_copy_binary("local-path-provisioner"), key=(v["LOCAL_PATH_PROVISIONER_VERSION"],)),
-        *(Recipe(image, IMAGES_DIR / image / "Dockerfile", prepare=_copy_binary(binary), key=(v["KEDA_VERSION"],))
-          for image, binary in KEDA_IMAGES.items()),
+        *(Recipe(image, IMAGES_DIR / image / "Dockerfile", prepare=_copy_binary(binary, "keda"),
+                 key=(v["KEDA_VERSION"],)) for image, binary in KEDA_IMAGES.items()),
         Recipe("operator", REPO / "Dockerfile", base="python", context=REPO),
         Recipe("sample-tasks", REPO / "sample_tasks" / "Dockerfile", base="python", context=REPO / "sample_tasks"),
         Recipe("flower", IMAGES_DIR / "flower" / "Dockerfile", base="python", context=IMAGES_DIR / "flower"),

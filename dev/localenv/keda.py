@@ -1,7 +1,8 @@
 """KEDA on the local cluster, installed as a KEDA user installs it: its own manifests, its own images.
 
 The binaries (operator, metrics adapter, admission webhooks) are built from the Go module
-github.com/kedacore/keda/v2 at KEDA_VERSION (dev/build-binaries.sh) and packed into images here
+github.com/kedacore/keda/v2 at KEDA_VERSION (`dev/build-binaries.sh keda`, `make keda`; not part of
+`make test`: cold, that build alone is longer than the rest) and packed into images here
 (dev/images/keda*). The manifests are the module's `config/default` kustomization, rendered by
 kubectl's kustomize, with two changes only: the images are ours (`IfNotPresent`: nothing is pulled),
 and nothing else. The HPA KEDA creates reads `external.metrics.k8s.io` through the API server's
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from localenv import binaries
 from localenv.cluster import Cluster
 from localenv.images import KEDA_IMAGES
 from localenv.procs import ServerError, read_versions
@@ -69,6 +71,7 @@ def install(cluster: Cluster, timeout: float = 240) -> float:
     Idempotent. Returns the seconds it took."""
     t0 = time.monotonic()
     cp = cluster.control_plane
+    binaries.ensure("keda")
     cluster.images.import_into(cluster.node.ctr, *KEDA_IMAGES)
     docs = manifests(cluster)
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",

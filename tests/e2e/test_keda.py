@@ -3,7 +3,9 @@
 The setup `bench/keda.py` compares the operator with: KEDA's operator, metrics adapter and admission
 webhooks from its Go module, its own manifests, and the HPA it creates reading the external metric
 through the API server's aggregation layer. This test keeps that setup from rotting: a Redis list's
-length drives a Deployment from zero to three replicas and back.
+length drives a Deployment from zero to three replicas and back. `make bench` runs it before the
+benchmarks; `make test` does not (marker `keda`): KEDA's cold build alone would take cold `make test`
+past its 30 minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from localenv.cluster import Cluster
 from tests.fixtures.brokers import RedisDb
 from tests.fixtures.operator import apply, get, secret, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.keda, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="session")
