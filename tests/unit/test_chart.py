@@ -261,6 +261,9 @@ def test_service_monitor_scrapes_the_metrics_service_port(render: Render) -> Non
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     selector = sm["spec"]["selector"]["matchLabels"]
     assert selector.items() <= svc["metadata"]["labels"].items()
+    # Queue metrics reach Prometheus under the workers' job (celery-mixin filters celery_queue_length on it):
+    # Prometheus Operator takes `job` from the Service label the ServiceMonitor's jobLabel names.
+    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "celery"
     assert svc["spec"]["selector"].items() <= rendered.one("Deployment")["spec"]["template"]["metadata"][
         "labels"].items()
 
