@@ -40,8 +40,8 @@ def policy(**overrides: Any) -> Autoscaling:
     return p
 
 
-def utc(*args: int) -> float:
-    return datetime.datetime(*args, tzinfo=datetime.UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.UTC).timestamp()
 
 
 # -- pause -----------------------------------------------------------------------------------------------
