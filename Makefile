@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 # Brokers and Prometheus for tests; the node (containerd, runc, CNI plugins, iptables, conntrack, socat);
 # image builds (buildah, mmdebstrap; gcc builds Kubernetes' pause.c statically).
 APT_PACKAGES := rabbitmq-server redis-server prometheus openssl util-linux iproute2 \
-  containerd runc containernetworking-plugins iptables conntrack socat buildah mmdebstrap gcc libc6-dev
+  containerd runc containernetworking-plugins iptables conntrack socat buildah mmdebstrap gcc libc6-dev \
+  chromium chromium-driver
 
 .PHONY: help
 help: ## list the targets

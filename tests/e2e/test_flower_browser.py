@@ -1,0 +1,151 @@
+"""Flower in a real browser: the sample topology with Flower on, opened by headless Chromium through its Service.
+
+Debian's Chromium (`/usr/bin/chromium`, installed by `make system-deps`), driven by Playwright from PyPI
+(its driver ships in the wheel; no browser is downloaded). The browser reaches Flower at its Service's
+ClusterIP, which kube-proxy's rules route from the host to the pod.
+
+Before the credentials' Secret exists Flower does not run (the app says why); once it exists Flower starts,
+refuses a browser without credentials (401), and, logged in, shows the workers of every pool by name, a
+task the producer sent with its result, and the app's queues on the broker page. Screenshots of the
+workers page and of the task page are saved in the test's directory (docs/flower-*.png are copies).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
+from celery_operator import api
+from localenv.cluster import Cluster
+from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.operator import (
+    OperatorFactory,
+    apply,
+    celery_call,
+    celery_client_env,
+    condition,
+    get,
+    pool_selector,
+    sample_documents,
+    secret,
+    wait_for,
+    wait_pods_ready,
+    wait_ready,
+)
+from tests.fixtures.servers import Images
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# A fresh profile, nothing fetched in the background, no GPU or sandbox (root in a container-like host).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+AUTH_SECRET = "proj-flower-auth"
+POOLS = ("default", "high", "low")
+QUEUES = ("default", "high_queue", "low_queue")
+
+
+@pytest.fixture
+def browser_profile() -> Iterator[Path]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: `make system-deps` installs it")
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as d:
+        yield Path(d)
+
+
+def flower_condition(cp: Any, ns: str) -> dict[str, Any] | None:
+    return condition(get(cp, ns, "celeryapp", "proj"), api.FLOWER_READY)
+
+
+def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_result_and_the_queues(
+        cluster: Cluster, namespace: str, tmp_path: Path, images: Images, operator_factory: OperatorFactory,
+        broker_vhost: Vhost, backend_db: RedisDb, browser_profile: Path) -> None:
+    cp, ns = cluster.control_plane, namespace
+    cluster.refresh_images()  # the Flower image, on a cluster started before it existed
+    secret(cp, ns, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
+    secret(cp, ns, "backend", url=backend_db.url)
+    operator_factory("--namespace", ns, "--no-leader-election")
+    docs = sample_documents(image=images.sample_tasks)
+    for d in docs:
+        if d["kind"] == api.APP:
+            d["spec"]["flower"]["image"] = cluster.image("flower")
+    apply(cp, ns, docs)
+
+    # No Secret yet: no Flower at all (never an open one), and the app says how to fix it.
+    wait_ready(cp, ns, "celeryapp", "proj", 120)
+    blocked = wait_for(lambda: (c := flower_condition(cp, ns)) and c["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND
+                       and c, 60, "FlowerReady=False/FlowerAuthSecretNotFound")
+    assert blocked["status"] == "False" and f"kubectl create secret generic {AUTH_SECRET}" in blocked["message"]
+    assert get(cp, ns, "celeryapp", "proj")["status"]["flower"] == {"state": "Blocked"}
+    assert get(cp, ns, "deployment", "proj-flower") is None and get(cp, ns, "service", "proj-flower") is None
+    events = json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND and e["type"] == "Warning" for e in events)
+
+    password = secrets.token_urlsafe(12)
+    secret(cp, ns, AUTH_SECRET, auth=f"admin:{password}")
+    ready = wait_for(lambda: (c := flower_condition(cp, ns)) and c["status"] == "True" and c, 240, "FlowerReady=True")
+    assert ready["reason"] == api.FlowerReason.READY
+    status = get(cp, ns, "celeryapp", "proj")["status"]["flower"]
+    assert status["state"] == "Ready" and status["url"] == f"http://proj-flower.{ns}.svc:{api.FLOWER_PORT}/"
+    cluster_ip = get(cp, ns, "service", "proj-flower")["spec"]["clusterIP"]
+    base = f"http://{cluster_ip}:{api.FLOWER_PORT}"
+
+    # Work for every pool: the low pool autoscales from zero, a task on low_queue wakes it.
+    for pool in ("default", "high"):
+        wait_pods_ready(cp, ns, pool_selector("proj", pool), 1, 240)
+    cm = wait_for(lambda: get(cp, ns, "configmap", "proj-celery-config"), 30, "ConfigMap")
+    env = celery_client_env(tmp_path, cm, broker_vhost.url, backend_db.url)
+    celery_call(cluster, env, "add-low")
+    task = celery_call(cluster, env, "add-default")
+    assert task["result"] == 3
+
+    with sync_playwright() as pw:
+        # Without credentials: refused. (Headless Chromium cancels the login prompt; the response was 401.)
+        anonymous = pw.chromium.launch_persistent_context(
+            str(browser_profile / "anonymous"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = anonymous.new_page()
+            statuses: list[int] = []
+            page.on("response", lambda r: statuses.append(r.status) if r.url.rstrip("/") == base else None)
+            with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+                page.goto(f"{base}/")
+            assert statuses == [401]
+        finally:
+            anonymous.close()
+
+        browser = pw.chromium.launch_persistent_context(
+            str(browser_profile / "user"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            http_credentials={"username": "admin", "password": password}, viewport={"width": 1280, "height": 800})
+        try:
+            page = browser.new_page()
+            assert page.goto(f"{base}/workers").status == 200
+            for pool in POOLS:  # node names are <pool>@<pod name>
+                page.locator("a", has_text=f"{pool}@proj-{pool}-").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "flower-workers.png"), full_page=True)
+
+            assert page.goto(f"{base}/task/{task['id']}").status == 200
+            page.get_by_text("SUCCESS", exact=True).first.wait_for(timeout=60_000)
+            body = page.locator("body").inner_text()
+            assert "sample_tasks.tasks.add" in body and "(1, 2)" in body
+            assert re.search(r"Result\s+3\s", body), body
+            assert "default@proj-default-" in body  # the worker that ran it
+            page.screenshot(path=str(tmp_path / "flower-task.png"), full_page=True)
+
+            assert page.goto(f"{base}/broker").status == 200
+            for q in QUEUES:
+                page.get_by_text(q, exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "flower-broker.png"), full_page=True)
+        finally:
+            browser.close()
+    for shot in ("flower-workers.png", "flower-task.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
+    print(f"screenshots in {tmp_path}")
