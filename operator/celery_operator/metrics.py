@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,8 @@ Direction = Literal["up", "down"]
 # or work still running (no drain, or the drain's bound passed): the tasks the soft shutdown may cut.
 ScaleInState = Literal["idle", "drained", "busy"]
 ReconcileResult = Literal["success", "error", "retry"]
+# The kind whose reconciles are counted (the operator reconciles apps: api.APP).
+RECONCILED_KIND: Final = "CeleryApp"
 DepthSource = Literal["management", "passive", "redis"]
 
 # Metric names (without the `_total` / `_bucket` / `_sum` / `_count` suffixes Prometheus adds).
@@ -241,6 +243,10 @@ class OperatorMetrics:
         self.reconcile_count = Counter(
             RECONCILE_TOTAL, "Reconciliations by kind and result (success, error, retry).",
             ("kind", "result"), registry=r)
+        # Every result at 0 from the start (as controller-runtime's reconcile_total): "no errors" is a 0, not
+        # a missing series, so the dashboard's error panel and rate()-based alerts have data before the first.
+        for result in get_args(ReconcileResult):
+            self.reconcile_count.inc((RECONCILED_KIND, result), 0)
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION, "Time spent in one reconciliation.", ("kind",), buckets=RECONCILE_BUCKETS,
             registry=r)

@@ -120,6 +120,11 @@ def test_reconciling_counts_success_and_error_and_times_both(m: OperatorMetrics)
     assert sample(m, "celery_operator_reconcile_duration_seconds_count", kind="CeleryQueue") == 2
 
 
+def test_app_reconciles_count_every_result_from_zero_so_no_errors_is_data(m: OperatorMetrics) -> None:
+    for result in ("success", "error", "retry"):
+        assert sample(m, "celery_operator_reconcile_total", kind="CeleryApp", result=result) == 0
+
+
 def test_build_info_carries_the_package_version(m: OperatorMetrics) -> None:
     assert sample(m, "celery_operator_build_info", version=__version__) == 1
 
