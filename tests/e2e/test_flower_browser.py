@@ -62,6 +62,10 @@ def browser_profile() -> Iterator[Path]:
         yield Path(d)
 
 
+def ok(response: Any) -> bool:
+    return response is not None and response.status == 200
+
+
 def flower_condition(cp: Any, ns: str) -> dict[str, Any] | None:
     return condition(get(cp, ns, "celeryapp", "proj"), api.FLOWER_READY)
 
@@ -127,12 +131,12 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
             http_credentials={"username": "admin", "password": password}, viewport={"width": 1280, "height": 800})
         try:
             page = browser.new_page()
-            assert page.goto(f"{base}/workers").status == 200
+            assert ok(page.goto(f"{base}/workers"))
             for pool in POOLS:  # node names are <pool>@<pod name>
                 page.locator("a", has_text=f"{pool}@proj-{pool}-").first.wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "flower-workers.png"), full_page=True)
 
-            assert page.goto(f"{base}/task/{task['id']}").status == 200
+            assert ok(page.goto(f"{base}/task/{task['id']}"))
             page.get_by_text("SUCCESS", exact=True).first.wait_for(timeout=60_000)
             body = page.locator("body").inner_text()
             assert "sample_tasks.tasks.add" in body and "(1, 2)" in body
@@ -140,7 +144,7 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
             assert "default@proj-default-" in body  # the worker that ran it
             page.screenshot(path=str(tmp_path / "flower-task.png"), full_page=True)
 
-            assert page.goto(f"{base}/broker").status == 200
+            assert ok(page.goto(f"{base}/broker"))
             for q in QUEUES:
                 page.get_by_text(q, exact=True).first.wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "flower-broker.png"), full_page=True)
