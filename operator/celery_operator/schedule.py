@@ -49,7 +49,7 @@ MAX_RUNS_PER_PLAN = 100  # runs one plan claims at most; a longer catch-up conti
 CRON_SEARCH_DAYS = 366 * 50  # a cron that matches no minute in 50 years never runs
 DEADLINE_EXCEEDED = "StartingDeadlineExceeded"  # missed by more than startingDeadlineSeconds
 SUPERSEDED = "Superseded"  # missed, and a later slot of the entry ran instead (no deadline: latest only)
-_UTC = datetime.timezone.utc  # noqa: UP017 - datetime.UTC is 3.11+, this module runs on 3.9+
+_UTC = datetime.timezone.utc  # datetime.UTC is 3.11+, this module runs on 3.9+
 
 
 # -- instants ---------------------------------------------------------------------------------------
