@@ -6,12 +6,13 @@ the operator itself is prefixed `celery_operator_`. No pod or hostname labels: s
 the Kubernetes object (namespace, app, pool/queue), so a restarted operator continues the same series.
 
 Task and worker metrics (`WORKER_METRICS`) are exported by the worker and beat pods themselves, from
-the metrics module the ConfigMap ships (`config/bootstrap.py` fills this module's names into it):
+the metrics module the ConfigMap ships (`runtime/celery_operator_metrics.py`, its table checked against
+this module's by a unit test):
 celery-exporter's names, types and labels, with its `hostname` label replaced by namespace, app and
 pool. Prometheus' own `instance` label tells the pods of a pool apart at scrape time.
 
-`OperatorMetrics` owns a `CollectorRegistry` (tests make fresh ones); `DEFAULT` is the operator's,
-and the module-level functions are its bound methods. The HTTP server serves `exposition()`.
+`OperatorMetrics` owns a `CollectorRegistry` (tests make fresh ones); `DEFAULT` is the operator's.
+The HTTP server serves `exposition()`.
 """
 
 from __future__ import annotations
@@ -409,19 +410,3 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 DEFAULT: Final = OperatorMetrics(process_metrics=True)
-REGISTRY: Final = DEFAULT.registry
-observe_queue = DEFAULT.observe_queue
-observe_queue_wait = DEFAULT.observe_queue_wait
-set_depth_source = DEFAULT.set_depth_source
-forget_queue = DEFAULT.forget_queue
-set_pool_replicas = DEFAULT.set_pool_replicas
-set_pool_bounds = DEFAULT.set_pool_bounds
-count_scale_event = DEFAULT.count_scale_event
-count_scale_in_pods = DEFAULT.count_scale_in_pods
-forget_pool = DEFAULT.forget_pool
-set_broker_up = DEFAULT.set_broker_up
-observe_poll = DEFAULT.observe_poll
-forget_app = DEFAULT.forget_app
-count_reconcile = DEFAULT.count_reconcile
-observe_reconcile = DEFAULT.observe_reconcile
-reconciling = DEFAULT.reconciling

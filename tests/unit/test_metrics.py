@@ -207,13 +207,13 @@ def test_fresh_registries_are_independent() -> None:
     assert b.registry.get_sample_value("celery_operator_broker_up", {"namespace": "ns", "app": "proj"}) is None
 
 
-def test_default_instance_backs_the_module_functions() -> None:
-    metrics.set_broker_up("test-default", "proj", True)
+def test_the_default_instance_exports_process_metrics() -> None:
+    metrics.DEFAULT.set_broker_up("test-default", "proj", True)
     try:
-        assert b"celery_operator_broker_up" in metrics.exposition(metrics.REGISTRY)
-        assert b"process_cpu_seconds_total" in metrics.exposition(metrics.REGISTRY)
+        assert b"celery_operator_broker_up" in metrics.exposition(metrics.DEFAULT.registry)
+        assert b"process_cpu_seconds_total" in metrics.exposition(metrics.DEFAULT.registry)
     finally:
-        metrics.forget_app("test-default", "proj")
+        metrics.DEFAULT.forget_app("test-default", "proj")
 
 
 # celery-exporter's name for the consumer gauge ends in `_count`, which promtool's linter reserves for

@@ -10,7 +10,6 @@ seen, a `410 Gone` relists. Reads are served from memory: reconciles cost no API
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -212,11 +211,3 @@ class Informer:
 
     async def start(self) -> asyncio.Task[None]:
         return asyncio.create_task(self.run(), name=f"informer:{self.kind}:{self.namespace or '*'}")
-
-
-async def stop(tasks: list[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
