@@ -45,6 +45,10 @@ $(RUNTIME_MYPY):
 	test -x $(VENV)/mypy-py39/bin/python || $(PYTHON) -m venv $(VENV)/mypy-py39
 	$(VENV)/mypy-py39/bin/pip install -q --disable-pip-version-check 'mypy==$(RUNTIME_MYPY_VERSION)'
 
+.PHONY: keda
+keda: ## build (once, cached) KEDA's operator, metrics adapter and webhooks from its Go module (bench only)
+	bash dev/build-binaries.sh keda >/dev/null
+
 .PHONY: lint
 lint: venv $(RUNTIME_MYPY) ## ruff, mypy --strict (the pods' modules for Python 3.9 too), import contracts
 	$(VENV)/bin/ruff check operator dev tests sample_tasks bench
@@ -78,7 +82,9 @@ demo: up ## helm-install the operator, run the sample topology and a producer on
 	PYTHONPATH=dev $(PY) -m localenv demo
 
 .PHONY: bench
-bench: system-deps venv binaries ## benchmarks (numbers and ratios to a baseline measured in the same run)
+bench: system-deps venv binaries keda ## benchmarks (numbers and ratios to a baseline measured in the same run)
+	@# KEDA's harness first (installed from its manifests, a ScaledObject scales a Deployment): a broken one fails here
+	$(PY) -m pytest -q -p no:cacheprovider -m keda tests/e2e/test_keda.py
 	$(PY) bench/poll_cost.py
 	$(PY) bench/scale_latency.py
 	$(PY) bench/task_metrics.py
