@@ -116,6 +116,10 @@ def test_every_query_of_the_charts_dashboard_returns_data_after_a_producer_ran(
     produced = celery_call(cluster, env, "tasks:100:10")
     assert produced["states"] == {"SUCCESS": 100, "FAILURE": 10}
     celery_call(cluster, env, "revoked")
+    # A change to the app is reconciled: the operator's reconcile panels have a recent one.
+    cp.kubectl("annotate", "--overwrite", "celeryapp", "proj", "-n", ns, f"example.com/touched={time.time()}")
+    wait_for(lambda: prom.query("sum(increase(celery_operator_reconcile_duration_seconds_count[5s])) > 0"), 30,
+             "a reconcile of the annotated app")
     # Every target scraped after the last result: the moment the queries are evaluated at.
     done = time.time()
     wait_for(lambda: prom.query(f"min(timestamp(up)) > {done + 1}"), 30, "a scrape of every target after the work")
