@@ -191,7 +191,8 @@ def _config() -> Schema:
 
 def _flower() -> Schema:
     ref = secret_key_ref
-    host_re = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    # Character classes, not backslashes: a CEL string literal has no `\*` or `\.` escape.
+    host_re = "^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
     return obj(
         "Flower, Celery's web UI, for this app: a Deployment and Service `<app>-flower` (and an Ingress when "
         "asked for) configured from the same generated config and broker Secrets as the workers. Authentication "
