@@ -61,7 +61,10 @@ def service_monitor_job() -> str:
 
 
 def operator_scrape_config(port: int) -> dict[str, Any]:
-    return {"job_name": service_monitor_job(), "honor_labels": True, "metrics_path": "/metrics",
+    # Prometheus Operator's scrape job name, and `job` set by relabelling from the Service's label.
+    return {"job_name": f"serviceMonitor/{OPERATOR_NAMESPACE}/celery-operator/0", "honor_labels": True,
+            "relabel_configs": [{"target_label": "job", "replacement": service_monitor_job()}],
+            "metrics_path": "/metrics",
             "scrape_interval": "1s", "scrape_timeout": "1s",
             "static_configs": [{"targets": [f"127.0.0.1:{port}"],
                                 "labels": {"namespace": OPERATOR_NAMESPACE, "service": "celery-operator-metrics",
