@@ -56,7 +56,7 @@ def test_a_paused_pool_scales_nothing_keeps_a_hand_set_count_and_resumes_from_th
 
     s.publish(20, seconds=30)  # 20 / 5 per replica would be 4 replicas
     wait_for(lambda: (s.pool()["status"].get("queueDepth") or 0) + (s.pool()["status"].get("messagesInFlight") or 0)
-             >= 20, 30, "the backlog measured while paused")
+             >= 15, 30, "the backlog measured while paused (a running task is acknowledged on receipt)")
     s.cp.kubectl("scale", "deployment", "proj-low", "-n", s.ns, "--replicas=2")  # by hand, while paused
     wait_for(lambda: s.pool()["status"].get("desiredReplicas") == 2, 30, "the status follows the hand-set count")
     assert s.replicas() == 2
@@ -87,7 +87,7 @@ def test_after_failed_polls_the_fallback_count_applies_and_clears_when_the_broke
            "managementUrl": broker_vhost.management_url.replace(":15672", ":15673")}
     s.cp.kubectl("patch", "secret", "broker", "-n", s.ns, "--type=merge", "-p", json.dumps({"stringData": bad}))
     wait_for(lambda: s.replicas() == 3, 90, "fallback: 3 replicas after 2 failed polls")
-    assert (s.pool()["status"].get("failedPolls") or 0) >= 2
+    wait_for(lambda: (s.pool()["status"].get("failedPolls") or 0) >= 2, 30, "the failed polls in the status")
     assert events(s, api.Reason.FALLBACK_ENGAGED)
 
     s.cp.kubectl("patch", "secret", "broker", "-n", s.ns, "--type=merge", "-p", json.dumps({"stringData": good}))
@@ -101,7 +101,9 @@ def test_after_failed_polls_the_fallback_count_applies_and_clears_when_the_broke
 def test_a_scale_up_policy_grows_the_pool_one_pod_per_period(scaled: Scaled) -> None:
     s = scaled
     wait_for(lambda: s.replicas() == 1, 60, "pool at its minimum")
-    s.publish(20, seconds=60)  # 4 replicas wanted at once; the policy allows one more pod per 10 s
+    # 40 / 5 per replica: the maximum 4 wanted at once, and still after the workers take their first tasks
+    # (acknowledged on receipt); the policy allows one more pod per 10 s.
+    s.publish(40, seconds=60)
     wait_for(lambda: s.replicas() == 4, 120, "4 replicas, one step at a time")
     steps = events(s, api.Reason.SCALED_UP)
     moves = [e["message"].split(":")[0] for e in steps]
@@ -142,20 +144,20 @@ def test_a_pool_on_two_queues_combines_them_by_max_or_by_weights(scaled: Scaled,
     apply(s.cp, s.ns, two_queue_pool(images.sample_tasks, {"queueWeights": {"low_queue": 3, "bulk_queue": 0}}))
     wait_for(lambda: pool().get("status", {}).get("desiredReplicas") == 6, 60,
              "3 * 20 + 0 * 20 = 60 / 10 per replica → 6")
-    assert pool()["status"]["queueDepth"] + pool()["status"].get("messagesInFlight", 0) == 40, \
-        "the status shows the plain depth, the weights only the decision"
+    plain = pool()["status"]["queueDepth"] + pool()["status"].get("messagesInFlight", 0)
+    assert 20 < plain <= 40, "the status shows the plain depth (40 sent), not the weighted 60"
 
 
 @pytest.mark.parametrize("scaled", [{"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 5,
                                      "scaleDownStabilizationSeconds": 0,
-                                     "schedules": [{"name": "every-minute", "cron": "* * * * *",
-                                                    "timezone": "Europe/Paris", "durationSeconds": 20,
+                                     "schedules": [{"name": "every-other-minute", "cron": "*/2 * * * *",
+                                                    "timezone": "Europe/Paris", "durationSeconds": 60,
                                                     "minReplicas": 3}]}],
                          indirect=True)
 def test_a_scheduled_window_raises_the_minimum_while_it_lasts(scaled: Scaled) -> None:
     s = scaled
-    # Each minute starts a 20 s window at minReplicas 3 (Paris time: the same minute boundaries as UTC).
-    wait_for(lambda: s.pool()["status"].get("activeSchedule"), 90, "a window is active")
+    # Every other minute starts a 60 s window at minReplicas 3 (Paris time: the same minute boundaries as UTC).
+    wait_for(lambda: s.pool()["status"].get("activeSchedule"), 150, "a window is active")
     wait_for(lambda: s.replicas() == 3, 30, "the window's minimum, with an empty queue")
-    wait_for(lambda: not s.pool()["status"].get("activeSchedule"), 60, "the window ended")
+    wait_for(lambda: not s.pool()["status"].get("activeSchedule"), 90, "the window ended")
     wait_for(lambda: s.replicas() == 1, 30, "back to the pool's own minimum")

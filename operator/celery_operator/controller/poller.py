@@ -10,7 +10,6 @@ Missing data never scales down: the policy holds replicas and the app turns Degr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -69,8 +68,10 @@ class Poller:
         try:
             while True:
                 started = time.monotonic()
-                with contextlib.suppress(Exception):  # a poll's failure is in its result; never stop polling
+                try:
                     await self.poll(key, state)
+                except Exception:  # a bug, not a broker failure (that is in the poll's result): never stop polling
+                    log.exception("polling %s/%s failed", *key)
                 await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
         finally:
             for st in state.pools.values():
