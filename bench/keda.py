@@ -468,7 +468,8 @@ def burst(b: Bench, arm: str, min_replicas: int) -> Figures:
         first_ready = next((x.t - t0 for x in after if x.ready > min_replicas), float("nan"))
         peak = max((x.ready for x in after), default=0)
         at_peak = next((x.t - t0 for x in after if x.ready == peak), float("nan"))
-        return {"first_scale_s": round(first_scale, 1), "first_ready_s": round(first_ready, 1), "peak_replicas": peak, "peak_s": round(at_peak, 1),
+        return {"first_scale_s": round(first_scale, 1), "first_ready_s": round(first_ready, 1),
+                "peak_replicas": peak, "peak_s": round(at_peak, 1),
                 "drain_s": round(drained - t0, 1), "replica_s": round(a.replica_seconds(pool, t0, drained), 1),
                 "least_replica_s": n * seconds / pool.concurrency, "done": len(done)}
 
