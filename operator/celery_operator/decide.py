@@ -276,8 +276,10 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
     if st is not None:
         fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
                                          ("depthSource", st.source), ("lastScaleTime", st.last_scale_time),
-                                         ("waitSeconds", st.wait_seconds), ("activeSchedule", st.schedule))
+                                         ("waitSeconds", st.wait_seconds))
                        if v is not None})
+        # null, not left out, when no window is active: a merge patch keeps a field it does not mention
+        fields["activeSchedule"] = st.schedule
     pause_cond = _pause_condition(pause)
     events = tuple(_pause_events(body, pause, pause_cond))
     year = time.gmtime(facts.now).tm_year if facts.now else 2025
