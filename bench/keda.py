@@ -44,6 +44,7 @@ import json
 import math
 import os
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -618,7 +619,13 @@ def table(title: str, figures: dict[str, Figures], keys: list[str]) -> list[str]
     return lines
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # A SIGTERM unwinds like ^C: the operator process and the namespaces this run started are cleaned up.
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     p = argparse.ArgumentParser()
     p.add_argument("--rows", default="1,2,3,4,5,6")
     args = p.parse_args()
