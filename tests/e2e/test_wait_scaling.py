@@ -88,16 +88,20 @@ def pools_topology(image: str, target_wait: int, max_replicas: int) -> list[dict
     ]
 
 
-def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
+def test_a_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
         cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
         backend_db: RedisDb) -> None:
-    """On a Redis broker: the wait of each queue is its oldest message's age, read from the lists."""
+    """On a Redis broker: the wait of each queue is its oldest message's age, read from the lists.
+
+    Sized for a loaded 2-core CI machine: one fast worker drains the 1,000 adds in well under the 60 s
+    target there (2,000 against a 30 s target did not: the fast queue then rightly scaled too).
+    """
     cp = cluster.control_plane
     install_checkout(cp)
     secret(cp, namespace, "broker", url=backend_db.url)
     secret(cp, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(cp, namespace, pools_topology(images.sample_tasks, target_wait=30, max_replicas=4))
+    apply(cp, namespace, pools_topology(images.sample_tasks, target_wait=60, max_replicas=4))
     for name in ("fast", "slow"):
         wait_ready(cp, namespace, "celeryqueue", f"{name}-queue", 60)
     cm = wait_for(lambda: get(cp, namespace, "configmap", "proj-celery-config"), 30, "ConfigMap")
@@ -106,7 +110,7 @@ def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
     for name in ("fast", "slow"):
         wait_for(lambda name=name: s.replicas(f"proj-{name}") == 1, 120, f"{name} at its minimum")
 
-    celery_call(cluster, env, "adds:fast_queue:2000")
+    celery_call(cluster, env, "adds:fast_queue:1000")
     celery_call(cluster, env, "publish:slow_queue:20:30")
     peak = {"fast": 1, "slow": 1}
     deepest = {"fast": 0, "slow": 0}
@@ -128,7 +132,7 @@ def test_two_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
                              f"autoscaling as served now: {spec}") from None
     print(f"\npeak replicas {peak}, deepest queue {deepest}, longest wait {waited}")
     # The fast queue was by far the deeper, the slow one waited far longer: sizes follow the wait.
-    # (How deep the fast queue gets depends on how fast its worker drains while the 2,000 are published.)
+    # (How deep the fast queue gets depends on how fast its worker drains while the 1,000 are published.)
     assert deepest["fast"] > 10 * deepest["slow"] and deepest["slow"] <= 20, (deepest, waited)
     assert peak["slow"] == 4 and peak["fast"] < peak["slow"], (peak, deepest, waited)
     assert waited["slow"] > 30 > waited["fast"], (peak, deepest, waited)

@@ -51,8 +51,10 @@ def test_a_worker_outlives_a_60s_broker_outage_without_restarts_and_consumes_aga
     # The probes keep running through the outage; the worker must neither restart nor turn unready
     # for good. Sample its status for the whole outage.
     while time.monotonic() - down_since < OUTAGE_SECONDS:
-        status = (get(cp, namespace, "pod", pod) or {}).get("status", {})
-        (container,) = status["containerStatuses"]
+        seen = get(cp, namespace, "pod", pod)
+        assert seen is not None, f"worker pod {pod} was deleted during the outage: " + cp.kubectl(
+            "get", "pods,replicasets,events", "-n", namespace, check=False).stdout
+        (container,) = seen["status"]["containerStatuses"]
         assert container["restartCount"] == 0, json.dumps(container)
         time.sleep(5)
     broker.start()
