@@ -10,13 +10,10 @@ and, in the same run, a naive baseline implemented only here: one management req
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import statistics
 import sys
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import amqp  # noqa: E402
 import redis  # noqa: E402
 from kombu import Connection, Exchange, Producer  # noqa: E402
 
-from celery_operator.brokers.rabbitmq import RabbitMQBroker  # noqa: E402
+from celery_operator.brokers.rabbitmq import ManagementClient, RabbitMQBroker  # noqa: E402
 from celery_operator.brokers.redis import RedisBroker  # noqa: E402
 from celery_operator.models import CeleryQueue  # noqa: E402
 from localenv.brokers import RabbitMQ, Redis  # noqa: E402
@@ -51,7 +48,6 @@ def median_ms(fn: Callable[[], object], runs: int) -> float:
 
 def bench_rabbitmq(server: RabbitMQ, sizes: list[int], runs: int) -> list[tuple[str, int, float, float]]:
     rows = []
-    token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
     for n in sizes:
         vhost = f"bench-{n}"
         server.add_vhost(vhost)
@@ -68,14 +64,10 @@ def bench_rabbitmq(server: RabbitMQ, sizes: list[int], runs: int) -> list[tuple[
         conn.close()
         qv = urllib.parse.quote(vhost, safe="")
 
-        def naive(names: list[str] = names, qv: str = qv) -> int:
+        def naive(names: list[str] = names, qv: str = qv, client: ManagementClient = broker.management_api) -> int:
             total = 0
             for name in names:  # GET /api/queues/<vhost>/<name> per queue, as KEDA's scaler does
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{server.management_port}/api/queues/{qv}/{name}",
-                    headers={"Authorization": f"Basic {token}"})
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    total += int(json.loads(resp.read()).get("messages_ready", 0))
+                total += int(client.request("GET", f"/api/queues/{qv}/{name}", timeout=10).get("messages_ready", 0))
             return total
 
         ours = median_ms(lambda b=broker, ns=names: b.measure(ns), runs)

@@ -10,9 +10,7 @@ which is what tests need to prove the operator survives a broker outage.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -21,13 +19,13 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from celery_operator.brokers.base import BrokerUnreachable
+from celery_operator.brokers.rabbitmq import ManagementClient, ManagementHttpError
 from localenv.procs import ServerError, free_port, tail
 
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
@@ -52,6 +50,18 @@ def ensure_installed(*binaries: str) -> None:
                        check=True, capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
         raise ServerError(f"{', '.join(binaries)} missing and apt-get install failed: {e}") from e
+
+
+def management_request(client: ManagementClient, method: str, path: str, body: Any = None,
+                       timeout: float = 10) -> Any:
+    """One request to a RabbitMQ's management API through the operator's client, with the harness's errors:
+    an HTTP error is a ServerError whose text has "HTTP <code>"; no answer, an OSError."""
+    try:
+        return client.request(method, path, body, timeout=timeout)
+    except ManagementHttpError as e:
+        raise ServerError(str(e)) from e
+    except BrokerUnreachable as e:
+        raise OSError(str(e)) from e
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -210,6 +220,10 @@ class RabbitMQ(_Server):
         """Base URL of the management API with credentials (as an operator user would give it)."""
         return f"http://{self.user}:{self.password}@127.0.0.1:{self.management_port}"
 
+    @property
+    def _management(self) -> ManagementClient:
+        return ManagementClient.of(self.management_url)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
@@ -312,19 +326,9 @@ class RabbitMQ(_Server):
     # -- administration ---------------------------------------------------------------------------
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
-        """Call the management HTTP API; returns the decoded JSON (or None for empty bodies)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.management_port}{path}", data=data,
-                                     method=method)
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            raise ServerError(f"{method} {path}: HTTP {e.code} {e.read()[:500]!r}") from e
-        return json.loads(raw) if raw else None
+        """Call the management HTTP API (the operator's client); the decoded JSON (None for empty bodies).
+        An HTTP error is a ServerError ("... HTTP <code> ..."); no answer, an OSError."""
+        return management_request(self._management, method, path, body, timeout)
 
     def add_vhost(self, name: str) -> None:
         q = urllib.parse.quote(name, safe="")

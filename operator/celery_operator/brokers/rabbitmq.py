@@ -99,6 +99,45 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class ManagementClient:
+    """RabbitMQ's management HTTP API, one request a call: basic auth, JSON in and out. The one client of it
+    in the project: the operator's broker, the local cluster's servers and the tests' fixtures use it."""
+
+    def __init__(self, management: ManagementUrl, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+        self.management = management
+        self.timeout = timeout
+
+    @classmethod
+    def of(cls, url: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> ManagementClient:
+        """From http(s)://user:pass@host:port[/prefix]."""
+        return cls(parse_management(url), timeout)
+
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                timeout: float | None = None) -> Any:
+        """One request; the decoded JSON answer (None when empty).
+        Raises `ManagementHttpError` for an HTTP error, BrokerUnreachable when no answer came."""
+        base = self.management.base
+        url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        token = base64.b64encode(f"{self.management.username}:{self.management.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise ManagementHttpError(method, f"{base}{path}", e.code, _error_text(e)) from None
+        except OSError as e:
+            raise BrokerUnreachable(f"management API {base}: {_describe(e)}") from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError as e:
+            raise BrokerUnreachable(f"management API {base}: {_describe(e)}") from None
+
+
 class RabbitMQBroker:
     """`url` is the AMQP URL (its vhost is the one used); `management_url` is the management API
     (http(s)://user:pass@host:port), derived from the AMQP URL when not given."""
@@ -113,6 +152,7 @@ class RabbitMQBroker:
         self.stats = stats
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
+        self.management_api = ManagementClient(self.management, timeout=connect_timeout)
         self._where = redact(url)
 
     def __repr__(self) -> str:
@@ -185,7 +225,7 @@ class RabbitMQBroker:
             raise BrokerError(f"deleting queue {name!r}: {result.message}")
         try:
             self._http("DELETE", f"/api/policies/{self._vhost}/{_quote(policy_name(name))}")
-        except _HttpStatus as e:
+        except ManagementHttpError as e:
             if e.code != NOT_FOUND:
                 raise BrokerError(f"queue {name!r} deleted, but not its policy {policy_name(name)!r}: {e}") from None
         except BrokerError as e:
@@ -237,9 +277,9 @@ class RabbitMQBroker:
         else:
             what = (f"{', '.join(policy_fields(q))} not applied: they are the policy {name}, which the "
                     f"operator writes through RabbitMQ's management API, and that")
-        if isinstance(e, _HttpStatus) and e.code in (401, 403):
+        if isinstance(e, ManagementHttpError) and e.code in (401, 403):
             fix = "give the management user the policymaker (or administrator) tag"
-        elif isinstance(e, _HttpStatus):
+        elif isinstance(e, ManagementHttpError):
             fix = "fix the reported problem"
         else:
             fix = ("set spec.broker.external.managementUrlSecretRef to a reachable management API URL "
@@ -254,28 +294,7 @@ class RabbitMQBroker:
         return _quote(self.url.vhost)
 
     def _http(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
-        """One management-API request; the decoded JSON answer (None when empty).
-        Raises `_HttpStatus` for an HTTP error, BrokerUnreachable when no answer came."""
-        url = f"{self.management.base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        token = base64.b64encode(
-            f"{self.management.username}:{self.management.password}".encode()).decode()
-        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.connect_timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            raise _HttpStatus(method, f"{self.management.base}{path}", e.code, _error_text(e)) from None
-        except OSError as e:
-            raise BrokerUnreachable(f"management API {self.management.base}: {_describe(e)}") from None
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError as e:
-            raise BrokerUnreachable(f"management API {self.management.base}: {_describe(e)}") from None
+        return self.management_api.request(method, path, body, query)
 
     def delete_exchange(self, name: str) -> None:
         with self._connection() as conn:
@@ -373,7 +392,7 @@ class RabbitMQBroker:
 NOT_FOUND_TEXT = "NOT_FOUND"
 
 
-class _HttpStatus(BrokerError):
+class ManagementHttpError(BrokerError):
     """The management API answered with an HTTP error status."""
 
     def __init__(self, method: str, url: str, code: int, text: str) -> None:
