@@ -28,7 +28,8 @@ Semantics (mirroring the Kubernetes HPA, with KEDA-style activation for scale to
 * The stabilized count is finally clamped to [min, max].
 * Missing data (depth ``None``: broker unreachable) never scales down: the result is
   ``max(current, min)``. That is the one case where the result may lie outside [min, max]:
-  a current count above max is held until depth is known again. History is left untouched.
+  a current count above max is held until depth is known again. The held count is recorded in the
+  history like a recommendation, so the scale-down window after the outage starts from it.
   With ``fallback`` set, once ``failed_polls`` reaches its failureThreshold the result is the fallback
   count of its behavior (KEDA's: static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower),
   never below the minimum; it is never 0 unless the pool is at 0 and the behavior keeps the current count.
@@ -379,7 +380,12 @@ def decide(
         if desired != current:
             reason = (f"queue depth unknown (broker unreachable): raising {current} → "
                       f"{desired} replicas ({minimum})")
-        return Decision(desired, current, history, reason, schedule=active)
+        # The held count is recorded as this poll's recommendation: once the broker answers again its
+        # first readings (a RabbitMQ still recovering its queues reports them empty) are stabilized
+        # against the outage's count, not against the readings from before it.
+        held = (history or History()).record(now, desired, max(policy.scale_up_stabilization_seconds,
+                                                                 policy.scale_down_stabilization_seconds))
+        return Decision(desired, current, held, reason, schedule=active)
     if floor != policy.min_replicas:
         policy = dataclasses.replace(policy, min_replicas=floor)
 

@@ -193,14 +193,26 @@ def test_min_replicas_above_zero_wins_over_activation_at_zero() -> None:
 def test_pool_keeps_replicas_when_broker_is_unreachable() -> None:
     history = hist((0.0, 9))
     d = decide(policy(), ready=None, in_flight=None, current=5, now=10.0, history=history)
-    assert d == Decision(5, 5, history, "queue depth unknown (broker unreachable): keeping 5 replicas")
+    assert d == Decision(5, 5, hist((0.0, 9), (10.0, 5)),
+                         "queue depth unknown (broker unreachable): keeping 5 replicas")
     assert not d.changed
+
+
+def test_after_an_outage_an_empty_reading_within_the_scale_down_window_keeps_the_held_count() -> None:
+    # A RabbitMQ recovering its queues answers "0 ready" at first: that alone must not drop the pool.
+    p = policy(scaleDownStabilizationSeconds=30)
+    history = None
+    for t in (0.0, 5.0, 10.0):  # the outage: the pool is held at 4
+        d = decide(p, ready=None, in_flight=None, current=4, now=t, history=history)
+        history = d.history
+    assert decide(p, ready=0, in_flight=0, current=4, now=15.0, history=history).desired == 4
+    assert decide(p, ready=0, in_flight=0, current=4, now=41.0, history=history).desired == 1
 
 
 def test_unreachable_broker_holds_a_count_above_max() -> None:
     d = decide(policy(maxReplicas=3), ready=None, in_flight=2, current=5, now=10.0, history=None)
     assert d.desired == 5
-    assert d.history is None
+    assert decide(policy(maxReplicas=3), ready=0, in_flight=0, current=5, now=12.0, history=d.history).desired == 3
 
 
 def test_unreachable_broker_still_raises_to_min() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_operator.autoscale import History, decide, measured_depth
+from celery_operator.autoscale import History, Recommendation, decide, measured_depth
 from celery_operator.models import Autoscaling
 from celery_operator.waits import Wait
 
@@ -68,7 +68,13 @@ def test_known_depth_never_leaves_min_max(s: State, ready: int, in_flight: int |
 def test_missing_depth_holds_current_raised_to_min_and_nothing_else(s: State, in_flight: int | None) -> None:
     d = decide(s.policy, ready=None, in_flight=in_flight, current=s.current, now=NOW, history=s.history)
     assert d.desired == max(s.current, s.policy.min_replicas)
-    assert d.history == s.history
+    # The held count is remembered as this poll's recommendation, and nothing a window still reaches is lost.
+    keep = max(s.policy.scale_up_stabilization_seconds, s.policy.scale_down_stabilization_seconds)
+    assert d.history is not None
+    if keep > 0:
+        assert d.history.entries[-1] == Recommendation(NOW, d.desired)
+    before = s.history.entries if s.history is not None else ()
+    assert {r for r in before if 0 <= NOW - r.at < keep} <= set(d.history.entries)
     assert "broker unreachable" in d.reason
     # The only way out of [min, max]: a current count above max is held, never scaled down.
     outside = not s.policy.min_replicas <= d.desired <= s.policy.max_replicas
