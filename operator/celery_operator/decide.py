@@ -23,10 +23,10 @@ from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryBeatSchedule, CeleryExchange, CeleryQueue, CeleryWorkerPool, SecretKeyRef
 from celery_operator.render import flower as flower_render
 from celery_operator.render import names
-from celery_operator.topology import Problem, Topology
+from celery_operator.render.labels import has_labels
+from celery_operator.topology import ObjKey, Problem, Topology
 
 Body = dict[str, Any]
-ObjKey = tuple[str, str]  # (kind, metadata.name)
 
 # Problems that are worth saying but leave the object working: Ready stays True with this reason,
 # and the Event is a Warning.
@@ -77,7 +77,7 @@ class Facts:
     poll: Poll = field(default_factory=Poll)
     declared: Mapping[ObjKey, DeclareResult] = field(default_factory=dict)  # (kind, Celery name)
     apply_errors: list[str] = field(default_factory=list)
-    managed_problem: workloads.Problem | None = None
+    managed_problem: workloads.WorkloadProblem | None = None
     reconcile_error: str | None = None
     flower_problem: tuple[str, str] | None = None  # (reason, message): Flower enabled but not run
     now: float = 0.0  # epoch seconds (the year from which a schedule's DST changes are checked); 0: 2025
@@ -205,11 +205,6 @@ def _declared(result: DeclareResult | None, broker_conds: list[Condition] | None
     return conditions.not_ready(api.Reason.BROKER_UNREACHABLE, "not declared yet", progressing=True, degraded=False)
 
 
-def _labels_match(pod: Body, selector: Mapping[str, str]) -> bool:
-    labels = pod.get("metadata", {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
 def schedule_problems(pool: CeleryWorkerPool, year: int) -> list[tuple[str, str]]:
     """(reason, message) for each autoscaling schedule whose window overlaps the next firing where the CRD could
     not tell (cron.overlap_problem: a DST change, a cron shape CEL does not read), or that names a time zone (or,
@@ -310,7 +305,7 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
         warned = topo.problems_of(api.POOL, pool.meta.name) + own
         return done(conditions.ready(warned[0].reason, f"{'; '.join(w.message for w in warned)} ({text})")
                     if warned else conditions.ready(api.Reason.DEPLOYMENT_READY, text))
-    problem = workloads.pod_problem([p for p in facts.pods if match and _labels_match(p, match)])
+    problem = workloads.pod_problem([p for p in facts.pods if match and has_labels(p, match)])
     if problem is not None:
         return done(conditions.not_ready(problem.reason, f"{ready}/{desired} workers ready; {problem.message}",
                                          degraded=problem.degraded))
@@ -504,8 +499,7 @@ def controller_uid(obj: Body) -> str | None:
 
 def _selects(workload: Body, pod: Body) -> bool:
     match = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    labels = pod["metadata"].get("labels") or {}
-    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+    return bool(match) and has_labels(pod, match)
 
 
 def child_plan(desired: list[Body], live: Mapping[ObjKey, Body], pods: Sequence[Body] = ()) -> ChildPlan:

@@ -153,7 +153,7 @@ def _base(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class BeatEntry:
+class BeatEntryState:
     """What beat's state says of one entry (instants in seconds since the epoch)."""
 
     last_run: float | None
@@ -166,7 +166,7 @@ class BeatCollector:
     count (kept in its state), so it does not restart when the operator does."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], dict[str, BeatEntry]] = {}  # (namespace, app) -> entry -> values
+        self.entries: dict[tuple[str, str], dict[str, BeatEntryState]] = {}  # (namespace, app) -> entry -> values
         self._text: bytes | None = None
 
     def changed(self) -> None:
@@ -336,7 +336,7 @@ class OperatorMetrics:
 
     # --- beat -------------------------------------------------------------------------------------
 
-    def set_beat_entries(self, namespace: str, app: str, entries: dict[str, BeatEntry]) -> None:
+    def set_beat_entries(self, namespace: str, app: str, entries: dict[str, BeatEntryState]) -> None:
         """The app's beat entries as its state says (an entry not given loses its series)."""
         if self.beat.entries.get((namespace, app), {}) == entries:
             return

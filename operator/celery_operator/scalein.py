@@ -26,7 +26,7 @@ When no worker answers at all (remote control disabled, a serializer the operato
 broker that fails), the plan is blind: costs set by an earlier scale-in are removed and the
 ReplicaSet's own choice stands, as it would without the operator.
 
-Nothing here does I/O; `controller/scalein.py` asks the workers, writes the costs and scales.
+Nothing here does I/O; `controller/scalein_executor.py` asks the workers, writes the costs and scales.
 """
 
 from __future__ import annotations

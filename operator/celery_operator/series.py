@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-Key = tuple[str, ...]
+LabelValues = tuple[str, ...]  # one series: its label values, in the family's label order
 # How prometheus-client writes a value (Go's float format: 1.0, 1.5e+09, +Inf, NaN).
 _value: Callable[[float], str] = floatToGoString
 
@@ -42,17 +42,17 @@ class Family:
         # Label names in the exposition are sorted; this is where each key's value goes.
         self._sorted = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
         self._header = f"# HELP {name} {_escape_help(documentation)}\n# TYPE {name} {self.type}\n"
-        self._lines: dict[Key, str] = {}
-        self._stale: set[Key] = set()
+        self._lines: dict[LabelValues, str] = {}
+        self._stale: set[LabelValues] = set()
         self._joined: bytes | None = None
         registry.register(self)
 
     # --- what subclasses hold -------------------------------------------------------------------
 
-    def _store(self) -> dict[Key, Any]:
+    def _store(self) -> dict[LabelValues, Any]:
         raise NotImplementedError
 
-    def _render(self, key: Key) -> str:
+    def _render(self, key: LabelValues) -> str:
         raise NotImplementedError
 
     def collect(self) -> Iterator[Metric]:
@@ -60,20 +60,20 @@ class Family:
 
     # --- series bookkeeping ---------------------------------------------------------------------
 
-    def _changed(self, key: Key) -> None:
+    def _changed(self, key: LabelValues) -> None:
         self._lines.setdefault(key, "")  # keeps the order series were first set in
         self._stale.add(key)
         self._joined = None
 
-    def _drop(self, key: Key) -> None:
+    def _drop(self, key: LabelValues) -> None:
         del self._lines[key]
         self._stale.discard(key)
         self._joined = None
 
-    def keys(self) -> list[Key]:
+    def keys(self) -> list[LabelValues]:
         return list(self._store())
 
-    def remove(self, key: Key) -> bool:
+    def remove(self, key: LabelValues) -> bool:
         """Remove one series; whether it existed."""
         store = self._store()
         if key not in store:
@@ -98,7 +98,7 @@ class Family:
 
     # --- text -----------------------------------------------------------------------------------
 
-    def _pairs(self, key: Key) -> list[str]:
+    def _pairs(self, key: LabelValues) -> list[str]:
         return [f'{self.labelnames[i]}="{escape_label_value(key[i])}"' for i in self._sorted]
 
     def text(self) -> bytes:
@@ -120,13 +120,13 @@ class _OneValue(Family):
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
                  registry: CollectorRegistry) -> None:
-        self.values: dict[Key, float] = {}
+        self.values: dict[LabelValues, float] = {}
         super().__init__(name, documentation, labelnames, registry=registry)
 
-    def _store(self) -> dict[Key, float]:
+    def _store(self) -> dict[LabelValues, float]:
         return self.values
 
-    def _render(self, key: Key) -> str:
+    def _render(self, key: LabelValues) -> str:
         return f"{self.name}{_braced(self._pairs(key))} {_value(self.values[key])}\n"
 
     def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
@@ -142,7 +142,7 @@ class _OneValue(Family):
 class Gauge(_OneValue):
     type = "gauge"
 
-    def set(self, key: Key, value: float) -> None:
+    def set(self, key: LabelValues, value: float) -> None:
         """Set one series (a value equal to the one held changes nothing)."""
         if self.values.get(key) == value:
             return
@@ -164,7 +164,7 @@ class Counter(_OneValue):
             raise ValueError(f"a counter's name ends in _total: {name}")
         super().__init__(name, documentation, labelnames, registry=registry)
 
-    def inc(self, key: Key, amount: float = 1) -> None:
+    def inc(self, key: LabelValues, amount: float = 1) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
         self.values[key] = self.values.get(key, 0.0) + amount
@@ -184,14 +184,14 @@ class Histogram(Family):
         self.bounds = tuple(sorted(float(b) for b in buckets))
         self._les = [_value(b) for b in self.bounds] + ["+Inf"]
         self._quoted_les = [f'"{le}"' for le in self._les]
-        self.series: dict[Key, list[float]] = {}  # bucket counts..., sum
+        self.series: dict[LabelValues, list[float]] = {}  # bucket counts..., sum
         super().__init__(name, documentation, labelnames, registry=registry)
         self._le_at = bisect.bisect([self.labelnames[i] for i in self._sorted], "le")
 
-    def _store(self) -> dict[Key, list[float]]:
+    def _store(self) -> dict[LabelValues, list[float]]:
         return self.series
 
-    def observe(self, key: Key, amount: float) -> None:
+    def observe(self, key: LabelValues, amount: float) -> None:
         counts = self.series.get(key)
         if counts is None:
             counts = self.series[key] = [0.0] * (len(self.bounds) + 2)
@@ -199,7 +199,7 @@ class Histogram(Family):
         counts[-1] += amount
         self._changed(key)
 
-    def _cumulative(self, key: Key) -> tuple[list[float], float]:
+    def _cumulative(self, key: LabelValues) -> tuple[list[float], float]:
         *counts, total = self.series[key]
         running, out = 0.0, []
         for c in counts:
@@ -207,7 +207,7 @@ class Histogram(Family):
             out.append(running)
         return out, total
 
-    def _render(self, key: Key) -> str:
+    def _render(self, key: LabelValues) -> str:
         pairs = self._pairs(key)
         before, after = pairs[:self._le_at], pairs[self._le_at:]
         cumulative, total = self._cumulative(key)

@@ -50,7 +50,7 @@ from celery_operator.models import (
     Meta,
 )
 
-Key = tuple[str, str]  # (kind, metadata.name)
+ObjKey = tuple[str, str]  # (kind, metadata.name)
 BrokerKind = Literal["rabbitmq", "redis"]
 
 DEFAULT_TIMEZONE = "UTC"
@@ -193,7 +193,7 @@ class Topology:
     # -- analysis (computed once; the dataclass is frozen) --------------------------------------
 
     @cached_property
-    def _found(self) -> dict[Key, list[Problem]]:
+    def _found(self) -> dict[ObjKey, list[Problem]]:
         """Problems recorded by the analysis properties (each runs once and adds its own kinds)."""
         return {}
 
@@ -201,12 +201,12 @@ class Topology:
         self._found.setdefault((kind, name), []).append(Problem(reason, message))
 
     @property
-    def _problems(self) -> dict[Key, list[Problem]]:
+    def _problems(self) -> dict[ObjKey, list[Problem]]:
         _ = self.effective_exchanges, self.effective_queues, self.effective_pools, self.beat_entries
         _ = self._settings_checked
         return self._found
 
-    def problems(self) -> dict[Key, list[Problem]]:
+    def problems(self) -> dict[ObjKey, list[Problem]]:
         """Problems per object, keyed by (kind, metadata.name); objects without problems absent."""
         return {k: list(v) for k, v in self._problems.items()}
 

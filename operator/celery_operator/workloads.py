@@ -30,7 +30,7 @@ CLAIM_PENDING = "ClaimPending"
 
 
 @dataclass(frozen=True)
-class Problem:
+class WorkloadProblem:
     reason: str
     message: str
     degraded: bool = True  # False: it may yet resolve by itself (Progressing instead)
@@ -47,7 +47,7 @@ def _last_exit(status: Body) -> str:
     return f" (last exit code {term.get('exitCode')}, {term.get('reason', 'Error')})"
 
 
-def pod_problem(pods: list[Body]) -> Problem | None:
+def pod_problem(pods: list[Body]) -> WorkloadProblem | None:
     """The first reason (by pod name) one of `pods` cannot run, or None when none is stuck."""
     for pod in sorted(pods, key=_name):
         if pod.get("metadata", {}).get("deletionTimestamp"):
@@ -58,18 +58,19 @@ def pod_problem(pods: list[Body]) -> Problem | None:
                 why = str(c.get("message", ""))
                 hint = "a claim of the pod is not bound" if "PersistentVolumeClaim" in why else \
                     "lower the requested resources, or add nodes"
-                return Problem(UNSCHEDULABLE, f"pod {_name(pod)} cannot be scheduled: {why} ({hint})")
+                return WorkloadProblem(UNSCHEDULABLE, f"pod {_name(pod)} cannot be scheduled: {why} ({hint})")
         for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in WAITING_HINTS:
                 detail = waiting.get("message") or ""
-                return Problem(reason, f"pod {_name(pod)}, container {cs.get('name')}: {reason}{_last_exit(cs)}: "
-                                       f"{WAITING_HINTS[reason]}" + (f" ({detail})" if detail else ""))
+                return WorkloadProblem(
+                    reason, f"pod {_name(pod)}, container {cs.get('name')}: {reason}{_last_exit(cs)}: "
+                    f"{WAITING_HINTS[reason]}" + (f" ({detail})" if detail else ""))
     return None
 
 
-def claim_problem(claims: list[Body], events: list[Body]) -> Problem | None:
+def claim_problem(claims: list[Body], events: list[Body]) -> WorkloadProblem | None:
     """A Pending claim, with the latest Event about it (the provisioner's or the binder's reason)."""
     for claim in sorted(claims, key=_name):
         if (claim.get("status") or {}).get("phase") != "Pending":
@@ -83,5 +84,6 @@ def claim_problem(claims: list[Body], events: list[Body]) -> Problem | None:
         sc = f" (storage class {storage_class!r})" if storage_class else " (the default storage class)"
         failing = bool(about) and about[-1].get("type") == "Warning"
         hint = ": fix the storage's storageClassName (delete the claim if it must change)" if failing else ""
-        return Problem(CLAIM_PENDING, f"PersistentVolumeClaim {name} is not bound{sc}{why}{hint}", degraded=failing)
+        return WorkloadProblem(CLAIM_PENDING, f"PersistentVolumeClaim {name} is not bound{sc}{why}{hint}",
+                               degraded=failing)
     return None

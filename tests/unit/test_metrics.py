@@ -40,7 +40,7 @@ def populate(m: OperatorMetrics) -> None:
         m.set_pool_replicas("ns", app, "high", 1, 1, 1)
         m.set_broker_up("ns", app, True)
         m.observe_poll("ns", app, 0.02)
-        m.set_beat_entries("ns", app, {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3)})
+        m.set_beat_entries("ns", app, {"tick": metrics.BeatEntryState(1767225600.0, 1767225610.0, 3)})
     m.count_reconcile("CeleryApp", "success")
 
 
@@ -246,14 +246,14 @@ def test_promtool_finds_nothing_in_our_own_metric_names(m: OperatorMetrics, prom
 
 
 def test_beat_entries_are_exported_as_beats_state_says_and_leave_with_their_entry(m: OperatorMetrics) -> None:
-    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3),
-                                      "new": metrics.BeatEntry(None, 1767225660.0, 0)})
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntryState(1767225600.0, 1767225610.0, 3),
+                                      "new": metrics.BeatEntryState(None, 1767225660.0, 0)})
     labels = {"namespace": "ns", "app": "proj", "entry": "tick"}
     assert sample(m, "celery_beat_last_run_timestamp_seconds", **labels) == 1767225600.0
     assert sample(m, "celery_beat_next_run_timestamp_seconds", **labels) == 1767225610.0
     assert sample(m, "celery_beat_skipped_runs_total", **labels) == 3
     assert sample(m, "celery_beat_last_run_timestamp_seconds", namespace="ns", app="proj", entry="new") is None
-    m.set_beat_entries("ns", "proj", {"new": metrics.BeatEntry(1767225660.0, 1767225720.0, 0)})
+    m.set_beat_entries("ns", "proj", {"new": metrics.BeatEntryState(1767225660.0, 1767225720.0, 0)})
     assert sample(m, "celery_beat_next_run_timestamp_seconds", **labels) is None
     assert sample(m, "celery_beat_last_run_timestamp_seconds", namespace="ns", app="proj", entry="new") == 1767225660
     m.forget_app("ns", "proj")
@@ -262,9 +262,9 @@ def test_beat_entries_are_exported_as_beats_state_says_and_leave_with_their_entr
 
 def test_the_served_exposition_follows_beat_entries_as_they_change_and_leave(m: OperatorMetrics) -> None:
     line = b'celery_beat_next_run_timestamp_seconds{app="proj",entry="tick",namespace="ns"}'
-    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225600.0, 1767225610.0, 3)})
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntryState(1767225600.0, 1767225610.0, 3)})
     assert line + b" 1.76722561e+09" in m.exposition()
-    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntry(1767225610.0, 1767225620.0, 3)})
+    m.set_beat_entries("ns", "proj", {"tick": metrics.BeatEntryState(1767225610.0, 1767225620.0, 3)})
     assert line + b" 1.76722562e+09" in m.exposition()
     m.forget_app("ns", "proj")
     assert b'entry="tick"' not in m.exposition()

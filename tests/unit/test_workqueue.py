@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from celery_operator.controller.workqueue import Key, WorkQueue
+from celery_operator.controller.workqueue import AppKey, WorkQueue
 
 
 def test_a_burst_of_adds_is_worked_once_and_a_full_add_wins() -> None:
-    async def run() -> list[tuple[Key, bool]]:
-        done: list[tuple[Key, bool]] = []
+    async def run() -> list[tuple[AppKey, bool]]:
+        done: list[tuple[AppKey, bool]] = []
         finished = asyncio.Event()
 
-        async def work(key: Key, full: bool) -> None:
+        async def work(key: AppKey, full: bool) -> None:
             done.append((key, full))
             finished.set()
 
@@ -36,7 +36,7 @@ def test_a_status_only_add_does_not_pull_a_delayed_full_one_forward() -> None:
         finished = asyncio.Event()
         t0 = asyncio.get_running_loop().time()
 
-        async def work(key: Key, full: bool) -> None:
+        async def work(key: AppKey, full: bool) -> None:
             done.append((full, asyncio.get_running_loop().time() - t0))
             if full:
                 finished.set()
@@ -59,7 +59,7 @@ def test_a_key_is_never_worked_twice_at_once_and_an_add_during_work_runs_after()
         running = peak = runs = 0
         second = asyncio.Event()
 
-        async def work(key: Key, full: bool) -> None:
+        async def work(key: AppKey, full: bool) -> None:
             nonlocal running, peak, runs
             running += 1
             peak = max(peak, running)
@@ -86,7 +86,7 @@ def test_different_keys_are_worked_concurrently() -> None:
         running = peak = 0
         both = asyncio.Event()
 
-        async def work(key: Key, full: bool) -> None:
+        async def work(key: AppKey, full: bool) -> None:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)

@@ -1,5 +1,5 @@
 """Celery's remote control over an app's broker: what each worker holds, and stopping or restarting
-its consumers. Used only while a pool scales in (`controller/scalein.py`): nothing between scale-ins.
+its consumers. Used only while a pool scales in (`controller/scalein_executor.py`): nothing between scale-ins.
 
 Every command goes to named workers (`destination`: their node names), so a call returns as soon as
 all of them answered, or after `timeout` for those that did not. The operator speaks as the app's

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 from celery_operator import api
 from celery_operator.controller.secrets import SecretCache
 from celery_operator.kube.informer import Informer, Packer
+from celery_operator.topology import ObjKey
 
 Body = dict[str, Any]
-Key = tuple[str, str]  # (namespace, app)
-ObjKey = tuple[str, str]  # (kind, name)
+AppKey = tuple[str, str]  # (namespace, CeleryApp name): what a reconcile, a poller, a scale-in work on
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
 WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
                     "Lease", "Ingress")
@@ -30,7 +30,7 @@ OPTIONAL_CHILDREN = (api.POD_MONITOR,)
 class Index(Protocol):
     """What the reconciler needs of a kopf.Index: values per key (an iterable Store)."""
 
-    def get(self, key: Key, default: Any = ...) -> Iterable[bytes] | None: ...
+    def get(self, key: AppKey, default: Any = ...) -> Iterable[bytes] | None: ...
 
     def __iter__(self) -> Any: ...
 
@@ -41,7 +41,7 @@ class ClusterCache:
     informers: dict[str, list[Informer]] = field(default_factory=dict)  # kind -> one per namespace (or all)
     secrets: SecretCache | None = None
 
-    def crs(self, key: Key) -> dict[ObjKey, Body]:
+    def crs(self, key: AppKey) -> dict[ObjKey, Body]:
         out: dict[ObjKey, Body] = {}
         for kind in CR_KINDS:
             for raw in self.indexes[kind].get(key, None) or ():
@@ -49,9 +49,9 @@ class ClusterCache:
                 out[(kind, body["metadata"]["name"])] = body
         return out
 
-    def app_keys(self) -> set[Key]:
+    def app_keys(self) -> set[AppKey]:
         """Every app named by a custom resource (existing or not)."""
-        keys: set[Key] = set()
+        keys: set[AppKey] = set()
         for kind in CR_KINDS:
             keys |= set(self.indexes[kind])
         return keys

@@ -20,8 +20,8 @@ from typing import Literal
 from celery_operator import api, autoscale, conditions
 from celery_operator.brokers import connect
 from celery_operator.brokers.base import BrokerError, DepthReport
-from celery_operator.controller.observe import ClusterCache, Key
-from celery_operator.controller.scalein import ScaleIn
+from celery_operator.controller.observe import AppKey, ClusterCache
+from celery_operator.controller.scalein_executor import ScaleIn
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
@@ -56,13 +56,13 @@ class Poller:
     metrics: Metrics
     # A reconcile of the app: (key, full). Status-only after a poll that saw something change; full when
     # the broker answers again (declare what could not be declared while it was away).
-    after_poll: Callable[[Key, bool], None]
+    after_poll: Callable[[AppKey, bool], None]
     scale_in: ScaleIn = field(init=False)
 
     def __post_init__(self) -> None:
         self.scale_in = ScaleIn(self.client, self.cache, self.recorder, self.metrics)
 
-    async def run(self, key: Key, state: AppState) -> None:
+    async def run(self, key: AppKey, state: AppState) -> None:
         """Poll until cancelled (the app left this replica, or was deleted); a drain this poller started
         is called off with it (its workers consume again: whoever polls the app next decides afresh)."""
         try:
@@ -78,7 +78,7 @@ class Poller:
                 if st.draining is not None:
                     st.draining.cancel()
 
-    async def poll(self, key: Key, state: AppState) -> None:
+    async def poll(self, key: AppKey, state: AppState) -> None:
         ns, name = key
         topo, broker = state.topology, state.broker
         if topo is None or broker is None:
@@ -178,7 +178,7 @@ class Poller:
         out.update(dict.fromkeys(report.missing, Wait(0.0, None)))  # no such queue: nothing waits in it
         return out
 
-    async def _autoscale(self, key: Key, state: AppState, topo: Topology, report: DepthReport | None) -> None:
+    async def _autoscale(self, key: AppKey, state: AppState, topo: Topology, report: DepthReport | None) -> None:
         now = time.time()
         for pool in topo.effective_pools:
             a = pool.autoscaling
@@ -241,7 +241,7 @@ class Poller:
             else:
                 await apply(decision.desired, "")
 
-    async def _announce_fallback(self, key: Key, pool: CeleryWorkerPool, state: AppState,
+    async def _announce_fallback(self, key: AppKey, pool: CeleryWorkerPool, state: AppState,
                                  decision: autoscale.Decision) -> None:
         body = self.cache.crs(key).get((api.POOL, pool.meta.name))
         if body is not None:
@@ -249,18 +249,18 @@ class Poller:
                                      f"the broker failed {state.failed_polls} polls in a row: {decision.reason}",
                                      dedupe=False)
 
-    def _live_replicas(self, key: Key, pool: CeleryWorkerPool) -> int | None:
+    def _live_replicas(self, key: AppKey, pool: CeleryWorkerPool) -> int | None:
         """The replicas of the pool's Deployment, from the cache (None before it exists)."""
         dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
         n = (dep or {}).get("spec", {}).get("replicas")
         return int(n) if n is not None else None
 
-    def _ready_workers(self, key: Key, pool: CeleryWorkerPool) -> int | None:
+    def _ready_workers(self, key: AppKey, pool: CeleryWorkerPool) -> int | None:
         """The pool's ready replicas from the cached Deployment (read only for pools scaling on wait)."""
         dep = self.cache.child("Deployment", key[0], names.worker(key[1], pool.meta.name))
         return int((dep.get("status") or {}).get("readyReplicas") or 0) if dep is not None else None
 
-    async def _scale(self, key: Key, pool: CeleryWorkerPool, st: PoolState, current: int, desired: int,
+    async def _scale(self, key: AppKey, pool: CeleryWorkerPool, st: PoolState, current: int, desired: int,
                      why: str) -> bool:
         """Patch the pool's Deployment's /scale; record, count and announce the change."""
         ns, app = key

@@ -25,11 +25,11 @@ from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import BrokerError, DeclareResult
 from celery_operator.brokers.urls import broker_kind
 from celery_operator.controller.monitoring import POD_MONITORS
-from celery_operator.controller.observe import ClusterCache, Key, ObjKey
+from celery_operator.controller.observe import AppKey, ClusterCache
 from celery_operator.controller.state import AppState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
-from celery_operator.metrics import BeatEntry as BeatEntryMetrics
+from celery_operator.metrics import BeatEntryState
 from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import (
     CeleryApp,
@@ -40,7 +40,8 @@ from celery_operator.models import (
 )
 from celery_operator.render import flower as flower_render
 from celery_operator.render import names, render_all
-from celery_operator.topology import Topology
+from celery_operator.render.labels import has_labels
+from celery_operator.topology import ObjKey, Topology
 
 log = logging.getLogger(__name__)
 Body = dict[str, Any]
@@ -108,14 +109,14 @@ class Reconciler:
     cache: ClusterCache
     recorder: Recorder
     metrics: Metrics
-    states: dict[Key, AppState]
-    requeue: Callable[[Key, float], None]  # (key, delay): reconcile again later
-    on_app: Callable[[Key, AppState | None], None]  # the app exists (state) or is gone (None): pollers follow
+    states: dict[AppKey, AppState]
+    requeue: Callable[[AppKey, float], None]  # (key, delay): reconcile again later
+    on_app: Callable[[AppKey, AppState | None], None]  # the app exists (state) or is gone (None): pollers follow
     watch: Callable[[str], None]  # start watching an optional child kind the cluster now serves
     # Statuses written, until the watch shows them: (namespace, kind, name) -> (resourceVersion, status).
     written: dict[tuple[str, str, str], tuple[int, Body]] = field(default_factory=dict)
 
-    def _observed(self, key: Key) -> dict[ObjKey, Body]:
+    def _observed(self, key: AppKey) -> dict[ObjKey, Body]:
         """The app's custom resources as cached, with statuses this replica wrote and the watch has not
         shown yet (so a status is never written twice)."""
         bodies = self.cache.crs(key)
@@ -129,7 +130,7 @@ class Reconciler:
                 del self.written[(key[0], kind, name)]
         return bodies
 
-    async def reconcile(self, key: Key, full: bool) -> None:
+    async def reconcile(self, key: AppKey, full: bool) -> None:
         ns, name = key
         t0 = time.monotonic()
         bodies = self._observed(key)
@@ -164,7 +165,7 @@ class Reconciler:
             self.metrics.observe_reconcile(api.APP, time.monotonic() - t0)
 
     # -- the app exists -----------------------------------------------------------------------------
-    async def _reconcile(self, key: Key, state: AppState, bodies: dict[ObjKey, Body], app_body: Body,
+    async def _reconcile(self, key: AppKey, state: AppState, bodies: dict[ObjKey, Body], app_body: Body,
                          full: bool) -> None:
         ns, name = key
         app = CeleryApp.of(app_body)
@@ -327,7 +328,7 @@ class Reconciler:
             state.declared_hash, state.declared_at = h, time.monotonic()
 
     # -- deletionPolicy: Delete ---------------------------------------------------------------------
-    async def _finalizers(self, key: Key, bodies: dict[ObjKey, Body], topo: Topology | None,
+    async def _finalizers(self, key: AppKey, bodies: dict[ObjKey, Body], topo: Topology | None,
                           broker: endpoints.Endpoint | None, state: AppState | None) -> None:
         """Objects that delete themselves from the broker carry our finalizer until they have."""
         for (kind, _), body in sorted(bodies.items()):
@@ -355,7 +356,7 @@ class Reconciler:
                 raise
             self.requeue((md["namespace"], (body.get("spec") or {}).get("appRef", {}).get("name", "")), 1.0)
 
-    async def _delete_from_broker(self, key: Key, kind: str, body: Body, broker: endpoints.Endpoint | None,
+    async def _delete_from_broker(self, key: AppKey, kind: str, body: Body, broker: endpoints.Endpoint | None,
                                   state: AppState | None) -> bool:
         """True once the object is gone from the broker, or given up on (with a Warning Event)."""
         obj: CeleryQueue | CeleryExchange = CeleryQueue.of(body) if kind == api.QUEUE else CeleryExchange.of(body)
@@ -387,7 +388,7 @@ class Reconciler:
         return True
 
     # -- the app does not exist (yet, or any more) --------------------------------------------------
-    async def _without_app(self, key: Key, bodies: dict[ObjKey, Body]) -> None:
+    async def _without_app(self, key: AppKey, bodies: dict[ObjKey, Body]) -> None:
         ns, name = key
         if self.states.pop(key, None) is not None:
             self.metrics.forget_app(ns, name)
@@ -397,7 +398,7 @@ class Reconciler:
         await self._patch_statuses(bodies, decide.statuses(facts))
 
     # -- statuses -----------------------------------------------------------------------------------
-    async def _write_statuses(self, key: Key, state: AppState, bodies: dict[ObjKey, Body], topo: Topology,
+    async def _write_statuses(self, key: AppKey, state: AppState, bodies: dict[ObjKey, Body], topo: Topology,
                               broker: endpoints.Endpoint, backend: endpoints.Endpoint | None, chash: str,
                               live: dict[ObjKey, Body], flower_problem: tuple[str, str] | None = None) -> None:
         ns, name = key
@@ -418,7 +419,7 @@ class Reconciler:
         entries = {}
         for entry, known in decide.beat_entries(topo, state).items():
             upcoming = known.next_run()
-            entries[entry] = BeatEntryMetrics(
+            entries[entry] = BeatEntryState(
                 known.last_run / schedule.US if known.last_run is not None else None,
                 upcoming / schedule.US if upcoming is not None else None, known.skipped_runs)
         self.metrics.set_beat_entries(ns, app, entries)
@@ -432,7 +433,8 @@ class Reconciler:
                                            current=int(dep.get("replicas") or 0),
                                            ready=int(dep.get("readyReplicas") or 0))
 
-    async def _managed_problem(self, ns: str, live: dict[ObjKey, Body], pods: list[Body]) -> workloads.Problem | None:
+    async def _managed_problem(self, ns: str, live: dict[ObjKey, Body],
+                               pods: list[Body]) -> workloads.WorkloadProblem | None:
         """Why a managed broker or result backend StatefulSet is not ready, if one is not: its claims
         (read only then), then its pods."""
         for (kind, name), sts in sorted(live.items()):
@@ -451,11 +453,10 @@ class Reconciler:
                                                 field_selector="involvedObject.kind=PersistentVolumeClaim")
                 problem = workloads.claim_problem(claims, events)
             if problem is None or not problem.degraded:
-                mine = [p for p in pods
-                        if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())]
+                mine = [p for p in pods if has_labels(p, match)]
                 problem = workloads.pod_problem(mine) or problem
             if problem is None:
-                problem = workloads.Problem(api.Reason.BROKER_NOT_READY,
+                problem = workloads.WorkloadProblem(api.Reason.BROKER_NOT_READY,
                                             f"{int(st.get('readyReplicas') or 0)}/{want} ready", degraded=False)
             return dataclasses.replace(problem, message=f"StatefulSet {name}: {problem.message}")
         return None
@@ -484,7 +485,7 @@ class Reconciler:
             for more in want.events:
                 await self.recorder.emit(body, more.type, more.reason, more.message, dedupe=False)
 
-    async def _report_error(self, key: Key, state: AppState, app_body: Body | None) -> None:
+    async def _report_error(self, key: AppKey, state: AppState, app_body: Body | None) -> None:
         """A reconcile that raised: Ready=False/ReconcileError on the app (cleared by the next success)."""
         if app_body is None:
             return

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import api, endpoints
-from celery_operator.controller.observe import CR_KINDS, WATCHED_CHILDREN, ClusterCache, Index, Key
+from celery_operator.controller.observe import CR_KINDS, WATCHED_CHILDREN, AppKey, ClusterCache, Index
 from celery_operator.controller.poller import Poller
 from celery_operator.controller.reconciler import Reconciler
 from celery_operator.controller.secrets import SecretCache
@@ -61,7 +61,7 @@ def _fingerprint(body: Body) -> tuple[Any, ...]:
             notes.get(api.ANNOTATION_PAUSED), notes.get(api.ANNOTATION_PAUSED_REPLICAS))  # a pool's pause
 
 
-def app_key(kind: str, body: Body) -> Key | None:
+def app_key(kind: str, body: Body) -> AppKey | None:
     md = body.get("metadata") or {}
     if kind == api.APP:
         return md.get("namespace", ""), md["name"]
@@ -80,8 +80,8 @@ class Runtime:
     queue: WorkQueue = field(init=False)
     reconciler: Reconciler = field(init=False)
     poller: Poller = field(init=False)
-    states: dict[Key, AppState] = field(default_factory=dict)
-    pollers: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    states: dict[AppKey, AppState] = field(default_factory=dict)
+    pollers: dict[AppKey, asyncio.Task[None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # CR uid -> fingerprint
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -101,10 +101,10 @@ class Runtime:
             self.client.write_guard = self.shards.guard
 
     # -- ownership ----------------------------------------------------------------------------------
-    def owns(self, key: Key) -> bool:
+    def owns(self, key: AppKey) -> bool:
         return self.shards is None or self.shards.owns(*key)
 
-    def _shard(self, key: Key) -> int | None:
+    def _shard(self, key: AppKey) -> int | None:
         return None if self.shards is None else self.shards.shard_of(*key)
 
     def _acquired(self, shard: int) -> None:
@@ -122,7 +122,7 @@ class Runtime:
                 self.states.pop(key, None)
 
     # -- work ---------------------------------------------------------------------------------------
-    async def _work(self, key: Key, full: bool) -> None:
+    async def _work(self, key: AppKey, full: bool) -> None:
         if not self.owns(key):
             return
         token = current_shard.set(self._shard(key))
@@ -131,7 +131,7 @@ class Runtime:
         finally:
             current_shard.reset(token)
 
-    def _on_app(self, key: Key, state: AppState | None) -> None:
+    def _on_app(self, key: AppKey, state: AppState | None) -> None:
         if state is None:
             self._stop_poller(key)
             return
@@ -139,11 +139,11 @@ class Runtime:
         if (task is None or task.done()) and self.owns(key):
             self.pollers[key] = asyncio.create_task(self._poll(key, state), name=f"poll:{key[0]}/{key[1]}")
 
-    async def _poll(self, key: Key, state: AppState) -> None:
+    async def _poll(self, key: AppKey, state: AppState) -> None:
         current_shard.set(self._shard(key))
         await self.poller.run(key, state)
 
-    def _stop_poller(self, key: Key) -> None:
+    def _stop_poller(self, key: AppKey) -> None:
         task = self.pollers.pop(key, None)
         if task is not None:
             task.cancel()

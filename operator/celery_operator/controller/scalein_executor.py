@@ -1,4 +1,4 @@
-"""The I/O of an autoscaled pool's scale-in; the choice itself is `scalein.py`'s (pure).
+"""The I/O of an autoscaled pool's scale-in: it carries out what the pure `scalein.py` chooses.
 
 When the autoscaler lowers a pool's replicas, the poller hands the change to `ScaleIn.start`: it asks
 the pool's workers over the broker what they hold (Celery's remote control, one round trip for all
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from celery_operator import api, conditions, scalein
 from celery_operator.brokers import BrokerError
 from celery_operator.brokers.control import RemoteControl
-from celery_operator.controller.observe import ClusterCache, Key
+from celery_operator.controller.observe import AppKey, ClusterCache
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
@@ -108,7 +108,7 @@ class ScaleIn:
             await asyncio.sleep(0.05)
 
     # -- the scale-in -----------------------------------------------------------------------------------
-    async def start(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool, st: PoolState,
+    async def start(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool, st: PoolState,
                     current: int, desired: int, apply: Apply) -> None:
         """Choose the pods to remove and scale down now, or start draining them (the scale follows)."""
         ns, app = key
@@ -146,7 +146,7 @@ class ScaleIn:
             self._drain_then_scale(key, state, topo, pool, st, plan, to_drain, desired, bound, note, apply),
             name=f"drain:{ns}/{app}/{name}")
 
-    async def _drain_then_scale(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
+    async def _drain_then_scale(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                                 st: PoolState, plan: scalein.Plan, to_drain: tuple[scalein.Worker, ...],
                                 desired: int, bound: int, note: str, apply: Apply) -> None:
         ns, app = key
@@ -189,14 +189,14 @@ class ScaleIn:
         else:
             st.recheck_drained = not await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
 
-    def _count(self, key: Key, pool: str, victims: Iterable[scalein.Worker], *, drained: bool) -> None:
+    def _count(self, key: AppKey, pool: str, victims: Iterable[scalein.Worker], *, drained: bool) -> None:
         """Count the removed pods by what they held: nothing, work they finished draining, or work."""
         busy = [w for w in victims if not w.idle]
         idle = sum(1 for w in victims if w.idle)
         self.metrics.count_scale_in_pods(key[0], key[1], pool, "idle", idle)
         self.metrics.count_scale_in_pods(key[0], key[1], pool, "drained" if drained else "busy", len(busy))
 
-    async def _undrain(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
+    async def _undrain(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                        workers: Iterable[scalein.Worker], why: str) -> bool:
         """Consumers back on drained workers that stay, and their mark off; False when the workers could
         not be told (the next poll tries again)."""
@@ -215,7 +215,7 @@ class ScaleIn:
                                      f"{', '.join(w.pod for w in ws)} consume again: {why}", dedupe=False)
         return True
 
-    async def restore(self, key: Key, state: AppState, topo: Topology, pool: CeleryWorkerPool,
+    async def restore(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                       st: PoolState) -> None:
         """Pods marked drained that no drain of this process accounts for (an interrupted drain, or one
         whose pod the ReplicaSet kept) consume again. Reads the pod cache on a pool's first poll, after a

@@ -13,18 +13,17 @@ from typing import Any
 
 from celery_operator.endpoints import decode
 from celery_operator.kube.client import KubeClient
-from celery_operator.kube.informer import Informer
+from celery_operator.kube.informer import Informer, NamespacedName
 
 Body = dict[str, Any]
-Key = tuple[str, str]
 
 
 @dataclass
 class SecretCache:
     client: KubeClient
     informers: list[Informer] = field(default_factory=list)
-    on_change: Callable[[Key], None] | None = None  # (namespace, name) of a Secret that changed
-    _content: dict[Key, tuple[str, Body]] = field(default_factory=dict)  # key -> (resourceVersion, object)
+    on_change: Callable[[NamespacedName], None] | None = None  # (namespace, name) of a Secret that changed
+    _content: dict[NamespacedName, tuple[str, Body]] = field(default_factory=dict)  # key -> (resourceVersion, object)
 
     def observe(self, kind: str, new: Body | None, old: Body | None) -> None:
         obj = new or old

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
-Key = tuple[str, str]
-Work = Callable[[Key, bool], Awaitable[None]]  # (key, full)
+AppKey = tuple[str, str]  # (namespace, CeleryApp name)
+Work = Callable[[AppKey, bool], Awaitable[None]]  # (key, full)
 INF = float("inf")
 
 
@@ -27,24 +27,24 @@ class WorkQueue:
     work: Work
     workers: int = 16
     debounce_seconds: float = 0.2
-    _due: dict[Key, tuple[float, float]] = field(default_factory=dict)  # key -> (status-only when, full when)
-    _active: set[Key] = field(default_factory=set)
+    _due: dict[AppKey, tuple[float, float]] = field(default_factory=dict)  # key -> (status-only when, full when)
+    _active: set[AppKey] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def add(self, key: Key, *, full: bool = True, delay: float | None = None) -> None:
+    def add(self, key: AppKey, *, full: bool = True, delay: float | None = None) -> None:
         when = time.monotonic() + (self.debounce_seconds if delay is None else delay)
         status, whole = self._due.get(key, (INF, INF))
         self._due[key] = (status, min(whole, when)) if full else (min(status, when), whole)
         self._wake.set()
 
-    def forget(self, key: Key) -> None:
+    def forget(self, key: AppKey) -> None:
         self._due.pop(key, None)
 
     def pending(self) -> int:
         return len(self._due) + len(self._active)
 
-    def _next(self) -> tuple[Key, bool] | float:
+    def _next(self) -> tuple[AppKey, bool] | float:
         """A due key not being worked (and whether a full reconcile is due), or the seconds until the next."""
         now = time.monotonic()
         soonest = 1.0

@@ -21,10 +21,11 @@ from typing import Any
 import aiohttp
 
 from celery_operator.kube.client import ApiError, KubeClient, path_for
+from celery_operator.render.labels import has_labels
 
 log = logging.getLogger(__name__)
 Body = dict[str, Any]
-Key = tuple[str, str]  # (namespace, name)
+NamespacedName = tuple[str, str]  # (namespace, metadata.name)
 # (event type, the object now or None when deleted, the object before or None when new)
 OnChange = Callable[[str, Body | None, Body | None], None]
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -78,8 +79,8 @@ class Informer:
     lists: int = 0  # complete LISTs made (each may take several pages)
     pages: int = 0  # LIST requests made
     _packer: Packer = field(default_factory=Packer)
-    _store: dict[Key, bytes] = field(default_factory=dict)
-    _index: dict[tuple[str, str], set[Key]] = field(default_factory=dict)  # (namespace, label value) -> keys
+    _store: dict[NamespacedName, bytes] = field(default_factory=dict)
+    _index: dict[tuple[str, str], set[NamespacedName]] = field(default_factory=dict)  # (namespace, label value) -> keys
     _resource_version: str = ""
 
     def get(self, namespace: str, name: str) -> Body | None:
@@ -96,7 +97,7 @@ class Informer:
             found = [self._packer.unpack(self._store[k]) for k in keys if k in self._store]
         else:
             found = [self._packer.unpack(raw) for (ns, _), raw in self._store.items() if ns == namespace]
-        return [o for o in found if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+        return [o for o in found if has_labels(o, labels)]
 
     def put(self, obj: Body) -> Body | None:
         """Cache `obj` (also our own writes, before their watch event); returns what it replaced."""
@@ -110,13 +111,13 @@ class Informer:
                 self._index.setdefault((key[0], value), set()).add(key)
         return before
 
-    def _remove(self, key: Key) -> Body | None:
+    def _remove(self, key: NamespacedName) -> Body | None:
         before = self.get(*key)
         self._unindex(key, before)
         self._store.pop(key, None)
         return before
 
-    def _unindex(self, key: Key, before: Body | None) -> None:
+    def _unindex(self, key: NamespacedName, before: Body | None) -> None:
         if self.index_label is None or before is None:
             return
         value = (before["metadata"].get("labels") or {}).get(self.index_label)
@@ -138,7 +139,7 @@ class Informer:
         if self.label_selector:
             params["labelSelector"] = self.label_selector
         headers = {"Accept": METADATA_ACCEPT} if self.metadata_only else None
-        seen: set[Key] = set()
+        seen: set[NamespacedName] = set()
         while True:  # one page at a time: each is cached before the next is read
             body = await self.client.request("GET", path_for(self.kind, self.namespace), params=params,
                                              headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery_operator import api
@@ -28,6 +29,13 @@ def labels(app: str, component: str, instance: str, name: str = "celery",
     if pool is not None:
         out[api.LABEL_POOL] = pool
     return out
+
+
+def has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    """Whether `obj`'s `metadata.labels` carry every key=value of `wanted` (as a `matchLabels` selector
+    matches: an empty one matches everything). The one label match of the operator."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def selector(app: str, component: str, pool: str | None = None,
