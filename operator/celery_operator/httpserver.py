@@ -13,10 +13,9 @@ from aiohttp import web
 class Health:
     """What the probes read. `beat()` is called by the event loop's own ticker: a wedged loop fails liveness."""
 
-    started: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
     ready: bool = False
-    role: str = "starting"  # starting | follower | leader
+    role: str = "starting"  # starting | all apps (one replica, no shards) | shards [<held>] of <n> | standby
     stale_after: float = 30.0
 
     def beat(self) -> None:
