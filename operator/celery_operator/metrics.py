@@ -56,6 +56,7 @@ BROKER_UP: Final = "celery_operator_broker_up"
 BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
 BROKER_POLLS: Final = "celery_operator_broker_polls_total"
+POLLER_ERRORS: Final = "celery_operator_poller_errors_total"
 OWNED_APPS: Final = "celery_operator_owned_apps"
 SHARDS_HELD: Final = "celery_operator_shards_held"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
@@ -68,10 +69,11 @@ BEAT_SKIPPED_RUNS: Final = "celery_beat_skipped_runs_total"
 OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, QUEUE_WAIT, WAIT_SOURCE, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS, SCALE_IN_PODS,
-    BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
+    BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, POLLER_ERRORS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
     OWNED_APPS, SHARDS_HELD, BEAT_LAST_RUN, BEAT_NEXT_RUN, BEAT_SKIPPED_RUNS,
 )
-OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, SCALE_IN_PODS, RECONCILE_TOTAL, BROKER_POLLS, BEAT_SKIPPED_RUNS})
+OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, SCALE_IN_PODS, RECONCILE_TOTAL, BROKER_POLLS, POLLER_ERRORS,
+                                      BEAT_SKIPPED_RUNS})
 OPERATOR_HISTOGRAMS: Final = frozenset({BROKER_POLL_DURATION, RECONCILE_DURATION})
 
 QUEUE_LABELS: Final = ("namespace", "app", "queue_name")
@@ -241,6 +243,10 @@ class OperatorMetrics:
         self.broker_polls = Counter(
             BROKER_POLLS, "Broker polls of an app by result (success, error): polls are not reconciles.",
             (*APP_LABELS, "result"), registry=r)
+        self.poller_errors = Counter(
+            POLLER_ERRORS, "Polls of an app that raised: a bug of the operator, not a broker failure (that is a "
+            "broker poll with result error). Each is logged with its traceback; the poller goes on.", APP_LABELS,
+            registry=r)
         self.reconcile_count = Counter(
             RECONCILE_TOTAL, "Reconciliations by kind and result (success, error, retry).",
             ("kind", "result"), registry=r)
@@ -334,6 +340,10 @@ class OperatorMetrics:
         self.broker_poll_duration.observe((namespace, app), seconds)
         self.broker_polls.inc((namespace, app, "success" if ok else "error"))
 
+    def count_poller_error(self, namespace: str, app: str, amount: float = 1) -> None:
+        """A poll that raised (0: the app's series exists from its poller's start, "no errors" is a 0)."""
+        self.poller_errors.inc((namespace, app), amount)
+
     # --- beat -------------------------------------------------------------------------------------
 
     def set_beat_entries(self, namespace: str, app: str, entries: dict[str, BeatEntryState]) -> None:
@@ -353,7 +363,7 @@ class OperatorMetrics:
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
                        self.wait_source, self.depth_source, self.pool_replicas, self.pool_min_replicas,
                        self.pool_max_replicas, self.scale_events, self.scale_in_pods, self.broker_up,
-                       self.broker_poll_duration, self.broker_polls):
+                       self.broker_poll_duration, self.broker_polls, self.poller_errors):
             metric.remove_matching(namespace=namespace, app=app)
 
     # --- sharding -------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def populate(m: OperatorMetrics) -> None:
         m.set_pool_replicas("ns", app, "high", 1, 1, 1)
         m.set_broker_up("ns", app, True)
         m.observe_poll("ns", app, 0.02)
+        m.count_poller_error("ns", app)
         m.set_beat_entries("ns", app, {"tick": metrics.BeatEntryState(1767225600.0, 1767225610.0, 3)})
     m.count_reconcile("CeleryApp", "success")
 

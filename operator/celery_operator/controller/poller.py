@@ -65,6 +65,7 @@ class Poller:
     async def run(self, key: AppKey, state: AppState) -> None:
         """Poll until cancelled (the app left this replica, or was deleted); a drain this poller started
         is called off with it (its workers consume again: whoever polls the app next decides afresh)."""
+        self.metrics.count_poller_error(*key, 0)
         try:
             while True:
                 started = time.monotonic()
@@ -72,6 +73,7 @@ class Poller:
                     await self.poll(key, state)
                 except Exception:  # a bug, not a broker failure (that is in the poll's result): never stop polling
                     log.exception("polling %s/%s failed", *key)
+                    self.metrics.count_poller_error(*key)
                 await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
         finally:
             for st in state.pools.values():
