@@ -125,7 +125,6 @@ class Reason:
     SCALED_DOWN: Final = "ScaledDown"
     # A scale-in drains busy workers before removing them: their consumers stopped, their tasks finishing.
     DRAINING: Final = "Draining"
-    DEPTH_FROM_PASSIVE_DECLARE: Final = "DepthFromPassiveDeclare"
     INVALID_SPEC: Final = "InvalidSpec"
     DELETED_FROM_BROKER: Final = "DeletedFromBroker"
     RETAINED_ON_BROKER: Final = "RetainedOnBroker"

@@ -17,9 +17,7 @@ The HTTP server serves `exposition()`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
@@ -35,7 +33,7 @@ Direction = Literal["up", "down"]
 # What a pod removed by a scale-in held: nothing (idle, not ready, silent), work it finished while draining,
 # or work still running (no drain, or the drain's bound passed): the tasks the soft shutdown may cut.
 ScaleInState = Literal["idle", "drained", "busy"]
-ReconcileResult = Literal["success", "error", "retry"]
+ReconcileResult = Literal["success", "error"]
 # The kind whose reconciles are counted (the operator reconciles apps: api.APP).
 RECONCILED_KIND: Final = "CeleryApp"
 DepthSource = Literal["management", "passive", "redis"]
@@ -248,7 +246,7 @@ class OperatorMetrics:
             "broker poll with result error). Each is logged with its traceback; the poller goes on.", APP_LABELS,
             registry=r)
         self.reconcile_count = Counter(
-            RECONCILE_TOTAL, "Reconciliations by kind and result (success, error, retry).",
+            RECONCILE_TOTAL, "Reconciliations by kind and result (success, error).",
             ("kind", "result"), registry=r)
         # Every result at 0 from the start (as controller-runtime's reconcile_total): "no errors" is a 0, not
         # a missing series, so the dashboard's error panel and rate()-based alerts have data before the first.
@@ -379,21 +377,6 @@ class OperatorMetrics:
 
     def observe_reconcile(self, kind: str, seconds: float) -> None:
         self.reconcile_duration.observe((kind,), seconds)
-
-    @contextmanager
-    def reconciling(self, kind: str) -> Iterator[None]:
-        """Time a reconciliation and count it: success, or error when the block raises an Exception
-        (a cancellation is timed but not counted)."""
-        start = time.perf_counter()
-        try:
-            yield
-        except Exception:
-            self.count_reconcile(kind, "error")
-            raise
-        else:
-            self.count_reconcile(kind, "success")
-        finally:
-            self.observe_reconcile(kind, time.perf_counter() - start)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric: only the series that changed since are formatted."""

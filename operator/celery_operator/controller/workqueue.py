@@ -41,9 +41,6 @@ class WorkQueue:
     def forget(self, key: AppKey) -> None:
         self._due.pop(key, None)
 
-    def pending(self) -> int:
-        return len(self._due) + len(self._active)
-
     def _next(self) -> tuple[AppKey, bool] | float:
         """A due key not being worked (and whether a full reconcile is due), or the seconds until the next."""
         now = time.monotonic()

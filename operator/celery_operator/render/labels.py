@@ -8,8 +8,6 @@ from typing import Any
 from celery_operator import api
 from celery_operator.models import Meta
 
-Manifest = dict[str, Any]
-
 
 def labels(app: str, component: str, instance: str, name: str = "celery",
            pool: str | None = None) -> dict[str, str]:
