@@ -35,6 +35,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    metric_line,
     pod_names,
     secret,
     start_operator,
@@ -448,14 +449,6 @@ def pod_events(cp: ControlPlane, ns: str, selector: str) -> Iterator[list[tuple[
         proc.terminate()
         proc.wait(10)
         reader.join(5)
-
-
-def metric_line(op: OperatorProcess, name: str, **labels: str) -> float | None:
-    text = op.get("/metrics")[1]
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def recreate_at_once(h: Harness, trials: int = 1) -> Outcome:

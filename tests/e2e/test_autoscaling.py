@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    metric_line,
     secret,
     wait_for,
     wait_ready,
@@ -75,6 +75,16 @@ class Scaled:
         assert p is not None
         return p
 
+    def polls(self, result: str) -> float:
+        return metric_line(self.operator, "celery_operator_broker_polls_total", app="proj", namespace=self.ns,
+                           result=result) or 0.0
+
+    def wait_polls(self, n: int, result: str) -> None:
+        """Until the operator has polled the broker `n` more times with `result` (success, error) and decided
+        on each (a poll's scale decision follows its count: the next poll's count shows it is done)."""
+        start = self.polls(result)
+        wait_for(lambda: self.polls(result) >= start + n + 1, 30 + 10 * n, f"{n} more polls ({result})")
+
 
 def _setup(cluster: Cluster, ns: str, factory: OperatorFactory, tmp: Path, image: str, broker_url: str, mgmt: str,
            backend_url: str, autoscaling: dict[str, Any], **kw: Any) -> Scaled:
@@ -121,7 +131,7 @@ def test_a_pool_at_zero_wakes_only_above_activation(rabbit_scaled: Scaled) -> No
     wait_for(lambda: s.replicas() == 0, 30, "pool at zero")
     s.publish(3)
     wait_for(lambda: s.pool()["status"].get("queueDepth") == 3, 30, "3 messages measured")
-    time.sleep(3)  # three more polls
+    s.wait_polls(3, "success")  # three more decisions on 3 messages
     assert s.replicas() == 0
     s.publish(3)
     wait_for(lambda: s.replicas() == 1, 30, "6 messages > activation 5 wake the pool")
@@ -142,8 +152,9 @@ def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled
         return st if st.get("queueDepth") == 0 and st.get("messagesInFlight") == 6 else None
 
     wait_for(all_in_flight, 150, "every task taken by a worker")
-    time.sleep(6)  # three times the scale-down window: ready is 0, in flight is 6
+    s.wait_polls(7, "success")  # 1 s apart: over three times the scale-down window, ready 0 and in flight 6
     assert s.replicas() == 3
+    assert s.pool()["status"]["desiredReplicas"] == 3
 
 
 def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
@@ -163,7 +174,7 @@ def test_a_broker_outage_holds_replicas_and_recovers_by_itself(
 
     wait_for(degraded, 60, "Degraded/BrokerUnreachable")
     assert f'celery_operator_broker_up{{app="proj",namespace="{namespace}"}} 0.0' in s.operator.get("/metrics")[1]
-    time.sleep(3)
+    s.wait_polls(3, "error")  # scaleDownStabilizationSeconds 0: a scale-down on missing data would be at once
     assert s.replicas() == 3  # never scaled down on missing data
     broker.start()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from tests.fixtures.operator import (
     apply,
     condition,
     get,
+    metric_line,
     pod_logs,
     sample_documents,
     secret,
@@ -248,14 +248,21 @@ def test_the_operator_survives_every_invalid_object_the_api_server_admits(
         seeded: Seeded) -> None:
     from localenv.procs import REPO
 
-    admitted = 0
+    admitted: set[str] = set()  # kubectl's <resource>.<group>/<name>
     for f in sorted((REPO / "tests" / "invalid").glob("*.yaml")):
         for doc in (d for d in f.read_text().split("\n---\n") if "kind:" in d):
             r = seeded.cp.kubectl("apply", "-n", seeded.ns, "-f", "-", input=doc, check=False)
-            admitted += r.returncode == 0
-    assert admitted >= 2  # the corpus's multi-document files start with admitted objects
+            if r.returncode == 0:
+                admitted.add(r.stdout.split()[0])
+    assert len(admitted) >= 2  # the corpus's multi-document files start with admitted objects
+
+    def all_reported() -> bool:  # the operator wrote a status for what each object is now
+        items = json.loads(seeded.kubectl("get", *sorted(admitted), "-o", "json"))["items"]
+        return len(items) == len(admitted) and all(
+            (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"] for o in items)
+
     # Every admitted object is reconciled or reported; the operator keeps serving and working.
-    time.sleep(5)
+    wait_for(all_reported, 60, "a status of their generation on every admitted object")
     assert seeded.operator.proc.poll() is None
     assert seeded.operator.get("/healthz")[0] == 200
     q = {"apiVersion": api.API_VERSION, "kind": "CeleryQueue", "metadata": {"name": "after-corpus"},
@@ -299,9 +306,10 @@ def test_managed_brokers_get_credentials_once_and_keep_them_across_restarts(
     assert status["brokerSecretRef"]["name"] == "managed-broker"
 
     op.stop(10)
-    operator_factory("--namespace", namespace, "--no-leader-election", name="restarted")
+    restarted = operator_factory("--namespace", namespace, "--no-leader-election", name="restarted")
     control_plane.kubectl("annotate", "celeryapp", "managed", "-n", namespace, "touch=1")
-    time.sleep(5)
+    wait_for(lambda: (metric_line(restarted, "celery_operator_reconcile_total", kind="CeleryApp",
+                                  result="success") or 0) >= 1, 60, "the restarted operator's reconcile of the app")
     after = children()
     assert after is not None
     assert after["secret/managed-broker"]["data"] == broker_secret["data"]
