@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,26 +30,9 @@ from tests.fixtures.brokers import E2E_BROKERS_NAMESPACE  # noqa: E402
 from tests.fixtures.cluster_brokers import PodRabbitMQ, PodRedis  # noqa: E402
 from tests.fixtures.servers import Images, install_crds, operator_identity  # noqa: E402
 
-from localenv.cluster import Cluster  # noqa: E402
+from localenv.cluster import running_or_own  # noqa: E402
 
 HEADER = ["fault", "trials", "converged", "tasks lost", "duplicate objects", "time to recover (s)"]
-
-
-@contextlib.contextmanager
-def cluster(tmp: Path) -> Iterator[Cluster]:
-    flag = os.environ.get("LOCALENV_REUSE", "")
-    state = Path(flag) if flag not in ("", "1") else REPO / ".local" / "state.json"
-    if state.exists():
-        c = Cluster.attach(json.loads(state.read_text()), state_file=state)
-        c.refresh_images()
-        yield c
-        return
-    c = Cluster(workdir=tmp / "cluster")
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, Callable[[faults.Harness], list[faults.Outcome]]]:
@@ -95,7 +77,7 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="faults-"))
         if args.keep:
             print(f"keeping logs in {d}", file=sys.stderr)
-        c = stack.enter_context(cluster(Path(d)))
+        c = stack.enter_context(running_or_own(Path(d) / "cluster"))
         cp = c.control_plane
         install_crds(cp)
         kubeconfig = operator_identity(cp, Path(d))

@@ -42,7 +42,6 @@ import copy
 import itertools
 import json
 import math
-import os
 import secrets
 import signal
 import statistics
@@ -68,7 +67,7 @@ from celery_operator import api  # noqa: E402
 from celery_operator.offline import render_documents  # noqa: E402
 from celery_operator.render import names  # noqa: E402
 from localenv import keda  # noqa: E402
-from localenv.cluster import Cluster  # noqa: E402
+from localenv.cluster import Cluster, running_or_own  # noqa: E402
 
 ARMS = ("ours", "keda", "tuned")
 TARGET = 5  # messages per replica (every arm)
@@ -83,18 +82,6 @@ OUTAGE_SECONDS = 60
 
 def log(msg: str) -> None:
     print(f"  {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def cluster() -> Iterator[Cluster]:
-    state = Path(os.environ.get("LOCALENV_REUSE") or REPO / ".local" / "state.json")
-    if state.exists():
-        c = Cluster.attach(json.loads(state.read_text()))
-        c.refresh_images()
-        yield c
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d, Cluster(workdir=Path(d)) as c:
-        yield c
 
 
 # -- the brokers -------------------------------------------------------------------------------------
@@ -631,7 +618,7 @@ def main() -> int:
     args = p.parse_args()
     rows = {int(r) for r in args.rows.split(",")}
     results: dict[str, dict[str, Figures]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-keda-") as d, cluster() as c:
+    with tempfile.TemporaryDirectory(prefix="bench-keda-") as d, running_or_own() as c:
         cp = c.control_plane
         print(f"KEDA v{keda.version()}: ", end="", flush=True)
         print("installed already" if keda.installed(c) else f"installed in {keda.install(c):.0f}s", flush=True)

@@ -19,7 +19,6 @@ RabbitMQ and Redis run as pods in a namespace of the benchmark's own, the operat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -27,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +37,10 @@ from tests.fixtures.brokers import RedisDb, Vhost  # noqa: E402
 from tests.fixtures.cluster_brokers import PodRabbitMQ, PodRedis  # noqa: E402
 from tests.fixtures.operator import OperatorProcess  # noqa: E402
 
-from localenv.cluster import Cluster  # noqa: E402
+from localenv.cluster import Cluster, running_or_own  # noqa: E402
 from localenv.procs import free_port, spawn, stop  # noqa: E402
 
 BROKERS_NAMESPACE = "bench-scale-in-brokers"
-
-
-@contextlib.contextmanager
-def cluster() -> Iterator[Cluster]:
-    state = Path(os.environ.get("LOCALENV_REUSE") or REPO / ".local" / "state.json")
-    if state.exists():
-        c = Cluster.attach(json.loads(state.read_text()))
-        c.refresh_images()
-        yield c
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d, Cluster(workdir=Path(d)) as c:
-        yield c
 
 
 def trial(c: Cluster, rabbit: PodRabbitMQ, redis_server: PodRedis, db: int, tmp: Path) -> tuple[Arm, Arm]:
@@ -105,7 +91,7 @@ def main() -> int:
     args = p.parse_args()
     ours: list[Arm] = []
     base: list[Arm] = []
-    with tempfile.TemporaryDirectory(prefix="bench-scale-in-") as d, cluster() as c:
+    with tempfile.TemporaryDirectory(prefix="bench-scale-in-") as d, running_or_own() as c:
         tmp = Path(d)
         cp = c.control_plane
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))

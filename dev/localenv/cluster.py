@@ -8,10 +8,13 @@ undoes all of it, on the host too (localenv.node).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from localenv import addons
 from localenv.controlplane import ControlPlane
 from localenv.images import Images
 from localenv.node import CLUSTER_DNS_IP, CLUSTER_DOMAIN, Node
+from localenv.procs import REPO
 
 # Images every cluster loads: the sandbox, the add-ons, and what tests and the demo run.
 NODE_IMAGES = ("pause", "coredns", "local-path-provisioner", "debian")
@@ -130,3 +134,24 @@ class Cluster:
             self.control_plane.stop()
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def reuse_state_file() -> Path:
+    """Where `make up` wrote its cluster's state: LOCALENV_REUSE=<state.json>, else `.local/state.json`."""
+    flag = os.environ.get("LOCALENV_REUSE", "")
+    return Path(flag) if flag not in ("", "1") else REPO / ".local" / "state.json"
+
+
+@contextlib.contextmanager
+def running_or_own(workdir: Path | None = None) -> Iterator[Cluster]:
+    """The cluster `make up` started when there is one (`reuse_state_file()`), its images rebuilt from the
+    current sources and left running after the block; else a cluster of the block's own (in `workdir`, or a
+    temporary directory), stopped after it. One node runs per machine: never both."""
+    state = reuse_state_file()
+    if state.exists():
+        c = Cluster.attach(json.loads(state.read_text()), state_file=state)
+        c.refresh_images()
+        yield c
+        return
+    with Cluster(workdir=workdir) as c:
+        yield c
