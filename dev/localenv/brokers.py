@@ -64,6 +64,31 @@ def management_request(client: ManagementClient, method: str, path: str, body: A
         raise OSError(str(e)) from e
 
 
+class RabbitMQAdmin:
+    """What tests and benchmarks do as a RabbitMQ's administrator `user`, through its management API (`api`)."""
+
+    user = "admin"
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
+        raise NotImplementedError
+
+    def add_vhost(self, name: str) -> None:
+        q = urllib.parse.quote(name, safe="")
+        self.api("PUT", f"/api/vhosts/{q}", {})
+        self.api("PUT", f"/api/permissions/{q}/{self.user}", {"configure": ".*", "write": ".*", "read": ".*"})
+
+    def delete_vhost(self, name: str) -> None:
+        try:
+            self.api("DELETE", f"/api/vhosts/{urllib.parse.quote(name, safe='')}")
+        except ServerError as e:
+            if "HTTP 404" not in str(e):
+                raise
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"/api/queues/{urllib.parse.quote(vhost, safe='')}/"
+                                    f"{urllib.parse.quote(name, safe='')}"))
+
+
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the process group, then SIGKILL it after `timeout` seconds (at once when 0)."""
     if proc.poll() is not None:
@@ -190,11 +215,10 @@ class Redis(_Server):
         return tail(self.logfile)
 
 
-class RabbitMQ(_Server):
+class RabbitMQ(_Server, RabbitMQAdmin):
     """`rabbitmq-server` with the management plugin, an admin user and isolated Erlang distribution."""
 
     name = "rabbitmq"
-    user = "admin"
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         super().__init__(workdir)
@@ -329,19 +353,6 @@ class RabbitMQ(_Server):
         """Call the management HTTP API (the operator's client); the decoded JSON (None for empty bodies).
         An HTTP error is a ServerError ("... HTTP <code> ..."); no answer, an OSError."""
         return management_request(self._management, method, path, body, timeout)
-
-    def add_vhost(self, name: str) -> None:
-        q = urllib.parse.quote(name, safe="")
-        self.api("PUT", f"/api/vhosts/{q}", {})
-        self.api("PUT", f"/api/permissions/{q}/{self.user}",
-                 {"configure": ".*", "write": ".*", "read": ".*"})
-
-    def delete_vhost(self, name: str) -> None:
-        try:
-            self.api("DELETE", f"/api/vhosts/{urllib.parse.quote(name, safe='')}")
-        except ServerError as e:
-            if "HTTP 404" not in str(e):
-                raise
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
         """Run rabbitmqctl against this node (its name, cookie and epmd); returns stdout."""
