@@ -59,22 +59,10 @@ def deployment(topology: Topology, broker_ref: SecretKeyRef, backend_ref: Secret
     spec = pod.pod_spec(topology, container, template, TERMINATION_GRACE_PERIOD_SECONDS)
     spec["serviceAccountName"] = service_account(topology)
     spec["automountServiceAccountToken"] = True  # the scheduler talks to the API server
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": lbl.metadata(name, ns, own, owner),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_BEAT)},
-            "revisionHistoryLimit": 3,
-            "template": {
-                "metadata": pod.template_metadata(own, template,
-                                                  {api.ANNOTATION_CONFIG_HASH: config_hash,
-                                                   **pod.METRICS_ANNOTATIONS}),
-                "spec": spec,
-            },
-        },
-    }
+    return pod.recreate_deployment(
+        lbl.metadata(name, ns, own, owner), lbl.selector(app_name, api.COMPONENT_BEAT),
+        pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash, **pod.METRICS_ANNOTATIONS}),
+        spec)
 
 
 def _metadata(topology: Topology, name: str, owner: dict[str, Any] | None) -> Body:

@@ -129,18 +129,9 @@ def deployment(topology: Topology, broker_ref: SecretKeyRef, backend_ref: Secret
     container["readinessProbe"] = {**probe, "periodSeconds": 10, "failureThreshold": 3}
     container["livenessProbe"] = {**probe, "periodSeconds": 30, "failureThreshold": 3}
     spec = pod.pod_spec(topology, container, template, 30)
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": lbl.metadata(name, ns, own, owner),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_FLOWER)},
-            "revisionHistoryLimit": 3,
-            "template": {"metadata": pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash}),
-                         "spec": spec},
-        },
-    }
+    return pod.recreate_deployment(
+        lbl.metadata(name, ns, own, owner), lbl.selector(app_name, api.COMPONENT_FLOWER),
+        pod.template_metadata(own, template, {api.ANNOTATION_CONFIG_HASH: config_hash}), spec)
 
 
 def service(app: CeleryApp, owner: dict[str, Any] | None) -> Body:

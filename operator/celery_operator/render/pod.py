@@ -162,6 +162,22 @@ def pod_spec(topology: Topology, container: Body, template: PodTemplate,
     return spec
 
 
+def recreate_deployment(metadata: Body, selector: dict[str, str], template_metadata: Body, spec: Body) -> Body:
+    """A Deployment of one pod that is replaced, never doubled (beat, Flower): the old pod is gone before the new
+    one starts."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 3,
+            "template": {"metadata": template_metadata, "spec": spec},
+        },
+    }
+
+
 def template_metadata(own_labels: dict[str, str], template: PodTemplate,
                       annotations: dict[str, str]) -> Body:
     """Pod template metadata: the user's labels/annotations, ours winning on the same key."""
