@@ -92,6 +92,9 @@ class KubeApi:
         self.base = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
         self.token_file = os.path.join(account_dir, "token")
         self.context = ssl.create_default_context(cafile=os.path.join(account_dir, "ca.crt"))
+        # Python 3.13 made X.509 checks strict by default (a CA without a keyUsage extension is refused);
+        # kubectl and client-go accept such cluster CAs, and so does beat, on every Python.
+        self.context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
