@@ -50,6 +50,10 @@ ANNOTATION_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cos
 # On a worker pod whose consumers the operator stopped to drain it before a scale-in (RFC 3339 time): a pod
 # that outlives its drain (the scale-in was called off, the operator restarted) gets its consumers back.
 ANNOTATION_DRAINED: Final = f"{GROUP}/drained-at"
+# Poison tasks: on a CeleryApp, ask the operator to put quarantined tasks back on their queues (replay) or to
+# drop them (purge): `all`, `task=<name>[,...]` or `id=<id>[,...]`; it removes the annotation when done.
+ANNOTATION_REPLAY_QUARANTINE: Final = f"{GROUP}/replay-quarantine"
+ANNOTATION_PURGE_QUARANTINE: Final = f"{GROUP}/purge-quarantine"
 
 # Components (values of LABEL_COMPONENT).
 COMPONENT_WORKER: Final = "worker"
@@ -102,6 +106,9 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 # On CeleryWorkerPools: True while scaling is paused (spec.autoscaling.paused or the annotations).
 AUTOSCALING_PAUSED: Final = "AutoscalingPaused"
+# On CeleryWorkerPools: True while tasks from its queues wait in quarantine (they killed maxWorkerDeaths workers).
+TASKS_QUARANTINED: Final = "TasksQuarantined"
+
 
 
 class Reason:
@@ -154,6 +161,12 @@ class Reason:
     # tell, e.g. a DST change), or it names a time zone the operator does not know.
     SCHEDULE_OVERLAPS: Final = "ScheduleOverlaps"
     INVALID_SCHEDULE: Final = "InvalidSchedule"
+    # Poison tasks: tasks set aside in quarantine (condition TasksQuarantined and a Warning Event per task);
+    # the replay of quarantined tasks (annotation REPLAY_QUARANTINE_ANNOTATION on the app).
+    TASKS_QUARANTINED: Final = "TasksQuarantined"
+    NO_TASKS_QUARANTINED: Final = "NoTasksQuarantined"
+    QUARANTINE_OFF: Final = "QuarantineOff"
+    QUARANTINE_REPLAYED: Final = "QuarantineReplayed"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"
@@ -183,6 +196,20 @@ ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_MULTIPROC_DIR: Final = "/tmp/celery-operator-metrics"
 # Override of METRICS_PORT for tests, benchmarks and local runs; "0" turns the metrics hooks off.
 ENV_METRICS_PORT: Final = "CELERY_OPERATOR_METRICS_PORT"
+
+# Poison tasks (runtime/celery_operator_poison.py, and the pure module it shares with the operator,
+# celery_operator.poison, shipped as celery_operator_poison_rules.py): set on worker pods from the pool's
+# maxWorkerDeaths; the termination message file the worker keeps its tasks in flight in.
+POISON_MODULE: Final = "celery_operator_poison"
+POISON_FILE: Final = f"{POISON_MODULE}.py"
+POISON_RULES_MODULE: Final = "celery_operator_poison_rules"
+POISON_RULES_FILE: Final = f"{POISON_RULES_MODULE}.py"
+ENV_MAX_WORKER_DEATHS: Final = "CELERY_OPERATOR_MAX_WORKER_DEATHS"
+ENV_TERMINATION_LOG: Final = "CELERY_OPERATOR_TERMINATION_LOG"
+ENV_INFLIGHT_DIR: Final = "CELERY_OPERATOR_INFLIGHT_DIR"
+TERMINATION_LOG: Final = "/dev/termination-log"
+INFLIGHT_DIR: Final = "/tmp/celery-operator-inflight"
+DEFAULT_MAX_WORKER_DEATHS: Final = 2
 
 # Beat (render/beat.py, the scheduler module celery_operator_beat.py and the pure schedule module it shares
 # with the operator, celery_operator.schedule, shipped as celery_operator_schedule.py).

@@ -1,4 +1,4 @@
-"""`celery-operator run | render | producer-patch | crds`."""
+"""`celery-operator run | render | producer-patch | crds | quarantine`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     producer.add_argument("--container", required=True, help="name of the producer's container")
     producer.add_argument("-n", "--namespace", default="default", help="namespace of CRs that name none")
 
+    from celery_operator import quarantine_cli
+
+    quarantine_cli.add_parser(sub)
     crds = sub.add_parser("crds", help="write (or print) the CRDs generated from the schema")
     crds.add_argument("--out", type=Path, help="folder to write one YAML per kind into (default: print)")
     return p
@@ -100,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write(yaml.safe_dump_all(list(schema.all_crds().values()), sort_keys=False))
         return 0
+    if args.command == "quarantine":
+        _without_client_libraries()
+        import asyncio
+
+        from celery_operator import quarantine_cli
+
+        return asyncio.run(quarantine_cli.run(args))
     return 2
 
 

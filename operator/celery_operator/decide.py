@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator import api, autoscale, conditions, cron, drift, schedule, workloads
+from celery_operator import api, autoscale, conditions, cron, drift, quarantine, schedule, workloads
 from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.conditions import Condition
 from celery_operator.endpoints import Endpoint
@@ -81,6 +81,10 @@ class Facts:
     reconcile_error: str | None = None
     flower_problem: tuple[str, str] | None = None  # (reason, message): Flower enabled but not run
     now: float = 0.0  # epoch seconds (the year from which a schedule's DST changes are checked); 0: 2025
+    # Poison tasks: the quarantine records the workers wrote to the app's Redis, newest first (None: not read,
+    # e.g. no Redis to read them from, `quarantine_problem` says why).
+    quarantined: list[Body] | None = None
+    quarantine_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,8 @@ def _app(facts: Facts, topo: Topology) -> Desired:
     if conds is None:
         conds = _problems(topo, api.APP, app.meta.name)
     fields["flower"], flower_cond, events = flower_status(facts, topo)
+    if facts.quarantined is not None:
+        fields["quarantinedTasks"] = quarantine.app_list(facts.quarantined)
     return Desired(fields, [*(conds or conditions.ready()), flower_cond], events)
 
 
@@ -280,8 +286,18 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
     year = time.gmtime(facts.now).tm_year if facts.now else 2025
     own = [Problem(r, m) for r, m in schedule_problems(pool, year)]
 
+    pool_pods = [p for p in facts.pods if match and has_labels(p, match)]
+    poison = quarantine.pool_report(topo.pool_queues(pool), facts.quarantined or [], pool_pods,
+                                    ((body or {}).get("status") or {}).get("quarantinedTaskIds") or [],
+                                    pool.max_worker_deaths)
+    fields.update(poison.fields)
+    poison_cond = poison.condition
+    if facts.quarantined is None and facts.quarantine_problem is not None:
+        poison_cond = Condition(api.TASKS_QUARANTINED, False, api.Reason.QUARANTINE_OFF, facts.quarantine_problem)
+    events += tuple(Event(*e) for e in poison.events)
+
     def done(conds: list[Condition]) -> Desired:
-        return Desired(fields, [*conds, pause_cond], events)
+        return Desired(fields, [*conds, pause_cond, poison_cond], events)
 
     # Warnings (settings that bite) show once the workers are ready; until then, their progress does.
     conds = _problems(topo, api.POOL, pool.meta.name, warnings=False)

@@ -55,6 +55,8 @@ BROKER_POLL_DURATION: Final = "celery_operator_broker_poll_duration_seconds"
 RECONCILE_TOTAL: Final = "celery_operator_reconcile_total"
 BROKER_POLLS: Final = "celery_operator_broker_polls_total"
 POLLER_ERRORS: Final = "celery_operator_poller_errors_total"
+QUARANTINED_TASKS: Final = "celery_operator_quarantined_tasks"
+WORKER_DEATHS: Final = "celery_operator_pool_worker_deaths"
 OWNED_APPS: Final = "celery_operator_owned_apps"
 SHARDS_HELD: Final = "celery_operator_shards_held"
 RECONCILE_DURATION: Final = "celery_operator_reconcile_duration_seconds"
@@ -68,7 +70,7 @@ OPERATOR_METRIC_NAMES: Final[tuple[str, ...]] = (
     QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_IN_FLIGHT, QUEUE_WAIT, WAIT_SOURCE, DEPTH_SOURCE,
     POOL_REPLICAS, POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, SCALE_EVENTS, SCALE_IN_PODS,
     BROKER_UP, BROKER_POLL_DURATION, BROKER_POLLS, POLLER_ERRORS, RECONCILE_TOTAL, RECONCILE_DURATION, BUILD_INFO,
-    OWNED_APPS, SHARDS_HELD, BEAT_LAST_RUN, BEAT_NEXT_RUN, BEAT_SKIPPED_RUNS,
+    OWNED_APPS, SHARDS_HELD, BEAT_LAST_RUN, BEAT_NEXT_RUN, BEAT_SKIPPED_RUNS, QUARANTINED_TASKS, WORKER_DEATHS,
 )
 OPERATOR_COUNTERS: Final = frozenset({SCALE_EVENTS, SCALE_IN_PODS, RECONCILE_TOTAL, BROKER_POLLS, POLLER_ERRORS,
                                       BEAT_SKIPPED_RUNS})
@@ -233,6 +235,12 @@ class OperatorMetrics:
         self.scale_in_pods = Counter(
             SCALE_IN_PODS, "Worker pods removed by the autoscaler's scale-ins, by what they held then: "
             "idle, drained (their tasks finished first) or busy.", (*POOL_LABELS, "state"), registry=r)
+        self.quarantined_tasks = Gauge(
+            QUARANTINED_TASKS, "Tasks waiting in the app's quarantine queues (they killed maxWorkerDeaths workers), "
+            "by task name.", (*APP_LABELS, "task"), registry=r)
+        self.worker_deaths = Gauge(
+            WORKER_DEATHS, "The pool's running worker containers whose last run died, by how (the kubelet's reason: "
+            "OOMKilled, Error, ...).", (*POOL_LABELS, "reason"), registry=r)
         self.broker_up = Gauge(
             BROKER_UP, "1 when the app's last broker poll succeeded, 0 when it failed.", APP_LABELS, registry=r)
         self.broker_poll_duration = Histogram(
@@ -331,6 +339,17 @@ class OperatorMetrics:
 
     # --- brokers --------------------------------------------------------------------------------
 
+    def set_quarantined(self, namespace: str, app: str, by_task: dict[str, int]) -> None:
+        """Quarantined tasks per task name (a name no longer there loses its series)."""
+        self.quarantined_tasks.remove_matching(namespace=namespace, app=app)
+        for task, n in by_task.items():
+            self.quarantined_tasks.set((namespace, app, task), n)
+
+    def set_worker_deaths(self, namespace: str, app: str, pool: str, by_reason: dict[str, int]) -> None:
+        self.worker_deaths.remove_matching(namespace=namespace, app=app, pool=pool)
+        for reason, n in by_reason.items():
+            self.worker_deaths.set((namespace, app, pool, reason), n)
+
     def set_broker_up(self, namespace: str, app: str, up: bool) -> None:
         self.broker_up.set((namespace, app), 1 if up else 0)
 
@@ -361,7 +380,8 @@ class OperatorMetrics:
         for metric in (self.queue_length, self.queue_in_flight, self.queue_consumers, self.queue_wait,
                        self.wait_source, self.depth_source, self.pool_replicas, self.pool_min_replicas,
                        self.pool_max_replicas, self.scale_events, self.scale_in_pods, self.broker_up,
-                       self.broker_poll_duration, self.broker_polls, self.poller_errors):
+                       self.broker_poll_duration, self.broker_polls, self.poller_errors,
+                       self.quarantined_tasks, self.worker_deaths):
             metric.remove_matching(namespace=namespace, app=app)
 
     # --- sharding -------------------------------------------------------------------------------

@@ -473,6 +473,7 @@ class CeleryWorkerPool:
     env: list[Body]
     pod_template: PodTemplate
     autoscaling: Autoscaling | None
+    max_worker_deaths: int = api.DEFAULT_MAX_WORKER_DEATHS
 
     @classmethod
     def of(cls, body: Body) -> CeleryWorkerPool:
@@ -487,6 +488,7 @@ class CeleryWorkerPool:
             prefetch_multiplier=s["prefetchMultiplier"],
             max_tasks_per_child=s.get("maxTasksPerChild"),
             max_memory_per_child_kib=s.get("maxMemoryPerChildKiB"),
+            max_worker_deaths=s.get("maxWorkerDeaths", api.DEFAULT_MAX_WORKER_DEATHS),
             time_limit_seconds=s.get("timeLimitSeconds"),
             soft_time_limit_seconds=s.get("softTimeLimitSeconds"),
             termination_grace_period_seconds=s["terminationGracePeriodSeconds"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
@@ -66,3 +67,32 @@ def scheduled(self: Any, entry: str) -> str:
     when = request.get(SCHEDULED_TIME_HEADER) or (getattr(request, "headers", None) or {}).get(SCHEDULED_TIME_HEADER)
     logger.info("scheduled run of %s at %s", entry, when)
     return f"{entry}@{when}"
+
+
+# Poison tasks (celery-operator's maxWorkerDeaths): each kills the worker process running it until the pool
+# sets FIXED_ENV to "1" (a pool env var: changing it rolls the pods), standing for the fix a user ships.
+FIXED_ENV = "SAMPLE_TASKS_POISON_FIXED"
+
+
+def _fixed() -> bool:
+    return os.environ.get(FIXED_ENV) == "1"
+
+
+@shared_task(name="sample_tasks.tasks.hog")
+def hog(mebibytes: int) -> str:
+    """Allocate `mebibytes` MiB and touch every page: past the container's memory limit the kernel's OOM
+    killer ends the process (with prefork, the child; the container, when it is the only process)."""
+    if _fixed():
+        return "fixed"
+    chunks = []
+    for _ in range(mebibytes):
+        chunks.append(bytearray(1024 * 1024))  # zero-filled: every page is written
+    return f"allocated {len(chunks)} MiB"
+
+
+@shared_task(name="sample_tasks.tasks.crash")
+def crash(code: int = 1) -> str:
+    """Leave the interpreter at once (`os._exit`): no exception, no cleanup, as a crash in a C extension."""
+    if _fixed():
+        return "fixed"
+    os._exit(code)

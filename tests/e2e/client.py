@@ -69,6 +69,13 @@ def main(what: str) -> None:
             ids = [slow.apply_async((float(seconds),), queue=queue, producer=producer, **extra).id
                    for _ in range(int(n))]
         out = {"ids": ids}
+    elif what.startswith("send:"):
+        # Tasks by name, not awaited: `send:QUEUE:TASK:JSON_ARGS[:N]` -> their ids.
+        _, queue, name, args, *n = what.split(":", 4)
+        with app.producer_or_acquire() as producer:
+            ids = [app.send_task(name, tuple(json.loads(args)), queue=queue, producer=producer).id
+                   for _ in range(int(n[0]) if n else 1)]
+        out = {"ids": ids}
     print(json.dumps(out))
 
 

@@ -18,6 +18,7 @@ PROMTOOL_TESTS = REPO / "tests" / "promtool"
 EXPECTED_ALERTS = {
     "CeleryQueueBacklogHigh", "CeleryWorkerPoolSaturated", "CeleryQueueNoConsumers", "CeleryBrokerDown",
     "CeleryOperatorReconcileErrors", "CeleryTaskFailureRatioHigh", "CeleryWorkersDown", "CeleryBeatEntryOverdue",
+    "CeleryTaskQuarantined",
 }
 
 

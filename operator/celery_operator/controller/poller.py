@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from celery_operator import api, autoscale, conditions
-from celery_operator.brokers import connect
+from celery_operator import api, autoscale, conditions, quarantine
+from celery_operator.brokers import connect, ledger
 from celery_operator.brokers.base import BrokerError, DepthReport
 from celery_operator.controller.observe import AppKey, ClusterCache
 from celery_operator.controller.scalein_executor import ScaleIn
@@ -112,6 +112,8 @@ class Poller:
         was_up = state.broker_up
         state.broker_up, state.report, state.poll_error = report is not None, report, error
         self.metrics.set_broker_up(ns, name, report is not None)
+        await self._replay_quarantine(key, state)
+        await self._read_quarantine(key, state)
         if report is not None:
             state.waits = self._waits(state, report)
             self.metrics.set_depth_source(ns, name, report.source)
@@ -142,7 +144,67 @@ class Poller:
         pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time,
                               p.view().wait_seconds, p.paused, p.schedule, p.fallback)
                              for n, p in state.pools.items()))
-        return state.broker_up, state.poll_error, queues, pools, state.failed_polls
+        quarantined = None if state.quarantined is None else tuple(str(r.get("id")) for r in state.quarantined)
+        return state.broker_up, state.poll_error, queues, pools, state.failed_polls, quarantined, \
+            state.quarantine_problem
+
+    async def _replay_quarantine(self, key: AppKey, state: AppState) -> None:
+        """Carry out a replay or purge the app's annotations ask for, then remove the annotation."""
+        ns, name = key
+        body = self.cache.crs(key).get((api.APP, name))
+        annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+        for annotation, purge in ((api.ANNOTATION_REPLAY_QUARANTINE, False), (api.ANNOTATION_PURGE_QUARANTINE, True)):
+            value = annotations.get(annotation)
+            if value is None or body is None or state.broker is None or state.broker.url is None:
+                continue
+            verb = "purge" if purge else "replay"
+            try:
+                selected = quarantine.parse_selector(value)
+            except ValueError as e:
+                await self.recorder.warning(body, api.Reason.QUARANTINE_REPLAYED, f"{annotation} ignored: {e}")
+                await self._remove_annotation(key, annotation)
+                continue
+            ledger_at = ledger.ledger_url(state.broker.url, state.backend.url if state.backend else None)
+            queues = quarantine.quarantine_queues(state.topology.queue_names if state.topology else (),
+                                                  state.quarantined or [])
+            url, opts = state.broker.url, state.transport_options
+            try:
+                moved = await asyncio.to_thread(ledger.move_back, url, opts, queues, selected, purge)
+                if ledger_at is not None:
+                    await asyncio.to_thread(ledger.forget, ledger_at, moved)
+            except BrokerError as e:
+                log.warning("%s/%s: quarantine %s failed (retried next poll): %s", ns, name, verb, e)
+                continue
+            await self._remove_annotation(key, annotation)
+            what = ", ".join(moved[:20]) + (f" and {len(moved) - 20} more" if len(moved) > 20 else "")
+            done = "dropped" if purge else "put back on their queues"
+            await self.recorder.emit(body, "Normal", api.Reason.QUARANTINE_REPLAYED,
+                                     f"{verb} of quarantined tasks ({value}): {len(moved)} {done}"
+                                     + (f": {what}" if moved else ""), dedupe=False)
+
+    async def _remove_annotation(self, key: AppKey, annotation: str) -> None:
+        try:
+            await self.client.patch(api.APP, key[0], key[1], {"metadata": {"annotations": {annotation: None}}})
+        except (ApiError, NotOwner) as e:
+            log.warning("%s/%s: annotation %s not removed: %s", *key, annotation, e)
+
+    async def _read_quarantine(self, key: AppKey, state: AppState) -> None:
+        """The poison-task quarantine records of the app (from the Redis the workers keep them in)."""
+        broker, backend = state.broker, state.backend
+        url = ledger.ledger_url(broker.url if broker else None, backend.url if backend else None)
+        if url is None:
+            state.quarantined = None
+            state.quarantine_problem = ("poison-task protection is off: neither the result backend nor the broker "
+                                        "is Redis, so the workers have nowhere to count worker deaths")
+            return
+        try:
+            raw = await asyncio.wait_for(asyncio.to_thread(ledger.read_quarantine, url), POLL_TIMEOUT_SECONDS)
+        except (BrokerError, TimeoutError) as e:
+            log.warning("%s/%s: quarantine records not read: %s", *key, e)
+            return  # keep what was last read
+        state.quarantined = quarantine.records(raw)
+        state.quarantine_problem = None
+        self.metrics.set_quarantined(key[0], key[1], quarantine.by_task(state.quarantined))
 
     @staticmethod
     def _with_statistics(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from celery_operator import api, conditions, decide, endpoints, schedule, workloads
+from celery_operator import api, conditions, decide, endpoints, quarantine, schedule, workloads
 from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import BrokerError, DeclareResult
 from celery_operator.brokers.urls import broker_kind
@@ -195,7 +195,7 @@ class Reconciler:
                 ep.problem = None
         chash = next((o["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH, "")
                       for o in rendered if o["kind"] == "ConfigMap"), "")
-        state.topology, state.broker = topo, broker
+        state.topology, state.broker, state.backend = topo, broker, backend
         if full:
             plan = decide.child_plan(rendered, live, self.cache.pods(ns, name))
             plan = self._release_overdue(state, plan, rendered)
@@ -408,8 +408,8 @@ class Reconciler:
             config_hash=chash, children=live, pods=pods, scale=state.scale(), poll=state.poll(),
             declared=state.declared, apply_errors=state.apply_errors,
             managed_problem=await self._managed_problem(ns, live, pods), reconcile_error=state.last_error,
-            flower_problem=flower_problem,
-            now=time.time())
+            flower_problem=flower_problem, quarantined=state.quarantined,
+            quarantine_problem=state.quarantine_problem, now=time.time())
         self._pool_metrics(ns, name, topo, facts)
         self._beat_metrics(ns, name, topo, facts)
         await self._patch_statuses(bodies, decide.statuses(facts))
@@ -432,6 +432,9 @@ class Reconciler:
             self.metrics.set_pool_replicas(ns, app, pool.meta.name, desired=desired,
                                            current=int(dep.get("replicas") or 0),
                                            ready=int(dep.get("readyReplicas") or 0))
+            match = {api.LABEL_APP: app, api.LABEL_POOL: pool.meta.name}
+            pool_pods = [p for p in facts.pods if has_labels(p, match)]
+            self.metrics.set_worker_deaths(ns, app, pool.meta.name, quarantine.deaths_by_reason(pool_pods))
 
     async def _managed_problem(self, ns: str, live: dict[ObjKey, Body],
                                pods: list[Body]) -> workloads.WorkloadProblem | None:

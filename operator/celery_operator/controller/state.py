@@ -70,6 +70,10 @@ class AppState:
     last_seen: tuple[object, ...] = ()  # what the last poll showed (a status-only reconcile follows a change)
     last_error: str | None = None
     failed_polls: int = 0  # broker polls failed in a row (the pools' fallback counts them)
+    backend: Endpoint | None = None  # the result backend, as of the last full reconcile
+    # Poison tasks: the quarantine records (newest first) as of the last poll; None when not read, and why.
+    quarantined: list[Any] | None = None
+    quarantine_problem: str | None = None
 
     def poll(self) -> Poll:
         return Poll(self.broker_up, self.poll_error, self.report, self.failed_polls)

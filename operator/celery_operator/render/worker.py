@@ -60,7 +60,8 @@ def heartbeat_check(max_age_seconds: int, path: str = api.HEARTBEAT_FILE) -> lis
 def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
     """The `pool` label of the pod's task metrics; with prefork, prometheus_client's multiprocess
     directory (children write their values there, the main process serves their sum)."""
-    env = [{"name": api.ENV_POOL, "value": pool.meta.name}]
+    env = [{"name": api.ENV_POOL, "value": pool.meta.name},
+           {"name": api.ENV_MAX_WORKER_DEATHS, "value": str(pool.max_worker_deaths)}]  # poison tasks
     if pool.pool == "prefork":
         env.append({"name": api.ENV_PROMETHEUS_MULTIPROC_DIR, "value": api.METRICS_MULTIPROC_DIR})
     return env

@@ -40,6 +40,7 @@ from kombu import Exchange, Queue
 
 # Before the user's app: with prefork it sets up the directory the app's own metrics write to.
 import celery_operator_metrics
+import celery_operator_poison
 
 # The operator's names for what this module reads (celery_operator.api; a unit test checks they agree).
 ENV_APP = "CELERY_OPERATOR_APP"
@@ -158,3 +159,4 @@ signals.worker_ready.connect(_touch_heartbeat, weak=False)
 signals.heartbeat_sent.connect(_touch_heartbeat, weak=False)
 signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 TASK_METRICS = celery_operator_metrics.install(app, CONFIG.get(CONFIG_METRICS_LABELS_KEY) or {})
+POISON = celery_operator_poison.install(app)  # workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS (poison tasks)

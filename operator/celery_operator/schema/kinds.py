@@ -335,6 +335,18 @@ def app_status() -> Schema:
             "url": string("In-cluster URL of Flower's Service.", max_length=2048),
             "readyReplicas": integer("Flower pods ready.", minimum=0),
         }),
+        "quarantinedTasks": array(
+            "Tasks that killed their worker maxWorkerDeaths times and wait in their queue's quarantine queue, "
+            "newest first (at most 20); `celery-operator quarantine replay` puts them back.",
+            obj("A quarantined task.", {
+                "id": string("Task id.", max_length=255),
+                "name": string("Task name.", max_length=512),
+                "queue": string("The queue it came from.", max_length=255),
+                "quarantineQueue": string("The queue it waits in.", max_length=255),
+                "deaths": integer("Workers that died running it.", minimum=0),
+                "pods": array("The pods whose workers died running it.", string("A pod.", max_length=253),
+                              max_items=64, list_type="atomic"),
+            }), max_items=20, list_type="atomic"),
     })
 
 
@@ -636,6 +648,12 @@ def pool_spec() -> Schema:
             "maxTasksPerChild": integer("Replace a child process after this many tasks.", minimum=1),
             "maxMemoryPerChildKiB": integer("Replace a child process once its resident memory exceeds this "
                                             "many KiB.", minimum=1),
+            "maxWorkerDeaths": integer(
+                "A task that was running on this many workers that died (OOMKilled, a crash, os._exit; not a "
+                "graceful shutdown) is not run again: it is moved, unchanged, to its queue's quarantine queue "
+                "`<queue>.quarantine` and reported, until it is replayed. Counted in the app's Redis (result "
+                "backend or broker), for tasks that acknowledge late (task_acks_late), the only ones a dead "
+                "worker gives back.", minimum=1, default=api.DEFAULT_MAX_WORKER_DEATHS),
             "timeLimitSeconds": integer("Hard time limit of a task: its process is killed after this.",
                                         minimum=1),
             "softTimeLimitSeconds": integer("Soft time limit: SoftTimeLimitExceeded is raised in the task.",
@@ -683,6 +701,12 @@ def pool_status() -> Schema:
                                "published (or depth / drain rate), last measured; absent when unknown.",
                                minimum=0, fmt="int64"),
         "lastScaleTime": string("When the autoscaler last changed replicas.", fmt="date-time"),
+        "recentWorkerDeaths": integer("Restarts of the pool's worker containers now running (each a worker that "
+                                      "died: OOMKilled, a crash, a failed liveness probe).", minimum=0),
+        "quarantinedTasks": integer("Tasks from the pool's queues waiting in quarantine (maxWorkerDeaths).",
+                                    minimum=0),
+        "quarantinedTaskIds": array("Ids of the newest of them (at most 20).",
+                                    string("A task id.", max_length=255), max_items=20, list_type="atomic"),
     })
 
 
@@ -819,6 +843,8 @@ KIND_DEFS: dict[str, KindDef] = {
          _col("Available", "integer", ".status.readyReplicas", "Ready replicas."),
          _col("Depth", "integer", ".status.queueDepth", "Ready messages in the pool's queues."),
          _col("Paused", "boolean", ".status.paused", "Scaling paused."),
+         _col("Deaths", "integer", ".status.recentWorkerDeaths", "Restarts of the running worker containers."),
+         _col("Quarantined", "integer", ".status.quarantinedTasks", "Tasks waiting in quarantine.", priority=1),
          _col("Pool", "string", ".spec.pool", "Execution pool.", priority=1),
          _col("Concurrency", "integer", ".spec.concurrency", "Processes per worker.", priority=1)],
         root_rules=[_dns_label_name("it is a label value on the pool's Deployment and pods")],

@@ -1,0 +1,1 @@
+../poison.py

@@ -1,0 +1,231 @@
+"""Poison tasks on the real node: a task that kills its worker runs at most maxWorkerDeaths times, then
+waits in its queue's quarantine queue, and everything queued beside it runs, once.
+
+The app acknowledges late and rejects on a lost worker (`task_acks_late`, `task_reject_on_worker_lost`:
+what users choose so that no task is lost, and what makes a killing task loop). Two poison tasks of
+sample_tasks: `crash` (os._exit(1)) and `hog` (allocates past the pool's memory limit), sent among 200
+`tracked` tasks, each of which records every run of it (start and end, by host) in the result backend's
+Redis, so duplicates are counted, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celery_operator import api, metrics, poison
+from localenv.cluster import Cluster
+from localenv.procs import REPO
+from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.operator import (
+    OperatorFactory,
+    apply,
+    celery_call,
+    celery_client_env,
+    condition,
+    get,
+    metric_line,
+    pool_selector,
+    secret,
+    wait_for,
+    wait_pods_ready,
+    wait_ready,
+)
+from tests.fixtures.servers import Images
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+APP, POOL, QUEUE = "proj", "workers", "work"
+MAX_DEATHS = 2
+ORDINARY = 200
+RUNS_KEY = "sample-tasks:runs:{}"  # sample_tasks.tasks.RUNS_KEY
+
+
+def documents(image: str, broker: dict[str, Any], pool: str) -> list[dict[str, Any]]:
+    v = api.API_VERSION
+    return [
+        {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": APP},
+         "spec": {"image": image, "app": "sample_tasks.app", "defaultQueue": QUEUE,
+                  "config": {"task_acks_late": True, "task_reject_on_worker_lost": True},
+                  "broker": broker,
+                  "resultBackend": {"external": {"urlSecretRef": {"name": "backend", "key": "url"}}}}},
+        {"apiVersion": v, "kind": "CeleryQueue", "metadata": {"name": QUEUE}, "spec": {"appRef": {"name": APP}}},
+        {"apiVersion": v, "kind": "CeleryWorkerPool", "metadata": {"name": POOL},
+         "spec": {"appRef": {"name": APP}, "queues": [QUEUE], "replicas": 2, "concurrency": 2, "pool": pool,
+                  "maxWorkerDeaths": MAX_DEATHS, "terminationGracePeriodSeconds": 10,
+                  "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "64Mi"}}}},
+    ]
+
+
+def runs(client: redis.Redis, ids: list[str]) -> dict[str, list[str]]:
+    return {i: [b.decode() for b in client.lrange(RUNS_KEY.format(i), 0, -1)] for i in ids}
+
+
+def quarantined_headers(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Task id -> the quarantine header of each message set aside."""
+    out = {}
+    for m in messages:
+        record = json.loads(m["headers"][poison.QUARANTINE_HEADER])
+        out[m["headers"]["id"]] = record
+    return out
+
+
+def rabbit_quarantine(vhost: Vhost, name: str) -> list[dict[str, Any]]:
+    """The messages of a RabbitMQ queue, looked at (requeued) through the management API."""
+    path = f"/api/queues/{urllib.parse.quote(vhost.name, safe='')}/{urllib.parse.quote(name, safe='')}/get"
+    got = vhost.server.api("POST", path, {"count": 100, "ackmode": "ack_requeue_true", "encoding": "auto"})
+    return [{"headers": m["properties"].get("headers", {}), "body": m["payload"]} for m in got]
+
+
+def redis_quarantine(client: redis.Redis, name: str) -> list[dict[str, Any]]:
+    out = []
+    for raw in client.lrange(name, 0, -1):
+        payload = json.loads(raw)
+        out.append({"headers": payload.get("headers", {}), "body": payload.get("body")})
+    return out
+
+
+def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
+                 images: Images, backend_db: RedisDb, broker_url: str, broker_local_url: str,
+                 broker: dict[str, Any], quarantine: Any, pool: str) -> None:
+    cp = cluster.control_plane
+    secret(cp, namespace, "backend", url=backend_db.url)
+    op = operator_factory("--namespace", namespace, "--no-leader-election")
+    apply(cp, namespace, documents(images.sample_tasks, broker, pool))
+    wait_ready(cp, namespace, "celeryapp", APP, 120)
+    wait_pods_ready(cp, namespace, pool_selector(APP, POOL), 2, 240)
+    cm = wait_for(lambda: get(cp, namespace, "configmap", f"{APP}-celery-config"), 30, "ConfigMap")
+    env = celery_client_env(tmp_path, cm, broker_url, backend_db.url)
+    client = backend_db.client()
+
+    half = ORDINARY // 2
+    first = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.tracked:[0.05]:{half}")["ids"]
+    crash = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.crash:[1]")["ids"][0]
+    hog = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.hog:[1024]")["ids"][0]
+    behind = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.tracked:[0.05]:{half}")["ids"]
+    ordinary = first + behind
+    started = time.monotonic()
+
+    qname = poison.quarantine_queue(QUEUE)
+
+    def set_aside() -> dict[str, dict[str, Any]] | None:
+        found = quarantined_headers(quarantine(qname))
+        return found if {crash, hog} <= set(found) else None
+
+    records = wait_for(set_aside, 300, "both poison tasks in quarantine", interval=2)
+
+    def all_ended() -> bool:
+        return all(any(e.startswith("end:") for e in r) for r in runs(client, ordinary).values())
+
+    wait_for(all_ended, 240, f"all {ORDINARY} ordinary tasks ran", interval=2)
+    elapsed = time.monotonic() - started
+    every = runs(client, ordinary)
+    starts = sum(sum(e.startswith("start:") for e in r) for r in every.values())
+    interrupted = sum(sum(e.startswith("start:") for e in r) - sum(e.startswith("end:") for e in r)
+                      for r in every.values())
+    print(f"\n{pool} pool: {ORDINARY} ordinary tasks, {starts} runs ({interrupted} cut by a dying worker, "
+          f"run again), drained with both poison tasks set aside in {elapsed:.0f}s; quarantine: "
+          + json.dumps({k: [(d["pod"], d["how"]) for d in v["deaths"]] for k, v in records.items()}))
+    # Each ordinary task ran to its end once; a second start is only allowed for a run a dying worker cut
+    # (Celery's at-least-once for tasks in flight there), and those are counted above.
+    for task_id, r in every.items():
+        assert sum(e.startswith("end:") for e in r) == 1, (task_id, r)
+    assert starts - ORDINARY == interrupted
+    for task_id in (crash, hog):
+        record = records[task_id]
+        assert record["queue"] == QUEUE and record["quarantineQueue"] == qname
+        assert len(record["deaths"]) == MAX_DEATHS, record
+        # The result backend says it was not run (revoked), the ledger keeps its deaths for a replay.
+        meta = json.loads(client.get(f"celery-task-meta-{task_id}") or b"{}")
+        assert meta.get("status") == "REVOKED", meta
+        assert client.hexists(poison.QUARANTINE_KEY, task_id)
+    crash_how = {d["how"] for d in records[crash]["deaths"]}
+    if pool == "prefork":
+        assert crash_how == {"exitcode 1"}, records[crash]
+    pods = json.loads(cp.kubectl("get", "pods", "-n", namespace, "-l", pool_selector(APP, POOL), "-o",
+                                 "json").stdout)["items"]
+    restarts = sum(c.get("restartCount", 0) for p in pods for c in p["status"].get("containerStatuses", []))
+    print(f"{pool} pool: worker container restarts: {restarts}")
+    # Said: the pool's condition and Warning Events, the app's status, the operator's metric.
+    def said() -> dict[str, Any] | None:
+        body = get(cp, namespace, "celeryworkerpool", POOL) or {}
+        cond = condition(body, api.TASKS_QUARANTINED)
+        app_status = (get(cp, namespace, "celeryapp", APP) or {}).get("status") or {}
+        listed = {t["id"] for t in app_status.get("quarantinedTasks") or []}
+        if cond and cond["status"] == "True" and {crash, hog} <= listed:
+            return body
+        return None
+
+    body = wait_for(said, 60, "TasksQuarantined condition and the app's status list", interval=1)
+    assert body["status"]["quarantinedTasks"] == 2
+    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    warned = [e["message"] for e in events if e["reason"] == api.Reason.TASKS_QUARANTINED
+              and e["involvedObject"]["name"] == POOL and e["type"] == "Warning"]
+    assert any(crash in m and "sample_tasks.tasks.crash" in m for m in warned), warned
+    assert any(hog in m for m in warned), warned
+    for task in ("sample_tasks.tasks.crash", "sample_tasks.tasks.hog"):
+        assert metric_line(op, metrics.QUARANTINED_TASKS, namespace=namespace, task=task) == 1
+
+    # Fixed (a flag on the pool: the pods roll), then replayed: each runs once more, and succeeds.
+    cp.kubectl("patch", "celeryworkerpool", POOL, "-n", namespace, "--type", "merge", "-p", json.dumps(
+        {"spec": {"env": [{"name": "SAMPLE_TASKS_POISON_FIXED", "value": "1"}]}}))
+    wait_for(lambda: all(any(e.get("name") == "SAMPLE_TASKS_POISON_FIXED" for e in
+                             p["spec"]["containers"][0].get("env") or [])
+                         for p in json.loads(cp.kubectl("get", "pods", "-n", namespace, "-l",
+                                                        pool_selector(APP, POOL), "-o", "json").stdout)["items"]
+                         if not p["metadata"].get("deletionTimestamp")) or None, 240, "pods rolled with the fix")
+    wait_pods_ready(cp, namespace, pool_selector(APP, POOL), 2, 240)
+    replay = subprocess.run([sys.executable, "-m", "celery_operator", "quarantine", "replay", APP, "-n", namespace],
+                            env={**cp.env(), "PYTHONPATH": str(REPO / "operator")}, capture_output=True, text=True,
+                            timeout=150)
+    assert replay.returncode == 0, replay.stderr
+
+    def succeeded() -> bool:
+        states = [json.loads(client.get(f"celery-task-meta-{i}") or b"{}").get("status") for i in (crash, hog)]
+        return states == ["SUCCESS", "SUCCESS"]
+
+    wait_for(succeeded, 120, "both replayed tasks succeeded", interval=1)
+    assert not quarantine(qname)
+    assert not client.hexists(poison.QUARANTINE_KEY, crash) and not client.exists(poison.LEDGER_PREFIX + crash)
+    wait_for(lambda: (condition(get(cp, namespace, "celeryworkerpool", POOL), api.TASKS_QUARANTINED) or {})
+             .get("status") == "False", 60, "TasksQuarantined turns False")
+    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == api.Reason.QUARANTINE_REPLAYED and "2 put back" in e["message"] for e in events)
+
+    if pool == "solo":
+        # The container was the process that died: its termination message named the task in flight.
+        messages = [c.get("lastState", {}).get("terminated", {}) for p in pods
+                    for c in p["status"].get("containerStatuses", [])]
+        named = {i for t in messages if t for i in (poison.parse_termination_message(t.get("message")) or
+                                                   poison.InFlight("", {}, 0)).tasks}
+        assert named & {crash, hog}, messages
+
+
+def test_rabbitmq_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then_waits_in_quarantine(
+        cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
+        broker_vhost: Vhost, backend_db: RedisDb) -> None:
+    secret(cluster.control_plane, namespace, "broker", url=broker_vhost.url,
+           managementUrl=broker_vhost.management_url)
+    broker = {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
+                           "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
+    run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
+                 broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork")
+
+
+def test_redis_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then_waits_in_quarantine(
+        cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
+        backend_db: RedisDb) -> None:
+    # One Redis database as broker and result backend (the ledger is in the result backend's Redis).
+    secret(cluster.control_plane, namespace, "broker", url=backend_db.url)
+    broker = {"external": {"urlSecretRef": {"name": "broker", "key": "url"}}}
+    client = backend_db.client()
+    run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, backend_db.url,
+                 backend_db.local_url, broker, lambda q: redis_quarantine(client, q), "prefork")
