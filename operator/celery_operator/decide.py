@@ -276,11 +276,12 @@ def _pool(facts: Facts, topo: Topology, pool: CeleryWorkerPool, broker_conds: li
         fields["failedPolls"] = facts.poll.failed_polls
     if st is not None:
         fields.update({k: v for k, v in (("queueDepth", st.depth), ("messagesInFlight", st.in_flight),
-                                         ("depthSource", st.source), ("lastScaleTime", st.last_scale_time),
-                                         ("waitSeconds", st.wait_seconds))
+                                         ("depthSource", st.source), ("lastScaleTime", st.last_scale_time))
                        if v is not None})
-        # null, not left out, when no window is active: a merge patch keeps a field it does not mention
+        # null, not left out, when no window is active / the wait is not known: a merge patch keeps a
+        # field it does not mention, and a stale wait would read as the current one
         fields["activeSchedule"] = st.schedule
+        fields["waitSeconds"] = st.wait_seconds
     pause_cond = _pause_condition(pause)
     events = tuple(_pause_events(body, pause, pause_cond))
     year = time.gmtime(facts.now).tm_year if facts.now else 2025

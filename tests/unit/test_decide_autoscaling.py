@@ -103,3 +103,13 @@ def test_the_degraded_message_says_when_the_fallback_applies_and_failed_polls_ar
 def test_the_active_schedule_is_in_status() -> None:
     d = pool_status(pool_body(maxReplicas=10), scale={"w": decide.PoolScale(desired=5, schedule="business")})
     assert d.fields["activeSchedule"] == "business" and d.fields["desiredReplicas"] == 5
+
+
+def test_a_wait_no_longer_known_is_cleared_from_status_not_left_as_it_was() -> None:
+    known = pool_status(pool_body(maxReplicas=10, targetWaitSeconds=30),
+                        scale={"w": decide.PoolScale(desired=2, wait_seconds=41)})
+    assert known.fields["waitSeconds"] == 41
+    unknown = pool_status(pool_body(maxReplicas=10, targetWaitSeconds=30, status={"waitSeconds": 41}),
+                          scale={"w": decide.PoolScale(desired=2, wait_seconds=None)})
+    # null in the merge patch removes the field; leaving it out would keep the last wait as if current
+    assert "waitSeconds" in unknown.fields and unknown.fields["waitSeconds"] is None
