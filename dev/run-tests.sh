@@ -20,6 +20,7 @@ CELERY_OPERATOR_NODE_WAIT_SECONDS=${CELERY_OPERATOR_NODE_WAIT_SECONDS:-300} \
   "$py" -m localenv hostcheck save "$hostcheck" || { rm -rf "$LOCALENV_DIR"; [ -n "${HOSTCHECK:-}" ] || rm -f "$hostcheck"; exit 1; }
 rc=0
 finish() {
+  [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null  # the venv builds, when the run ends before them
   "$py" -m localenv down || rc=1
   rm -rf "$LOCALENV_DIR"
   "$py" -m localenv hostcheck compare "$hostcheck" || rc=1
