@@ -46,6 +46,7 @@ if ! wait $matrix_pid; then
   cat "$matrix_log" >&2
   echo "the support matrix's venvs could not be built (above); its tests build what is missing" >&2
 fi
+matrix_pid=""  # waited for: never signalled again (its pid may be reused)
 echo "support matrix venvs ready at $((SECONDS - t0)) s"
 export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
 cd "$repo" || exit 1
