@@ -33,16 +33,13 @@ from tests.fixtures import grafana
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
-    apply,
     celery_call,
-    celery_client_env,
     get,
     pool_selector,
-    sample_documents,
-    secret,
+    sample_client_env,
+    start_sample_app,
     wait_for,
     wait_pods_ready,
-    wait_ready,
 )
 from tests.fixtures.prometheus import PrometheusFactory
 from tests.fixtures.servers import OPERATOR_NAMESPACE, Images
@@ -97,15 +94,9 @@ def test_every_query_of_the_charts_dashboard_returns_data_after_a_producer_ran(
         broker_vhost: Vhost, backend_db: RedisDb, pod_monitor_crd: None,  # noqa: F811
         prometheus_factory: PrometheusFactory) -> None:
     cp, ns = cluster.control_plane, namespace
-    secret(cp, ns, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
-    secret(cp, ns, "backend", url=backend_db.url)
-    op = operator_factory("--namespace", ns, "--no-leader-election")
-    apply(cp, ns, sample_documents(image=images.sample_tasks))
-    wait_ready(cp, ns, "celeryapp", "proj", 120)
-    for pool in ("default", "high"):
-        wait_pods_ready(cp, ns, pool_selector("proj", pool), 1, 240)
-    cm = wait_for(lambda: get(cp, ns, "configmap", "proj-celery-config"), 30, "ConfigMap")
-    env = celery_client_env(tmp_path, cm, broker_vhost.url, backend_db.url)
+    op = start_sample_app(cp, ns, operator_factory, images.sample_tasks, broker_vhost.url,
+                          broker_vhost.management_url, backend_db.url)
+    env = sample_client_env(cp, ns, tmp_path, broker_vhost.url, backend_db.url)
     # The low pool scales up from zero for a task on low_queue: a scale event, and a pod of every pool.
     celery_call(cluster, env, "add-low")
     wait_pods_ready(cp, ns, pool_selector("proj", "low"), 1, 60)

@@ -29,17 +29,14 @@ from localenv.cluster import Cluster
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
-    apply,
     celery_call,
-    celery_client_env,
     condition,
     get,
-    pool_selector,
+    sample_client_env,
     sample_documents,
     secret,
+    start_sample_app,
     wait_for,
-    wait_pods_ready,
-    wait_ready,
 )
 from tests.fixtures.servers import Images
 
@@ -77,17 +74,14 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
         broker_vhost: Vhost, backend_db: RedisDb, browser_profile: Path) -> None:
     cp, ns = cluster.control_plane, namespace
     cluster.refresh_images()  # the Flower image, on a cluster started before it existed
-    secret(cp, ns, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
-    secret(cp, ns, "backend", url=backend_db.url)
-    operator_factory("--namespace", ns, "--no-leader-election")
     docs = sample_documents(image=images.sample_tasks)
     for d in docs:
         if d["kind"] == api.APP:
             d["spec"]["flower"]["image"] = cluster.image("flower")
-    apply(cp, ns, docs)
+    start_sample_app(cp, ns, operator_factory, images.sample_tasks, broker_vhost.url, broker_vhost.management_url,
+                     backend_db.url, docs=docs)
 
     # No Secret yet: no Flower at all (never an open one), and the app says how to fix it.
-    wait_ready(cp, ns, "celeryapp", "proj", 120)
     blocked = wait_for(lambda: (c := flower_condition(cp, ns)) and c["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND
                        and c, 60, "FlowerReady=False/FlowerAuthSecretNotFound")
     assert blocked["status"] == "False" and f"kubectl create secret generic {AUTH_SECRET}" in blocked["message"]
@@ -106,10 +100,7 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
     base = f"http://{cluster_ip}:{api.FLOWER_PORT}"
 
     # Work for every pool: the low pool autoscales from zero, a task on low_queue wakes it.
-    for pool in ("default", "high"):
-        wait_pods_ready(cp, ns, pool_selector("proj", pool), 1, 240)
-    cm = wait_for(lambda: get(cp, ns, "configmap", "proj-celery-config"), 30, "ConfigMap")
-    env = celery_client_env(tmp_path, cm, broker_vhost.url, backend_db.url)
+    env = sample_client_env(cp, ns, tmp_path, broker_vhost.url, backend_db.url)
     celery_call(cluster, env, "add-low")
     task = celery_call(cluster, env, "add-default")
     assert task["result"] == 3

@@ -11,16 +11,13 @@ from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
-    apply,
     celery_call,
-    celery_client_env,
-    get,
     pod_logs,
+    pod_names,
     pool_selector,
-    sample_documents,
-    secret,
+    sample_client_env,
+    start_sample_app,
     wait_for,
-    wait_pods_ready,
     wait_ready,
 )
 from tests.fixtures.servers import Images
@@ -30,20 +27,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 def _start_topology(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
                     images: Images, broker_url: str, management_url: str, backend_url: str) -> None:
-    secret(control_plane, namespace, "broker", url=broker_url, managementUrl=management_url)
-    secret(control_plane, namespace, "backend", url=backend_url)
-    operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(control_plane, namespace, sample_documents(image=images.sample_tasks))
-    wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
+    start_sample_app(control_plane, namespace, operator_factory, images.sample_tasks, broker_url, management_url,
+                     backend_url)
     for q in ("default", "high-queue", "low-queue"):
         wait_ready(control_plane, namespace, "celeryqueue", q, 60)
 
 
 def _run_scenario(cluster: Cluster, namespace: str, tmp_path: Path, broker_url: str, backend_url: str) -> None:
     cp = cluster.control_plane
-    cm = wait_for(lambda: get(cp, namespace, "configmap", "proj-celery-config"), 30, "ConfigMap")
-    env = celery_client_env(tmp_path, cm, broker_url, backend_url)
-    [default] = wait_pods_ready(cp, namespace, pool_selector("proj", "default"), 1, 180)
+    env = sample_client_env(cp, namespace, tmp_path, broker_url, backend_url, pools=("default",))
+    [default] = pod_names(cp, namespace, pool_selector("proj", "default"), ready_only=True)
     # The pool's status mirrors its Deployment, whose pods the kubelet reports ready.
     status = wait_ready(cp, namespace, "celeryworkerpool", "default", 60)["status"]
     assert status["readyReplicas"] == status["replicas"] == 1
@@ -62,8 +55,6 @@ def _run_scenario(cluster: Cluster, namespace: str, tmp_path: Path, broker_url: 
 
 
 def pod_logs_of_pool(cp: ControlPlane, namespace: str, pool: str) -> dict[str, str]:
-    from tests.fixtures.operator import pod_names
-
     return {p: pod_logs(cp, namespace, p) for p in pod_names(cp, namespace, pool_selector("proj", pool))}
 
 

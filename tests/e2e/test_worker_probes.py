@@ -9,19 +9,16 @@ from pathlib import Path
 import pytest
 
 from localenv.cluster import Cluster
+from tests.fixtures.brokers import RedisDb
 from tests.fixtures.cluster_brokers import PodRabbitMQ
 from tests.fixtures.operator import (
     OperatorFactory,
-    apply,
     celery_call,
-    celery_client_env,
     get,
+    pod_names,
     pool_selector,
-    sample_documents,
-    secret,
-    wait_for,
-    wait_pods_ready,
-    wait_ready,
+    sample_client_env,
+    start_sample_app,
 )
 from tests.fixtures.servers import Images
 
@@ -31,19 +28,15 @@ OUTAGE_SECONDS = 60
 
 def test_a_worker_outlives_a_60s_broker_outage_without_restarts_and_consumes_again(
         cluster: Cluster, namespace: str, operator_factory: OperatorFactory, images: Images, tmp_path: Path,
-        backend_db: object) -> None:
+        backend_db: RedisDb) -> None:
     cp = cluster.control_plane
     broker = PodRabbitMQ(cp, namespace, "broker", images.rabbitmq)  # this test's own: it stops it
     broker.deploy()
     broker.add_vhost("app")
-    secret(cp, namespace, "broker", url=broker.url("app"), managementUrl=broker.management_url)
-    secret(cp, namespace, "backend", url=backend_db.url)  # type: ignore[attr-defined]
-    operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(cp, namespace, sample_documents(image=images.sample_tasks))
-    wait_ready(cp, namespace, "celeryapp", "proj", 90)
-    [pod] = wait_pods_ready(cp, namespace, pool_selector("proj", "default"), 1, 180)
-    cm = wait_for(lambda: get(cp, namespace, "configmap", "proj-celery-config"), 30, "ConfigMap")
-    env = celery_client_env(tmp_path, cm, broker.url("app"), backend_db.url)  # type: ignore[attr-defined]
+    start_sample_app(cp, namespace, operator_factory, images.sample_tasks, broker.url("app"), broker.management_url,
+                     backend_db.url)
+    env = sample_client_env(cp, namespace, tmp_path, broker.url("app"), backend_db.url, pools=("default",))
+    [pod] = pod_names(cp, namespace, pool_selector("proj", "default"), ready_only=True)
     assert celery_call(cluster, env, "add-default")["result"] == 3
 
     broker.stop()
