@@ -417,9 +417,4 @@ class _Only:
         return self.collector.collect()
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format, for `/metrics`."""
-    return generate_latest(registry)
-
-
 DEFAULT: Final = OperatorMetrics(process_metrics=True)

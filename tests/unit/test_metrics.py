@@ -212,8 +212,8 @@ def test_fresh_registries_are_independent() -> None:
 def test_the_default_instance_exports_process_metrics() -> None:
     metrics.DEFAULT.set_broker_up("test-default", "proj", True)
     try:
-        assert b"celery_operator_broker_up" in metrics.exposition(metrics.DEFAULT.registry)
-        assert b"process_cpu_seconds_total" in metrics.exposition(metrics.DEFAULT.registry)
+        assert b"celery_operator_broker_up" in metrics.DEFAULT.exposition()
+        assert b"process_cpu_seconds_total" in metrics.DEFAULT.exposition()
     finally:
         metrics.DEFAULT.forget_app("test-default", "proj")
 
