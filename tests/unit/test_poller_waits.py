@@ -11,6 +11,7 @@ import time
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.controller.poller import Poller
 from celery_operator.controller.state import AppState, PoolState
+from celery_operator.metrics import OperatorMetrics
 from celery_operator.waits import Wait
 
 
@@ -75,7 +76,8 @@ def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
         state = AppState(uid="u")  # no topology yet: each poll returns at once
         drain = asyncio.create_task(asyncio.sleep(3600))
         state.pools["p"] = PoolState(draining=drain)
-        poller = Poller(None, None, None, None, lambda _key, _full: None)  # type: ignore[arg-type]  # a poll without topology uses none
+        poller = Poller(None, None, None, OperatorMetrics(),  # type: ignore[arg-type]  # a poll without topology uses none
+                        lambda _key, _full: None)
         task = asyncio.create_task(poller.run(("ns", "app"), state))
         await asyncio.sleep(0.1)
         task.cancel()
