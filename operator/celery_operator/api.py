@@ -176,6 +176,15 @@ ENV_CONFIG_DIR: Final = "CELERY_OPERATOR_CONFIG_DIR"
 ENV_HEARTBEAT_FILE: Final = "CELERY_OPERATOR_HEARTBEAT_FILE"
 # A worker whose heartbeat file is older than this is restarted by its liveness probe.
 HEARTBEAT_MAX_AGE_SECONDS: Final = 120
+# The worker's liveness probe (runtime/celery_operator_probe.py, run as `python3 -m`): it reads the state file
+# the worker's main process writes every heartbeat, and restarts a worker that stopped consuming while its broker
+# answers (CeleryWorkerPool spec.stuckAfterSeconds, default and minimum below).
+PROBE_MODULE: Final = "celery_operator_probe"
+PROBE_FILE: Final = f"{PROBE_MODULE}.py"
+ENV_WORKER_STATE_FILE: Final = "CELERY_OPERATOR_WORKER_STATE_FILE"
+WORKER_STATE_FILE: Final = "/tmp/celery-worker-state.json"
+DEFAULT_STUCK_AFTER_SECONDS: Final = 60
+MIN_STUCK_AFTER_SECONDS: Final = 20
 
 # Task and worker metrics (the metrics module every worker and beat pod imports; names in metrics.py).
 METRICS_MODULE: Final = "celery_operator_metrics"

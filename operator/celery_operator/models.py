@@ -474,6 +474,7 @@ class CeleryWorkerPool:
     pod_template: PodTemplate
     autoscaling: Autoscaling | None
     max_worker_deaths: int = api.DEFAULT_MAX_WORKER_DEATHS
+    stuck_after_seconds: int = api.DEFAULT_STUCK_AFTER_SECONDS
 
     @classmethod
     def of(cls, body: Body) -> CeleryWorkerPool:
@@ -492,6 +493,8 @@ class CeleryWorkerPool:
             time_limit_seconds=s.get("timeLimitSeconds"),
             soft_time_limit_seconds=s.get("softTimeLimitSeconds"),
             termination_grace_period_seconds=s["terminationGracePeriodSeconds"],
+            # A CRD older than this operator has no such field: its default.
+            stuck_after_seconds=s.get("stuckAfterSeconds", api.DEFAULT_STUCK_AFTER_SECONDS),
             resources=dict(s.get("resources") or {}),
             image=s.get("image"),
             extra_args=list(s.get("extraArgs") or []),

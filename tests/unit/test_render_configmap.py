@@ -18,7 +18,7 @@ def test_config_map_holds_config_and_modules_with_hash_annotation() -> None:
     assert cm["metadata"]["labels"][api.LABEL_COMPONENT] == api.COMPONENT_CONFIG
     assert set(cm["data"]) == {api.CONFIG_JSON_KEY, *module_sources()}
     assert {api.BOOTSTRAP_FILE, api.METRICS_FILE, api.BEAT_FILE, api.SCHEDULE_FILE, api.POISON_FILE,
-            api.POISON_RULES_FILE} <= set(module_sources())
+            api.POISON_RULES_FILE, api.PROBE_FILE} <= set(module_sources())
     assert json.loads(cm["data"][api.CONFIG_JSON_KEY]) == config
     assert cm["data"][api.BOOTSTRAP_FILE] == bootstrap_source()
     assert cm["data"][api.METRICS_FILE] == module_sources()[api.METRICS_FILE]

@@ -227,13 +227,26 @@ def test_image_resources_and_grace_period_come_from_the_pool() -> None:
     assert container(render())["image"] == "registry.local/proj:1"
 
 
-def test_probes_check_the_heartbeat_file_not_the_broker() -> None:
+def test_startup_and_readiness_check_the_heartbeat_file_not_the_broker() -> None:
     c = container(render())
-    for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         command = c[probe]["exec"]["command"]
         assert command[0] == "python3"
         assert api.HEARTBEAT_FILE in command[-1]
         assert "inspect" not in " ".join(command)
+
+
+@pytest.mark.parametrize(("spec", "stuck_after", "max_age"), [
+    ({}, api.DEFAULT_STUCK_AFTER_SECONDS, api.HEARTBEAT_MAX_AGE_SECONDS),
+    ({"stuckAfterSeconds": 45, "pool": "solo", "timeLimitSeconds": 600}, 45, 600 + api.HEARTBEAT_MAX_AGE_SECONDS),
+])
+def test_liveness_runs_the_stuck_worker_probe_with_the_pools_bound(spec: dict[str, Any], stuck_after: int,
+                                                                   max_age: int) -> None:
+    assert worker.liveness_check(crs.pool("p", ["celery"], **spec)) == [
+        "python3", "-m", api.PROBE_MODULE, "--stuck-after", str(stuck_after), "--max-age", str(max_age)]
+    probe = container(render())["livenessProbe"]
+    assert probe["exec"]["command"][:3] == ["python3", "-m", api.PROBE_MODULE]
+    assert probe["timeoutSeconds"] > 3 * 3  # the fresh broker connection's connect and read timeouts
 
 
 @pytest.mark.parametrize(

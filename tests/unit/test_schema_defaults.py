@@ -16,7 +16,8 @@ def test_minimal_pool_gets_every_defaulted_field() -> None:
     out = apply_defaults(api.POOL, pool({"appRef": {"name": "proj"}, "queues": ["q"]}))
     assert out["spec"] == {"appRef": {"name": "proj"}, "queues": ["q"], "replicas": 1, "concurrency": 2,
                            "pool": "prefork", "prefetchMultiplier": 1, "terminationGracePeriodSeconds": 60,
-                           "maxWorkerDeaths": api.DEFAULT_MAX_WORKER_DEATHS}
+                           "maxWorkerDeaths": api.DEFAULT_MAX_WORKER_DEATHS,
+                           "stuckAfterSeconds": api.DEFAULT_STUCK_AFTER_SECONDS}
 
 
 def test_autoscaling_defaults_fill_around_the_fields_given() -> None:

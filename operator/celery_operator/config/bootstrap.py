@@ -19,7 +19,7 @@ from celery_operator import api
 
 # ConfigMap keys (the modules' file names in runtime/), the bootstrap first.
 RUNTIME_FILES = (api.BOOTSTRAP_FILE, api.METRICS_FILE, api.BEAT_FILE, api.SCHEDULE_FILE, api.POISON_FILE,
-                 api.POISON_RULES_FILE)
+                 api.POISON_RULES_FILE, api.PROBE_FILE)
 
 
 @cache

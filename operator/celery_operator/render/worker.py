@@ -1,10 +1,12 @@
 """One worker Deployment per CeleryWorkerPool, named `<app>-<pool>` (see `names.worker`).
 
-Liveness is a file age check, not `celery inspect ping` (which costs a broker round trip and a
-Python start per probe): the bootstrap module touches `api.HEARTBEAT_FILE` on `worker_ready` and
-on every `heartbeat_sent` (about every 2 s, from the worker's main loop, events on or off).
+Startup and readiness are a file age check, not `celery inspect ping` (which costs a broker round trip
+and a Celery app boot per probe): the bootstrap module touches `api.HEARTBEAT_FILE` on `worker_ready`
+and on every `heartbeat_sent` (about every 2 s, from the worker's main loop, events on or off).
 A `solo` pool runs tasks in that loop, so its heartbeat may stall for a whole task: its allowed
-age is stretched to cover the pool's time limit.
+age is stretched to cover the pool's time limit. Liveness is the runtime's probe module
+(`celery_operator_probe`): the same age, plus a consumer connection silent for `stuckAfterSeconds` or
+free slots idle that long beside ready messages, each judged only while a fresh broker connection works.
 
 Warm shutdown: Celery's own on SIGTERM waits for running tasks with no bound, so a task longer than
 the grace period is killed mid-run by SIGKILL. Prefork workers get `api.ENV_SOFT_SHUTDOWN_TIMEOUT`
@@ -55,6 +57,13 @@ def heartbeat_check(max_age_seconds: int, path: str = api.HEARTBEAT_FILE) -> lis
     script = (f"import os,sys,time; "
               f"sys.exit(time.time() - os.path.getmtime({path!r}) > {max_age_seconds})")
     return ["python3", "-c", script]
+
+
+def liveness_check(pool: CeleryWorkerPool) -> list[str]:
+    """Exec liveness probe: the runtime's probe module (no Celery app boot; a broker connection only when the
+    worker's own state looks stuck), restarting a worker that stopped consuming while its broker answers."""
+    return ["python3", "-m", api.PROBE_MODULE, "--stuck-after", str(pool.stuck_after_seconds),
+            "--max-age", str(heartbeat_max_age(pool))]
 
 
 def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
@@ -114,7 +123,7 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
         pool.resources)
     container["startupProbe"] = {"exec": {"command": check}, "periodSeconds": 10,
                                  "timeoutSeconds": 10, "failureThreshold": 30}
-    container["livenessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
+    container["livenessProbe"] = {"exec": {"command": liveness_check(pool)}, "periodSeconds": 10,
                                   "timeoutSeconds": 10, "failureThreshold": 3}
     container["readinessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
                                    "timeoutSeconds": 10, "failureThreshold": 2}

@@ -3,8 +3,9 @@
 Workers and beat run `celery -A celery_operator_app`. This module imports the user's Celery app
 (named by $CELERY_OPERATOR_APP, resolved like `celery -A`), applies the operator's generated config from
 celeryconfig.json next to it, takes the broker and result backend URLs from the environment,
-touches a heartbeat file the liveness probe checks (without $CELERY_OPERATOR_APP, as in Flower's pod,
-it makes a bare app), and records task metrics (celery_operator_metrics).
+touches a heartbeat file the startup and readiness probes check and writes the state the liveness probe
+reads (celery_operator_probe; without $CELERY_OPERATOR_APP, as in Flower's pod, it makes a bare app),
+and records task metrics (celery_operator_metrics).
 
 Producers (any process that sends tasks) import it too, to route like the workers:
 `from celery_operator_app import app`, with this folder on sys.path and the same environment.
@@ -41,6 +42,7 @@ from kombu import Exchange, Queue
 # Before the user's app: with prefork it sets up the directory the app's own metrics write to.
 import celery_operator_metrics
 import celery_operator_poison
+import celery_operator_probe
 
 # The operator's names for what this module reads (celery_operator.api; a unit test checks they agree).
 ENV_APP = "CELERY_OPERATOR_APP"
@@ -157,6 +159,7 @@ _soft_shutdown(app.conf)
 
 signals.worker_ready.connect(_touch_heartbeat, weak=False)
 signals.heartbeat_sent.connect(_touch_heartbeat, weak=False)
+celery_operator_probe.install()  # the state the worker's liveness probe reads
 signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 TASK_METRICS = celery_operator_metrics.install(app, CONFIG.get(CONFIG_METRICS_LABELS_KEY) or {})
 POISON = celery_operator_poison.install(app)  # workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS (poison tasks)

@@ -661,6 +661,13 @@ def pool_spec() -> Schema:
             "terminationGracePeriodSeconds": integer("Time a worker pod gets to finish running tasks (warm "
                                                      "shutdown) before it is killed.", minimum=1, default=60,
                                                      fmt="int64"),
+            "stuckAfterSeconds": integer(
+                "A worker is restarted by its liveness probe when, while a fresh connection to the broker works, "
+                "its consumer connection has received nothing for this long (and for twice the connection's "
+                "heartbeat rhythm), or it has had free slots and received no task for this long while its queues "
+                "hold ready messages. A broker outage never restarts a worker. The restart comes within about "
+                "this plus 30 s (three failed probes, 10 s apart).",
+                minimum=api.MIN_STUCK_AFTER_SECONDS, default=api.DEFAULT_STUCK_AFTER_SECONDS),
             "resources": resources("Compute resources of each worker container."),
             "image": string("Image for this pool's workers, overriding the app's.", min_length=1, max_length=512),
             "extraArgs": array("Extra `celery worker` arguments. Options the operator sets from fields "
