@@ -219,6 +219,7 @@ ENV_INFLIGHT_DIR: Final = "CELERY_OPERATOR_INFLIGHT_DIR"
 TERMINATION_LOG: Final = "/dev/termination-log"
 INFLIGHT_DIR: Final = "/tmp/celery-operator-inflight"
 DEFAULT_MAX_WORKER_DEATHS: Final = 2
+QUARANTINE_SUFFIX: Final = ".quarantine"  # <queue>.quarantine (celery_operator.poison has the same)
 
 # Beat (render/beat.py, the scheduler module celery_operator_beat.py and the pure schedule module it shares
 # with the operator, celery_operator.schedule, shipped as celery_operator_schedule.py).

@@ -24,6 +24,7 @@ import redis
 from celery_operator import api, metrics, poison
 from localenv.cluster import Cluster
 from localenv.procs import REPO
+from tests.e2e.test_scale_in import install_checkout
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
@@ -49,7 +50,7 @@ ORDINARY = 200
 RUNS_KEY = "sample-tasks:runs:{}"  # sample_tasks.tasks.RUNS_KEY
 
 
-def documents(image: str, broker: dict[str, Any], pool: str) -> list[dict[str, Any]]:
+def documents(image: str, broker: dict[str, Any], pool: str, max_deaths: int = MAX_DEATHS) -> list[dict[str, Any]]:
     v = api.API_VERSION
     return [
         {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": APP},
@@ -60,7 +61,7 @@ def documents(image: str, broker: dict[str, Any], pool: str) -> list[dict[str, A
         {"apiVersion": v, "kind": "CeleryQueue", "metadata": {"name": QUEUE}, "spec": {"appRef": {"name": APP}}},
         {"apiVersion": v, "kind": "CeleryWorkerPool", "metadata": {"name": POOL},
          "spec": {"appRef": {"name": APP}, "queues": [QUEUE], "replicas": 2, "concurrency": 2, "pool": pool,
-                  "maxWorkerDeaths": MAX_DEATHS, "terminationGracePeriodSeconds": 10,
+                  "maxWorkerDeaths": max_deaths, "terminationGracePeriodSeconds": 10,
                   "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "64Mi"}}}},
     ]
 
@@ -97,6 +98,7 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
                  images: Images, backend_db: RedisDb, broker_url: str, broker_local_url: str,
                  broker: dict[str, Any], quarantine: Any, pool: str) -> None:
     cp = cluster.control_plane
+    install_checkout(cp)  # this checkout's CRDs (status fields), whatever another session installed since
     secret(cp, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
     apply(cp, namespace, documents(images.sample_tasks, broker, pool))
@@ -164,7 +166,12 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
             return body
         return None
 
-    body = wait_for(said, 60, "TasksQuarantined condition and the app's status list", interval=1)
+    try:
+        body = wait_for(said, 90, "TasksQuarantined condition and the app's status list", interval=1)
+    except AssertionError as e:
+        pool_status = (get(cp, namespace, "celeryworkerpool", POOL) or {}).get("status")
+        app_status = (get(cp, namespace, "celeryapp", APP) or {}).get("status")
+        raise AssertionError(f"{e}\npool: {json.dumps(pool_status)}\napp: {json.dumps(app_status)}") from None
     assert body["status"]["quarantinedTasks"] == 2
     events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     warned = [e["message"] for e in events if e["reason"] == api.Reason.TASKS_QUARANTINED

@@ -226,3 +226,8 @@ def test_a_replay_takes_all_some_task_names_or_some_ids(value: str, picks: list[
 def test_an_unreadable_replay_annotation_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="expected all"):
         quarantine.parse_selector(value)
+
+
+def test_the_operator_and_the_workers_name_quarantine_queues_alike() -> None:
+    assert poison.QUARANTINE_SUFFIX == api.QUARANTINE_SUFFIX
+    assert poison.quarantine_queue("work") == "work" + api.QUARANTINE_SUFFIX

@@ -63,11 +63,14 @@ def forget(url: str, task_ids: list[str]) -> None:
 
 
 def move_back(broker_url: str, transport_options: dict[str, Any] | None, queues: list[str],
-              selected: Callable[[dict[str, Any]], bool], purge: bool = False) -> list[str]:
+              selected: Callable[[dict[str, Any]], bool], purge: bool = False,
+              ledger_at: str | None = None) -> list[str]:
     """Put the quarantined messages of `queues` (quarantine queues) that `selected(record)` picks back on
     the queue they came from, unchanged but for the quarantine header, or drop them (`purge`). The others
-    stay. Returns the ids moved. Each message is acknowledged in quarantine only once it is published again
-    (RabbitMQ and Redis alike: the ones not picked go back when the channel closes, unacknowledged)."""
+    stay. The death counts and quarantine record of each (in the ledger at `ledger_at`) are cleared before it
+    is published again: a worker that receives it at once must not find it poison. Returns the ids moved.
+    Each message is acknowledged in quarantine only once it is published again (RabbitMQ and Redis alike:
+    the ones not picked go back when the channel closes, unacknowledged)."""
     from kombu.connection import Connection
     from kombu.entity import Queue
 
@@ -91,6 +94,9 @@ def move_back(broker_url: str, transport_options: dict[str, Any] | None, queues:
                         if not selected(record):
                             continue  # left unacknowledged: back in quarantine when the channel closes
                         headers.pop(poison.QUARANTINE_HEADER, None)
+                        task_id = str(record.get("id") or headers.get("id") or "")
+                        if ledger_at is not None and task_id:
+                            forget(ledger_at, [task_id])
                         if not purge:
                             source = str(record.get("queue") or name.removesuffix(poison.QUARANTINE_SUFFIX))
                             props = {k: message.properties[k] for k in ("correlation_id", "reply_to", "priority",
@@ -100,7 +106,7 @@ def move_back(broker_url: str, transport_options: dict[str, Any] | None, queues:
                                              content_type=message.content_type,
                                              content_encoding=message.content_encoding, delivery_mode=2, **props)
                         message.ack()
-                        moved.append(str(record.get("id") or headers.get("id") or ""))
+                        moved.append(task_id)
                 finally:
                     channel.close()
     except (OSError, *CONNECTION_ERRORS) as e:  # type: ignore[misc]

@@ -169,9 +169,7 @@ class Poller:
                                                   state.quarantined or [])
             url, opts = state.broker.url, state.transport_options
             try:
-                moved = await asyncio.to_thread(ledger.move_back, url, opts, queues, selected, purge)
-                if ledger_at is not None:
-                    await asyncio.to_thread(ledger.forget, ledger_at, moved)
+                moved = await asyncio.to_thread(ledger.move_back, url, opts, queues, selected, purge, ledger_at)
             except BrokerError as e:
                 log.warning("%s/%s: quarantine %s failed (retried next poll): %s", ns, name, verb, e)
                 continue

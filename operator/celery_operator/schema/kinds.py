@@ -427,8 +427,17 @@ def queue_spec() -> Schema:
             "deletionPolicy": deletion_policy("queue"),
         },
         required=["appRef"],
-        rules=quorum_rules + _fixed_at_declare_rules(),
+        rules=[*quorum_rules, _not_a_quarantine_queue(), *_fixed_at_declare_rules()],
     )
+
+
+def _not_a_quarantine_queue() -> Rule:
+    """`<queue>.quarantine` is where the workers set aside a queue's poison tasks (maxWorkerDeaths)."""
+    suffix = api.QUARANTINE_SUFFIX
+    return Rule(f"!has(self.name) || !self.name.endsWith('{suffix}')",
+                f"spec.name must not end in '{suffix}': the workers set aside the poison tasks of queue <q> in "
+                f"<q>{suffix} (maxWorkerDeaths), so a queue of that name would receive them; choose another name",
+                ".name")
 
 
 # Queue fields RabbitMQ fixes when it declares the queue (a redeclare with another value fails with
