@@ -145,3 +145,24 @@ def test_the_probe_reads_the_names_the_operator_sets() -> None:
     assert probe.DEFAULT_MAX_AGE_SECONDS == api.HEARTBEAT_MAX_AGE_SECONDS
     assert (probe.ENV_CONFIG_DIR, probe.ENV_BROKER_URL, probe.CONFIG_MOUNT_PATH, probe.CONFIG_JSON_KEY) == (
         api.ENV_CONFIG_DIR, api.ENV_BROKER_URL, api.CONFIG_MOUNT_PATH, api.CONFIG_JSON_KEY)
+
+
+def test_an_idle_workers_empty_queues_are_trusted_for_half_the_bound_then_asked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[float] = []
+    ready = {"celery": 0}
+
+    def ready_messages(url: str, queues: list[str], config: dict[str, Any]) -> dict[str, int]:
+        asked.append(time.time())
+        return dict(ready)
+
+    monkeypatch.setattr(probe, "ready_messages", ready_messages)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state(time=time.time(), received=time.time() - 500)))
+    assert probe.probe(str(path), STUCK_AFTER, MAX_AGE, "redis://") == (True, "ok (idle, its queues are empty)")
+    live, message = probe.probe(str(path), STUCK_AFTER, MAX_AGE, "redis://")
+    assert live and "were empty" in message and len(asked) == 1
+    (tmp_path / "state.json.empty").write_text(json.dumps({"time": time.time() - STUCK_AFTER / 2 - 1}))
+    ready["celery"] = 3
+    live, message = probe.probe(str(path), STUCK_AFTER, MAX_AGE, "redis://")
+    assert not live and "celery=3" in message and len(asked) == 2
