@@ -305,12 +305,22 @@ class Poison:
         thread.start()
         thread.join(5)
 
-    def connect(self) -> None:
-        os.makedirs(self.inflight_dir, exist_ok=True)
-        for name in os.listdir(self.inflight_dir):  # an earlier run's leftovers (an emptyDir survives restarts)
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.inflight_dir, name))
+    def on_worker_init(self, **_: Any) -> None:
+        """The worker's main process, before its pool starts: an earlier run's leftovers go (an emptyDir
+        survives container restarts) and the termination message starts empty. Only there: any other process
+        that loads the app in the pod (`kubectl exec ... celery inspect`) must leave the worker's record alone."""
+        try:
+            os.makedirs(self.inflight_dir, exist_ok=True)
+            for name in os.listdir(self.inflight_dir):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.inflight_dir, name))
+        except OSError as e:
+            log.warning("celery-operator: no termination message of the tasks in flight: %s", e)
+            return
         self._update_termination(".none", None)  # an empty message, not the last run's
+
+    def connect(self) -> None:
+        signals.worker_init.connect(self.on_worker_init, weak=False)
         signals.task_prerun.connect(self.on_prerun, weak=False)
         signals.task_postrun.connect(self.on_postrun, weak=False)
         signals.task_received.connect(self.on_received, weak=False)
@@ -355,9 +365,5 @@ def install(app: Any) -> Poison | None:
         return None
     poison = Poison(app, max_deaths, os.environ.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG,
                     os.environ.get(ENV_INFLIGHT_DIR) or DEFAULT_INFLIGHT_DIR)
-    try:
-        poison.connect()
-    except OSError as e:
-        log.warning("celery-operator: poison-task protection is off: %s", e)
-        return None
+    poison.connect()
     return poison
