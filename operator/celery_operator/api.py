@@ -110,7 +110,6 @@ AUTOSCALING_PAUSED: Final = "AutoscalingPaused"
 TASKS_QUARANTINED: Final = "TasksQuarantined"
 
 
-
 class Reason:
     """Condition/Event reasons (CamelCase, stable: users alert on them)."""
 
