@@ -2,6 +2,13 @@
 
 import signal
 
+from hypothesis import settings
+
+# Property tests share 2 cores with clusters and brokers: a per-example deadline would fail them on
+# load, not on a counterexample. Examples stay bounded by max_examples.
+settings.register_profile("shared-cores", deadline=None)
+settings.load_profile("shared-cores")
+
 
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (a CI timeout, a killed make) becomes KeyboardInterrupt, so pytest still runs the
