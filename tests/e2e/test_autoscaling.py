@@ -73,6 +73,7 @@ class Scaled:
     def pool(self, name: str = "low") -> dict[str, Any]:
         p = get(self.cp, self.ns, "celeryworkerpool", name)
         assert p is not None
+        p.setdefault("status", {})  # not written yet right after the pool is created: nothing observed
         return p
 
     def polls(self, result: str) -> float:

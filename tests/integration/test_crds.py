@@ -81,7 +81,8 @@ def test_minimal_pool_reads_back_with_every_default_filled(
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(MINIMAL_POOL))
     spec = get(kubectl, namespace, api.POOL, "bare")["spec"]
     assert spec == {"appRef": {"name": "proj"}, "queues": ["celery"], "replicas": 1, "concurrency": 2,
-                    "pool": "prefork", "prefetchMultiplier": 1, "terminationGracePeriodSeconds": 60}
+                    "pool": "prefork", "prefetchMultiplier": 1, "terminationGracePeriodSeconds": 60,
+                    "maxWorkerDeaths": 2, "stuckAfterSeconds": 60}
     assert spec == apply_defaults(api.POOL, MINIMAL_POOL)["spec"]
 
 
