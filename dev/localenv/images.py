@@ -12,6 +12,7 @@ argument BASE_IMAGE: here the local `python` image, elsewhere the public python 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -266,7 +267,11 @@ class Images:
 
     def build(self, *names: str) -> list[Path]:
         """Build what is missing (bases first); returns the archives of `names`."""
-        with self._lock:
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        # Threads of this process, and other processes (pytest-xdist workers on a reused cluster), build one
+        # at a time: the second finds the archive the first wrote.
+        with self._lock, open(self.archive_dir / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             return [self._ensure(n) for n in (names or tuple(self._recipes))]
 
     def _in_buildah(self, ref: str) -> bool:

@@ -166,6 +166,8 @@ class Reason:
     NO_TASKS_QUARANTINED: Final = "NoTasksQuarantined"
     QUARANTINE_OFF: Final = "QuarantineOff"
     QUARANTINE_REPLAYED: Final = "QuarantineReplayed"
+    # A restarted worker's earlier connections, which RabbitMQ kept open, closed by the operator (stale.py).
+    STALE_CONNECTIONS_CLOSED: Final = "StaleConnectionsClosed"
 
 # The generated Celery config (render/config): ConfigMap keys and bootstrap overrides.
 CONFIG_JSON_KEY: Final = "celeryconfig.json"

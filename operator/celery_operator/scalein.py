@@ -182,6 +182,13 @@ def plan(pool_workers: Sequence[Worker], remove: int) -> Plan:
     return Plan(order, victims, costs)
 
 
+def kept_costs(kept: Iterable[Worker]) -> dict[str, int | None]:
+    """The deletion costs of victims that stay after all (their scale-in was called off): their work as the
+    plan saw it, no longer `VICTIM_COST`, so a later scale-down (ours or `kubectl scale`) does not take a
+    busy pod first."""
+    return {w.pod: w.work_cost() or None for w in kept}
+
+
 def drained(loads: Mapping[str, Load], victims: Iterable[Worker]) -> bool:
     """Whether every drained victim holds nothing now (a victim that stopped answering holds nothing
     the operator can wait for)."""

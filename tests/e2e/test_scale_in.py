@@ -2,10 +2,11 @@
 
 Two pools of one app on real pods, each at 4 replicas with concurrency 1, each with two workers busy
 with 30 s tasks and two idle. The autoscaled pool is scaled to 2 by the autoscaler (its minReplicas
-lowered, two tasks in flight at one per replica); the other, without autoscaling, by `kubectl scale`
-to 2 at the same moment: the ReplicaSet picks its victims with no deletion costs. The tasks run with
-acks_late and reject-on-worker-lost and a 10 s grace period (a 9 s soft shutdown), so a busy worker
-that is removed cuts its task, which runs again elsewhere. Each run of a task records its start and
+lowered to 2, two tasks in flight at one per replica; a floor of 2, so no later reading takes it lower
+while the test looks); the other, without autoscaling, by `kubectl scale` to 2 at the same moment:
+the ReplicaSet picks its victims with no deletion costs. The tasks run with acks_late and
+reject-on-worker-lost and a 10 s grace period (a 9 s soft shutdown), so a busy worker that is removed
+cuts its task, which runs again elsewhere. Each run of a task records its start and
 end on the worker's host in Redis (`sample_tasks.tasks.tracked`): an interrupted run is a start
 without its end.
 
@@ -170,7 +171,7 @@ class Scenario:
         install_chart_rbac(cp)  # again: another checkout's session may have replaced it meanwhile
         started = time.monotonic()
         cp.kubectl("patch", "celeryworkerpool", OURS, "-n", ns, "--type", "merge", "-p",
-                   json.dumps({"spec": {"autoscaling": {"minReplicas": 1}}}))
+                   json.dumps({"spec": {"autoscaling": {"minReplicas": KEEP}}}))
         cp.kubectl("scale", "celeryworkerpool", BASE, "-n", ns, f"--replicas={KEEP}")
 
         def settled() -> bool:

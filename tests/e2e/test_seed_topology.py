@@ -12,6 +12,7 @@ from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
     celery_call,
+    get,
     pod_logs,
     pod_names,
     pool_selector,
@@ -36,13 +37,17 @@ def _start_topology(control_plane: ControlPlane, namespace: str, operator_factor
 def _run_scenario(cluster: Cluster, namespace: str, tmp_path: Path, broker_url: str, backend_url: str) -> None:
     cp = cluster.control_plane
     env = sample_client_env(cp, namespace, tmp_path, broker_url, backend_url, pools=("default",))
-    [default] = pod_names(cp, namespace, pool_selector("proj", "default"), ready_only=True)
-    # The pool's status mirrors its Deployment, whose pods the kubelet reports ready.
-    status = wait_ready(cp, namespace, "celeryworkerpool", "default", 60)["status"]
-    assert status["readyReplicas"] == status["replicas"] == 1
+    # The pool's status mirrors its Deployment, whose one pod the kubelet reports ready.
+    def one_ready() -> bool:
+        status = (get(cp, namespace, "celeryworkerpool", "default") or {}).get("status") or {}
+        return status.get("readyReplicas") == status.get("replicas") == 1
 
-    # The low pool autoscales from zero: a task waiting on low_queue wakes it.
-    r = celery_call(cluster, env, "add-low")
+    wait_for(one_ready, 120, "the default pool's status: 1 of 1 replicas ready")
+    [default] = wait_for(lambda: pod_names(cp, namespace, pool_selector("proj", "default"), ready_only=True), 60,
+                         "the default pool's ready pod")
+
+    # The low pool autoscales from zero: a task waiting on low_queue wakes it (a pod to start on a busy node).
+    r = celery_call(cluster, env, "add-low", timeout=300)
     assert r["result"] == 3
     wait_for(lambda: any(r["id"] in text for text in pod_logs_of_pool(cp, namespace, "low").values()), 30,
              "a pod of the low pool logged the task")

@@ -115,6 +115,12 @@ def test_drained_once_every_victim_holds_nothing() -> None:
     assert scalein.drained({"p@a": IDLE}, victims)  # b stopped answering: nothing left to wait for
 
 
+def test_victims_whose_scale_in_was_called_off_get_their_work_back_as_cost() -> None:
+    ws = [worker("a", busy("t1"), cost=VICTIM_COST), worker("b", busy(reserved=("r",)), cost=VICTIM_COST),
+          worker("c", None, cost=VICTIM_COST)]
+    assert scalein.kept_costs(ws) == {"a": scalein.ACTIVE_WEIGHT, "b": 1, "c": None}
+
+
 loads = st.one_of(st.none(), st.builds(lambda a, r: Load(tuple(f"t{i}" for i in range(a)),
                                                          tuple(f"r{i}" for i in range(r))),
                                        st.integers(0, 3), st.integers(0, 3)))

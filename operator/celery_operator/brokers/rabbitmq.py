@@ -33,7 +33,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -113,13 +113,13 @@ class ManagementClient:
         return cls(parse_management(url), timeout)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                timeout: float | None = None) -> Any:
+                timeout: float | None = None, headers: Mapping[str, str] | None = None) -> Any:
         """One request; the decoded JSON answer (None when empty).
         Raises `ManagementHttpError` for an HTTP error, BrokerUnreachable when no answer came."""
         base = self.management.base
         url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         token = base64.b64encode(f"{self.management.username}:{self.management.password}".encode()).decode()
-        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        headers = {**(headers or {}), "Authorization": f"Basic {token}", "Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -295,6 +295,21 @@ class RabbitMQBroker:
 
     def _http(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
         return self.management_api.request(method, path, body, query)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The vhost's client connections: name, peer_host, connected_at (ms since the epoch)."""
+        rows = self._http("GET", f"/api/vhosts/{self._vhost}/connections",
+                          query={"columns": "name,peer_host,connected_at"})
+        return [r for r in rows or [] if isinstance(r, dict)]
+
+    def close_connection(self, name: str, reason: str) -> None:
+        """Close a client connection (RabbitMQ requeues what it left unacknowledged); one already gone is
+        fine."""
+        try:
+            self.management_api.request("DELETE", f"/api/connections/{_quote(name)}", headers={"X-Reason": reason})
+        except ManagementHttpError as e:
+            if e.code != 404:
+                raise
 
     def delete_exchange(self, name: str) -> None:
         with self._connection() as conn:

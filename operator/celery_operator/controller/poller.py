@@ -22,6 +22,7 @@ from celery_operator.brokers import connect, ledger
 from celery_operator.brokers.base import BrokerError, DepthReport
 from celery_operator.controller.observe import AppKey, ClusterCache
 from celery_operator.controller.scalein_executor import ScaleIn
+from celery_operator.controller.stale_connections import StaleConnections
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
@@ -58,9 +59,11 @@ class Poller:
     # the broker answers again (declare what could not be declared while it was away).
     after_poll: Callable[[AppKey, bool], None]
     scale_in: ScaleIn = field(init=False)
+    stale_connections: StaleConnections = field(init=False)
 
     def __post_init__(self) -> None:
         self.scale_in = ScaleIn(self.client, self.cache, self.recorder, self.metrics)
+        self.stale_connections = StaleConnections(self.cache, self.recorder)
 
     async def run(self, key: AppKey, state: AppState) -> None:
         """Poll until cancelled (the app left this replica, or was deleted); a drain this poller started
@@ -114,6 +117,8 @@ class Poller:
         self.metrics.set_broker_up(ns, name, report is not None)
         await self._replay_quarantine(key, state)
         await self._read_quarantine(key, state)
+        if report is not None:
+            await self.stale_connections.close(key, state)
         if report is not None:
             state.waits = self._waits(state, report)
             self.metrics.set_depth_source(ns, name, report.source)

@@ -208,7 +208,7 @@ class ScaleIn:
             log.warning("consumers of %s not restored (%s); retried on the next poll", ", ".join(nodes), e)
             return False
         with contextlib.suppress(NotOwner):
-            await self._annotate(key[0], {}, undrained=[w.pod for w in ws])
+            await self._annotate(key[0], scalein.kept_costs(ws), undrained=[w.pod for w in ws])
         body = self.cache.crs(key).get((api.POOL, pool.meta.name))
         if body is not None:
             await self.recorder.emit(body, "Normal", api.Reason.DRAINING,

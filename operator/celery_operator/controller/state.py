@@ -74,6 +74,8 @@ class AppState:
     # Poison tasks: the quarantine records (newest first) as of the last poll; None when not read, and why.
     quarantined: list[Any] | None = None
     quarantine_problem: str | None = None
+    # RabbitMQ: pod -> the worker container start whose earlier connections were closed (stale.py).
+    restarts_seen: dict[str, float] = field(default_factory=dict)
 
     def poll(self) -> Poll:
         return Poll(self.broker_up, self.poll_error, self.report, self.failed_polls)

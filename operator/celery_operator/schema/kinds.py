@@ -431,6 +431,15 @@ def queue_spec() -> Schema:
     )
 
 
+def _not_named_as_a_quarantine_queue() -> Rule:
+    """The same for a queue named by its metadata.name (no spec.name): Kubernetes names may hold dots."""
+    suffix = api.QUARANTINE_SUFFIX
+    return Rule(f"!has(self.spec) || has(self.spec.name) || !self.metadata.name.endsWith('{suffix}')",
+                f"a queue without spec.name is named by metadata.name, which must not end in '{suffix}': the "
+                f"workers set aside the poison tasks of queue <q> in <q>{suffix} (maxWorkerDeaths), so a queue of "
+                f"that name would receive them; rename it or set spec.name")
+
+
 def _not_a_quarantine_queue() -> Rule:
     """`<queue>.quarantine` is where the workers set aside a queue's poison tasks (maxWorkerDeaths)."""
     suffix = api.QUARANTINE_SUFFIX
@@ -847,6 +856,7 @@ KIND_DEFS: dict[str, KindDef] = {
          _col("Messages", "integer", ".status.messagesReady", "Ready messages."),
          _col("In-Flight", "integer", ".status.messagesInFlight", "Unacknowledged messages."),
          _col("Consumers", "integer", ".status.consumers", "Consumers.")],
+        root_rules=[_not_named_as_a_quarantine_queue()],
     ),
     api.POOL: KindDef(
         api.POOL,
