@@ -1,17 +1,18 @@
-"""The poller carries RabbitMQ's statistics (head timestamps, delivery rates) between its listings and
-turns each poll into queue waits."""
+"""RabbitMQ's statistics (head timestamps, delivery rates) are carried between listings and each poll becomes
+queue waits (pollstats, pure); what a poll changes re-decides the statuses; a stopped poller calls off its drain."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 
+from celery_operator import pollstats
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.controller.poller import Poller
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.metrics import OperatorMetrics
+from celery_operator.pollstats import Statistics
 from celery_operator.waits import Wait
 
 
@@ -24,51 +25,47 @@ def report(statistics: bool, source: str = "management", missing: tuple[str, ...
 
 
 def test_live_totals_take_the_head_timestamp_and_rate_of_the_last_statistics_listing() -> None:
-    state = AppState(uid="u")
     stamp = time.time() - 60
-    Poller._with_statistics(state, report(True, a=(5, stamp, None), b=(9, None, 3.0)), fresh=True)
-    merged = Poller._with_statistics(state, report(False, a=(4, None, None), b=(9, None, None)), fresh=False)
+    _, kept = pollstats.merge(Statistics(), report(True, a=(5, stamp, None), b=(9, None, 3.0)), True, 100.0)
+    assert kept.at == 100.0 and not kept.due(110.0, 30.0) and kept.due(130.0, 30.0)
+    merged, _ = pollstats.merge(kept, report(False, a=(4, None, None), b=(9, None, None)), False, 110.0)
     assert merged.queues["a"].oldest_published == stamp and merged.queues["a"].consumers == 1
     assert merged.queues["b"].drain_rate == 3.0
-    waits = Poller._waits(state, merged)
+    waits, _ = pollstats.waits({}, merged, time.time(), 110.0)
     a, b = waits["a"], waits["b"]
     assert a is not None and a.source == "timestamp" and 59 <= a.seconds < 70
     assert b == Wait(3.0, "drain_rate")
 
 
 def test_a_queue_found_empty_forgets_its_head_timestamp() -> None:
-    state = AppState(uid="u")
-    Poller._with_statistics(state, report(True, a=(5, time.time() - 600, None)), fresh=True)
-    Poller._with_statistics(state, report(False, a=(0, None, None)), fresh=False)
-    refilled = Poller._with_statistics(state, report(False, a=(2, None, None)), fresh=False)
+    _, kept = pollstats.merge(Statistics(), report(True, a=(5, time.time() - 600, None)), True, 0.0)
+    _, kept = pollstats.merge(kept, report(False, a=(0, None, None)), False, 1.0)
+    refilled, _ = pollstats.merge(kept, report(False, a=(2, None, None)), False, 2.0)
     assert refilled.queues["a"].oldest_published is None
-    assert Poller._waits(state, refilled)["a"] is None  # unknown until the next listing
+    assert pollstats.waits({}, refilled, time.time(), 2.0)[0]["a"] is None  # unknown until the next listing
 
 
 def test_without_broker_counters_the_drain_rate_comes_from_the_falling_ready_count() -> None:
-    state = AppState(uid="u")
-    assert Poller._waits(state, report(False, "redis", q=(100, None, None)))["q"] is None
-    meter = state.drains["q"]
-    assert meter.at is not None
-    state.drains["q"] = dataclasses.replace(meter, at=meter.at - 10)  # as if that poll was 10 s ago
-    w = Poller._waits(state, report(False, "redis", q=(60, None, None)))["q"]
-    assert w is not None and w.source == "drain_rate" and 14 < w.seconds < 16  # 60 / ~4 per second
+    waits, meters = pollstats.waits({}, report(False, "redis", q=(100, None, None)), time.time(), 1000.0)
+    assert waits["q"] is None and meters["q"].at == 1000.0
+    waits, _ = pollstats.waits(meters, report(False, "redis", q=(60, None, None)), time.time(), 1010.0)
+    w = waits["q"]
+    assert w is not None and w.source == "drain_rate" and 14 < w.seconds < 16  # 60 / 4 per second
 
 
 def test_a_queue_the_broker_does_not_have_waits_nothing() -> None:
-    state = AppState(uid="u")
-    assert Poller._waits(state, report(False, missing=("gone",)))["gone"] == Wait(0.0, None)
+    assert pollstats.waits({}, report(False, missing=("gone",)), time.time(), 0.0)[0]["gone"] == Wait(0.0, None)
 
 
 def test_a_pools_wait_changing_alone_re_decides_the_statuses() -> None:
     state = AppState(uid="u")
     st = state.pools["p"] = PoolState(desired=1, depth=3, wait=Wait(5.0, "timestamp"))
-    before = Poller._seen(state)
+    before = state.seen()
     st.wait = Wait(40.0, "timestamp")
-    longer = Poller._seen(state)
+    longer = state.seen()
     assert longer != before
     st.wait = Wait(40.4, "timestamp")  # the status shows whole seconds: nothing new to write
-    assert Poller._seen(state) == longer
+    assert state.seen() == longer
 
 
 def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:

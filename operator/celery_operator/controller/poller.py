@@ -10,14 +10,13 @@ Missing data never scales down: the policy holds replicas and the app turns Degr
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from celery_operator import api, autoscale, conditions, quarantine
+from celery_operator import api, autoscale, conditions, pollstats, quarantine
 from celery_operator.brokers import connect, ledger
 from celery_operator.brokers.base import BrokerError, DepthReport
 from celery_operator.controller.observe import AppKey, ClusterCache
@@ -30,7 +29,7 @@ from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import CeleryWorkerPool
 from celery_operator.render import names
 from celery_operator.topology import Topology
-from celery_operator.waits import DrainMeter, Wait, longest, queue_wait
+from celery_operator.waits import longest
 
 log = logging.getLogger(__name__)
 DEFAULT_POLL_SECONDS = 15.0  # queue metrics for apps without autoscaled pools
@@ -96,7 +95,7 @@ class Poller:
         else:
             on_wait = any(p.autoscaling and p.autoscaling.target_wait_seconds for p in topo.effective_pools)
             refresh = WAIT_REFRESH_SECONDS if on_wait else CONSUMERS_REFRESH_SECONDS
-            full = time.monotonic() - state.consumers_at >= refresh
+            full = state.statistics.due(time.monotonic(), refresh)
             count_in_flight = any(p.autoscaling and p.autoscaling.count_in_flight for p in topo.effective_pools)
             url, mgmt, opts = broker.url, broker.management_url, state.transport_options
             stats: Literal["totals", "full"] = "full" if full else "totals"
@@ -107,7 +106,7 @@ class Poller:
 
             try:
                 report = await asyncio.wait_for(asyncio.to_thread(measure), POLL_TIMEOUT_SECONDS)
-                report = self._with_statistics(state, report, full)
+                report, state.statistics = pollstats.merge(state.statistics, report, full, time.monotonic())
             except (BrokerError, TimeoutError) as e:
                 error = str(e) or "the broker did not answer in time"
         self.metrics.observe_poll(ns, name, time.monotonic() - t0, ok=report is not None)
@@ -120,7 +119,7 @@ class Poller:
         if report is not None:
             await self.stale_connections.close(key, state)
         if report is not None:
-            state.waits = self._waits(state, report)
+            state.waits, state.drains = pollstats.waits(state.drains, report, time.time(), time.monotonic())
             self.metrics.set_depth_source(ns, name, report.source)
             for qname, d in report.queues.items():
                 self.metrics.observe_queue(ns, name, qname, d.ready, d.in_flight, d.consumers)
@@ -135,23 +134,10 @@ class Poller:
             else:
                 await self.recorder.warning(app_body, api.Reason.BROKER_UNREACHABLE, error or "")
         await self._autoscale(key, state, topo, report)
-        seen = self._seen(state)
+        seen = state.seen()
         if seen != state.last_seen:  # statuses show only what polls change: at idle, nothing is re-decided
             state.last_seen = seen
             self.after_poll(key, changed and state.broker_up is True)
-
-    @staticmethod
-    def _seen(state: AppState) -> tuple[object, ...]:
-        """What a poll can change in the app's statuses."""
-        report = state.report
-        queues = tuple(sorted((n, d.ready, d.in_flight, d.consumers) for n, d in report.queues.items())) \
-            if report is not None else None
-        pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time,
-                              p.view().wait_seconds, p.paused, p.schedule, p.fallback)
-                             for n, p in state.pools.items()))
-        quarantined = None if state.quarantined is None else tuple(str(r.get("id")) for r in state.quarantined)
-        return state.broker_up, state.poll_error, queues, pools, state.failed_polls, quarantined, \
-            state.quarantine_problem
 
     async def _replay_quarantine(self, key: AppKey, state: AppState) -> None:
         """Carry out a replay or purge the app's annotations ask for, then remove the annotation."""
@@ -208,42 +194,6 @@ class Poller:
         state.quarantined = quarantine.records(raw)
         state.quarantine_problem = None
         self.metrics.set_quarantined(key[0], key[1], quarantine.by_task(state.quarantined))
-
-    @staticmethod
-    def _with_statistics(state: AppState, report: DepthReport, fresh: bool) -> DepthReport:
-        """Consumer counts (and, from RabbitMQ's statistics listing, head timestamps and delivery rates)
-        from the last statistics listing where this poll's live totals have none. A queue found empty
-        forgets its head timestamp: that message is gone."""
-        if fresh:
-            state.consumers_at = time.monotonic()
-            state.consumers = {n: d.consumers for n, d in report.queues.items()}
-            state.statistics = dict(report.queues) if report.statistics else {}
-            return report
-        queues = {}
-        for n, d in report.queues.items():
-            if d.consumers is None:
-                d = dataclasses.replace(d, consumers=state.consumers.get(n))
-            last = state.statistics.get(n)
-            if last is not None and d.ready == 0:
-                state.statistics[n] = last = dataclasses.replace(last, oldest_published=None)
-            if last is not None and report.source == "management":
-                d = dataclasses.replace(
-                    d, oldest_published=d.oldest_published if d.oldest_published is not None else last.oldest_published,
-                    drain_rate=d.drain_rate if d.drain_rate is not None else last.drain_rate)
-            queues[n] = d
-        return dataclasses.replace(report, queues=queues)
-
-    @staticmethod
-    def _waits(state: AppState, report: DepthReport) -> dict[str, Wait | None]:
-        """Each queue's wait (waits.py); the drain meters (for brokers that count nothing) move on."""
-        now, mono = time.time(), time.monotonic()
-        out: dict[str, Wait | None] = {}
-        for n, d in report.queues.items():
-            meter = state.drains[n] = state.drains.get(n, DrainMeter()).observe(mono, d.ready)
-            rate = d.drain_rate if d.drain_rate is not None else meter.rate
-            out[n] = queue_wait(d.ready, d.oldest_published, rate, now)
-        out.update(dict.fromkeys(report.missing, Wait(0.0, None)))  # no such queue: nothing waits in it
-        return out
 
     async def _autoscale(self, key: AppKey, state: AppState, topo: Topology, report: DepthReport | None) -> None:
         now = time.time()

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import autoscale
-from celery_operator.brokers.base import DeclareResult, DepthReport, QueueDepth
+from celery_operator.brokers.base import DeclareResult, DepthReport
 from celery_operator.decide import Poll, PoolScale
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryWorkerPool
+from celery_operator.pollstats import Statistics
 from celery_operator.topology import Topology
 from celery_operator.waits import DrainMeter, Wait
 
@@ -56,9 +57,7 @@ class AppState:
     broker_up: bool | None = None
     poll_error: str | None = None
     report: DepthReport | None = None
-    consumers: dict[str, int | None] = field(default_factory=dict)
-    consumers_at: float = float("-inf")
-    statistics: dict[str, QueueDepth] = field(default_factory=dict)  # RabbitMQ's last statistics listing
+    statistics: Statistics = field(default_factory=Statistics)  # the last statistics listing (pollstats)
     drains: dict[str, DrainMeter] = field(default_factory=dict)  # per queue
     waits: dict[str, Wait | None] = field(default_factory=dict)  # per queue, as of the last poll
     declared_hash: str | None = None
@@ -76,6 +75,18 @@ class AppState:
     quarantine_problem: str | None = None
     # RabbitMQ: pod -> the worker container start whose earlier connections were closed (stale.py).
     restarts_seen: dict[str, float] = field(default_factory=dict)
+
+    def seen(self) -> tuple[object, ...]:
+        """What a poll can change in the app's statuses (a status-only reconcile follows when it changed)."""
+        report = self.report
+        queues = tuple(sorted((n, d.ready, d.in_flight, d.consumers) for n, d in report.queues.items())) \
+            if report is not None else None
+        pools = tuple(sorted((n, p.desired, p.depth, p.in_flight, p.source, p.last_scale_time,
+                              p.view().wait_seconds, p.paused, p.schedule, p.fallback)
+                             for n, p in self.pools.items()))
+        quarantined = None if self.quarantined is None else tuple(str(r.get("id")) for r in self.quarantined)
+        return self.broker_up, self.poll_error, queues, pools, self.failed_polls, quarantined, \
+            self.quarantine_problem
 
     def poll(self) -> Poll:
         return Poll(self.broker_up, self.poll_error, self.report, self.failed_polls)
