@@ -166,6 +166,8 @@ class Reason:
     NO_TASKS_QUARANTINED: Final = "NoTasksQuarantined"
     QUARANTINE_OFF: Final = "QuarantineOff"
     QUARANTINE_REPLAYED: Final = "QuarantineReplayed"
+    # A queue's spec.quarantineQueue names a declared queue: its poison tasks go to <queue>.quarantine instead.
+    QUARANTINE_QUEUE_CONFLICT: Final = "QuarantineQueueConflict"
     # A restarted worker's earlier connections, which RabbitMQ kept open, closed by the operator (stale.py).
     STALE_CONNECTIONS_CLOSED: Final = "StaleConnectionsClosed"
 
@@ -198,6 +200,8 @@ METRICS_PATH: Final = "/metrics"
 # Key of the generated config holding the labels every metric carries (namespace, app): any process
 # that loads the config knows them, producers outside the operator's pods included.
 CONFIG_METRICS_LABELS_KEY: Final = "metrics_labels"
+# queue -> its quarantine queue (CeleryQueue spec.quarantineQueue, else <queue>.quarantine): poison tasks.
+CONFIG_QUARANTINE_QUEUES_KEY: Final = "quarantine_queues"
 # The worker pool's name (CeleryWorkerPool metadata.name), set on worker pods: the `pool` label.
 ENV_POOL: Final = "CELERY_OPERATOR_POOL"
 # prometheus_client's multiprocess mode: prefork workers' children write their values to files here

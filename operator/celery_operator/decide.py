@@ -32,7 +32,8 @@ Body = dict[str, Any]
 # and the Event is a Warning.
 WARNINGS = frozenset({api.Reason.TIMEZONE_CONFLICT, api.Reason.UNSUPPORTED_BY_BROKER,
                       api.Reason.VISIBILITY_TIMEOUT_TOO_SHORT, api.Reason.PREFETCH_HIDES_BACKLOG,
-                      api.Reason.SCHEDULE_OVERLAPS, api.Reason.INVALID_SCHEDULE})
+                      api.Reason.SCHEDULE_OVERLAPS, api.Reason.INVALID_SCHEDULE,
+                      api.Reason.QUARANTINE_QUEUE_CONFLICT})
 APPLY_FAILED = "ApplyFailed"
 
 

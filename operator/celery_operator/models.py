@@ -319,6 +319,7 @@ class CeleryQueue:
     queue_type: Literal["classic", "quorum"]
     deletion_policy: Literal["Retain", "Delete"]
     tasks: list[str]  # task names (globs allowed) routed to this queue via task_routes
+    quarantine_queue: str | None = None  # spec.quarantineQueue (None: <name>.quarantine)
 
     @classmethod
     def of(cls, body: Body) -> CeleryQueue:
@@ -341,6 +342,7 @@ class CeleryQueue:
             queue_type=s["queueType"],
             deletion_policy=s["deletionPolicy"],
             tasks=list(s.get("tasks") or []),
+            quarantine_queue=s.get("quarantineQueue"),
         )
 
 

@@ -177,7 +177,7 @@ def parse_selector(value: str) -> Selector:
     return Selector(names=items) if kind.strip() == "task" else Selector(ids=items)
 
 
-def quarantine_queues(queues: Iterable[str], quarantined: Sequence[Body]) -> list[str]:
-    """The quarantine queues a replay looks in: those of the app's queues and of its records."""
-    return sorted({poison.quarantine_queue(q) for q in queues}
-                  | {str(r["quarantineQueue"]) for r in quarantined if r.get("quarantineQueue")})
+def quarantine_queues(targets: Iterable[str], quarantined: Sequence[Body]) -> list[str]:
+    """The quarantine queues a replay looks in: those of the app's queues now (`targets`: Topology's
+    quarantine_queues) and those its records name (a queue since renamed or removed)."""
+    return sorted(set(targets) | {str(r["quarantineQueue"]) for r in quarantined if r.get("quarantineQueue")})

@@ -203,6 +203,7 @@ class Topology:
     @property
     def _problems(self) -> dict[ObjKey, list[Problem]]:
         _ = self.effective_exchanges, self.effective_queues, self.effective_pools, self.beat_entries
+        _ = self.quarantine_queues
         _ = self._settings_checked
         return self._found
 
@@ -289,6 +290,24 @@ class Topology:
     def queue_names(self) -> list[str]:
         """Names of the queues that exist for Celery (the default queue included)."""
         return [q.name for q in self.declared_queues]
+
+    @cached_property
+    def quarantine_queues(self) -> dict[str, str]:
+        """Each queue's quarantine queue (poison tasks): its CeleryQueue's spec.quarantineQueue, else
+        `<name>.quarantine`, which is also used when the chosen name is a queue the app declares."""
+        declared = set(self.queue_names)
+        out = {n: n + api.QUARANTINE_SUFFIX for n in self.queue_names}
+        for q in self.effective_queues:
+            chosen = q.quarantine_queue
+            if chosen is None or q.name not in out:
+                continue
+            if chosen in declared:
+                self._add(api.QUEUE, q.meta.name, api.Reason.QUARANTINE_QUEUE_CONFLICT,
+                          f"spec.quarantineQueue {chosen!r} is a queue the app declares, where its poison tasks "
+                          f"would run again: they go to {out[q.name]!r} until it names another queue")
+                continue
+            out[q.name] = chosen
+        return out
 
     def declared_queue(self, name: str) -> QueueDecl | None:
         return next((q for q in self.declared_queues if q.name == name), None)

@@ -51,7 +51,7 @@ RUNS_KEY = "sample-tasks:runs:{}"  # sample_tasks.tasks.RUNS_KEY
 
 
 def documents(image: str, broker: dict[str, Any], pool: str, max_deaths: int = MAX_DEATHS,
-              queue_type: str = "classic") -> list[dict[str, Any]]:
+              queue_type: str = "classic", quarantine_queue: str | None = None) -> list[dict[str, Any]]:
     v = api.API_VERSION
     return [
         {"apiVersion": v, "kind": "CeleryApp", "metadata": {"name": APP},
@@ -60,7 +60,8 @@ def documents(image: str, broker: dict[str, Any], pool: str, max_deaths: int = M
                   "broker": broker,
                   "resultBackend": {"external": {"urlSecretRef": {"name": "backend", "key": "url"}}}}},
         {"apiVersion": v, "kind": "CeleryQueue", "metadata": {"name": QUEUE},
-         "spec": {"appRef": {"name": APP}, "queueType": queue_type}},
+         "spec": {"appRef": {"name": APP}, "queueType": queue_type,
+                  **({"quarantineQueue": quarantine_queue} if quarantine_queue else {})}},
         {"apiVersion": v, "kind": "CeleryWorkerPool", "metadata": {"name": POOL},
          "spec": {"appRef": {"name": APP}, "queues": [QUEUE], "replicas": 2, "pool": pool,
                   "concurrency": 1 if pool == "solo" else 2,
@@ -104,12 +105,14 @@ def redis_quarantine(client: redis.Redis, name: str) -> list[dict[str, Any]]:
 
 def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
                  images: Images, backend_db: RedisDb, broker_url: str, broker_local_url: str,
-                 broker: dict[str, Any], quarantine: Any, pool: str, queue_type: str = "classic") -> None:
+                 broker: dict[str, Any], quarantine: Any, pool: str, queue_type: str = "classic",
+                 quarantine_queue: str | None = None) -> None:
     cp = cluster.control_plane
     install_checkout(cp)  # this checkout's CRDs (status fields), whatever another session installed since
     secret(cp, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(cp, namespace, documents(images.sample_tasks, broker, pool, queue_type=queue_type))
+    apply(cp, namespace, documents(images.sample_tasks, broker, pool, queue_type=queue_type,
+                                   quarantine_queue=quarantine_queue))
     wait_ready(cp, namespace, "celeryapp", APP, 120)
     wait_pods_ready(cp, namespace, pool_selector(APP, POOL), 2, 240)
     cm = wait_for(lambda: get(cp, namespace, "configmap", f"{APP}-celery-config"), 30, "ConfigMap")
@@ -124,7 +127,7 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
     ordinary = first + behind
     started = time.monotonic()
 
-    qname = poison.quarantine_queue(QUEUE)
+    qname = quarantine_queue or poison.quarantine_queue(QUEUE)
 
     def set_aside() -> dict[str, dict[str, Any]] | None:
         found = quarantined_headers(quarantine(qname))
@@ -265,7 +268,7 @@ def test_rabbitmq_a_task_that_kills_a_single_process_worker_container_is_named_i
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "solo")
 
 
-def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_quarantine_and_replays_into_the_quorum_queue(
+def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_quarantine_queue_then_replays(
         cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path, images: Images,
         broker_vhost: Vhost, backend_db: RedisDb) -> None:
     secret(cluster.control_plane, namespace, "broker", url=broker_vhost.url,
@@ -274,5 +277,5 @@ def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_quarantine_
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
-                 queue_type="quorum")
+                 queue_type="quorum", quarantine_queue="work-poisoned")  # a name the app chose
     assert broker_vhost.server.queue(broker_vhost.name, QUEUE)["type"] == "quorum"

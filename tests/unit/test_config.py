@@ -125,3 +125,11 @@ def test_seed_config_hash_is_the_same_for_objects_listed_in_another_order() -> N
     reordered = Topology.of(topo.app, exchanges=reversed(topo.exchanges), queues=reversed(topo.queues),
                             pools=reversed(topo.pools), schedules=reversed(topo.schedules))
     assert config_hash(celery_config(reordered)) == config_hash(celery_config(topo))
+
+
+def test_only_chosen_quarantine_queues_reach_the_workers_config() -> None:
+    plain = celery_config(Topology.of(crs.app(), queues=[crs.queue("a")]))
+    assert api.CONFIG_QUARANTINE_QUEUES_KEY not in plain  # the workers' default: no change for existing apps
+    chosen = celery_config(Topology.of(crs.app(), queues=[crs.queue("a", quarantineQueue="poisoned"),
+                                                          crs.queue("b")]))
+    assert chosen[api.CONFIG_QUARANTINE_QUEUES_KEY] == {"a": "poisoned"}

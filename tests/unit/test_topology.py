@@ -263,3 +263,18 @@ def test_prefetch_above_one_with_acks_late_on_an_autoscaled_pool_is_a_warning() 
     assert "reserves every ready message" in topo.problems_of(api.POOL, "unlimited")[0].message
     assert _reasons(topo, api.POOL, "one") == _reasons(topo, api.POOL, "fixed") == []
     assert Topology.of(crs.app(), pools=pools).problems() == {}  # without acks_late
+
+
+def test_each_queue_quarantines_into_its_chosen_queue_or_queue_dot_quarantine() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("a", quarantineQueue="poisoned"), crs.queue("b"),
+                                          crs.queue("c", quarantineQueue="poisoned")])
+    assert topo.problems() == {}
+    assert topo.quarantine_queues == {"a": "poisoned", "b": "b" + api.QUARANTINE_SUFFIX, "c": "poisoned",
+                                      "celery": "celery" + api.QUARANTINE_SUFFIX}
+
+
+def test_a_chosen_quarantine_queue_that_is_a_declared_queue_warns_and_the_default_is_used() -> None:
+    topo = Topology.of(crs.app(), queues=[crs.queue("a", quarantineQueue="b"), crs.queue("b")])
+    [problem] = topo.problems_of(api.QUEUE, "a")
+    assert problem.reason == R.QUARANTINE_QUEUE_CONFLICT and "'b'" in problem.message
+    assert topo.quarantine_queues["a"] == "a" + api.QUARANTINE_SUFFIX

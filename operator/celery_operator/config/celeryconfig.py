@@ -87,6 +87,11 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
         "broker_connection_retry_on_startup": True,
         api.CONFIG_METRICS_LABELS_KEY: {"namespace": app.meta.namespace, "app": app.meta.name},
     })
+    # Only the queues whose quarantine queue is not the default <queue>.quarantine (the workers' fallback), so
+    # an app that chose none has the config it had before the setting existed (no rollout on upgrade).
+    chosen = {q: target for q, target in topology.quarantine_queues.items() if target != q + api.QUARANTINE_SUFFIX}
+    if chosen:
+        config[api.CONFIG_QUARANTINE_QUEUES_KEY] = chosen
     if app.flower.enabled:
         # Flower knows workers and tasks from events: every worker sends them (-E) and producers send
         # task-sent. The cost: 3-4 small messages per task on the celeryev exchange, which Flower consumes.

@@ -156,7 +156,7 @@ class Poller:
                 await self._remove_annotation(key, annotation)
                 continue
             ledger_at = ledger.ledger_url(state.broker.url, state.backend.url if state.backend else None)
-            queues = quarantine.quarantine_queues(state.topology.queue_names if state.topology else (),
+            queues = quarantine.quarantine_queues(state.topology.quarantine_queues.values() if state.topology else (),
                                                   state.quarantined or [])
             url, opts = state.broker.url, state.transport_options
             try:

@@ -57,11 +57,12 @@ DEFAULT_HEARTBEAT_FILE = "/tmp/celery-worker-heartbeat"
 CONFIG_JSON_KEY = "celeryconfig.json"
 CONFIG_METRICS_LABELS_KEY = "metrics_labels"
 CONFIG_BEAT_ENTRIES_KEY = "beat_entries"
+CONFIG_QUARANTINE_QUEUES_KEY = "quarantine_queues"
 
 CONFIG_DIR = os.environ.get(ENV_CONFIG_DIR) or CONFIG_MOUNT_PATH
 HEARTBEAT_FILE = os.environ.get(ENV_HEARTBEAT_FILE) or DEFAULT_HEARTBEAT_FILE
 # Keys of the generated config that are not Celery settings.
-_NOT_SETTINGS = ("exchanges", CONFIG_METRICS_LABELS_KEY, CONFIG_BEAT_ENTRIES_KEY)
+_NOT_SETTINGS = ("exchanges", CONFIG_METRICS_LABELS_KEY, CONFIG_BEAT_ENTRIES_KEY, CONFIG_QUARANTINE_QUEUES_KEY)
 
 
 def _exchange(decl: dict[str, Any]) -> Exchange:
@@ -162,4 +163,5 @@ signals.heartbeat_sent.connect(_touch_heartbeat, weak=False)
 celery_operator_probe.install()  # the state the worker's liveness probe reads
 signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 TASK_METRICS = celery_operator_metrics.install(app, CONFIG.get(CONFIG_METRICS_LABELS_KEY) or {})
-POISON = celery_operator_poison.install(app)  # workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS (poison tasks)
+# Workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS turns on the poison-task protection; the queues' chosen quarantine queues.
+POISON = celery_operator_poison.install(app, CONFIG.get(CONFIG_QUARANTINE_QUEUES_KEY) or {})

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from celery import signals
@@ -82,9 +83,11 @@ def _alive(pid: int) -> bool:
 class Poison:
     """The poison-task protection of one worker container (one instance, shared by its forked children)."""
 
-    def __init__(self, app: Any, max_deaths: int, termination_log: str, inflight_dir: str) -> None:
+    def __init__(self, app: Any, max_deaths: int, termination_log: str, inflight_dir: str,
+                 quarantine_queues: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.max_deaths = max_deaths
+        self.quarantine_queues = dict(quarantine_queues or {})  # queue -> chosen quarantine queue
         self.termination_log = termination_log
         self.inflight_dir = inflight_dir
         self.pod = os.environ.get("HOSTNAME") or socket.gethostname()
@@ -258,7 +261,7 @@ class Poison:
         info = message.delivery_info or {}
         queue = resolve_queue(self.app.amqp.queues.values(), info.get("exchange") or "",
                               info.get("routing_key") or "") or str(info.get("routing_key") or "")
-        target = rules.quarantine_queue(queue)
+        target = self.quarantine_queues.get(queue) or rules.quarantine_queue(queue)
         record = rules.quarantine_record(entry, str(request.id), queue, target, time.time())
         headers = dict(message.headers or {})
         headers[rules.QUARANTINE_HEADER] = json.dumps(record, separators=(",", ":"))
@@ -353,7 +356,7 @@ def _install_request_class(poison: Poison) -> None:
     base.Request = PoisonRequest
 
 
-def install(app: Any) -> Poison | None:
+def install(app: Any, quarantine_queues: Mapping[str, str] | None = None) -> Poison | None:
     """Protect the worker from poison tasks when the operator asks for it (its environment variable)."""
     raw = os.environ.get(ENV_MAX_WORKER_DEATHS)
     if not raw:
@@ -364,6 +367,6 @@ def install(app: Any) -> Poison | None:
         log.warning("celery-operator: %s=%r is not a number: poison-task protection is off", ENV_MAX_WORKER_DEATHS, raw)
         return None
     poison = Poison(app, max_deaths, os.environ.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG,
-                    os.environ.get(ENV_INFLIGHT_DIR) or DEFAULT_INFLIGHT_DIR)
+                    os.environ.get(ENV_INFLIGHT_DIR) or DEFAULT_INFLIGHT_DIR, quarantine_queues)
     poison.connect()
     return poison

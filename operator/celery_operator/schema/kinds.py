@@ -425,9 +425,17 @@ def queue_spec() -> Schema:
             "queueType": string("RabbitMQ queue type (x-queue-type).", enum=["classic", "quorum"],
                                 default="classic"),
             "deletionPolicy": deletion_policy("queue"),
+            "quarantineQueue": string(
+                f"Where the workers set aside this queue's poison tasks (tasks that killed maxWorkerDeaths workers "
+                f"of the pool consuming it), with their body and headers, until they are replayed. Defaults to "
+                f"<name>{api.QUARANTINE_SUFFIX}. Queues may share one (each message records its source queue); it "
+                f"must not be a queue the app declares (a CeleryQueue naming one gets a QuarantineQueueConflict "
+                f"warning and uses the default).",
+                pattern=CELERY_NAME_PATTERN, min_length=1, max_length=AMQP_NAME_MAX),
         },
         required=["appRef"],
-        rules=[*quorum_rules, _not_a_quarantine_queue(), *_fixed_at_declare_rules()],
+        rules=[*quorum_rules, _not_a_quarantine_queue(), _not_its_own_quarantine_queue(),
+               *_fixed_at_declare_rules()],
     )
 
 
@@ -438,6 +446,13 @@ def _not_named_as_a_quarantine_queue() -> Rule:
                 f"a queue without spec.name is named by metadata.name, which must not end in '{suffix}': the "
                 f"workers set aside the poison tasks of queue <q> in <q>{suffix} (maxWorkerDeaths), so a queue of "
                 f"that name would receive them; rename it or set spec.name")
+
+
+def _not_its_own_quarantine_queue() -> Rule:
+    return Rule("!has(self.quarantineQueue) || !has(self.name) || self.quarantineQueue != self.name",
+                "spec.quarantineQueue must differ from spec.name: a queue's poison tasks cannot wait in the queue "
+                "they came from; choose another name or remove quarantineQueue",
+                ".quarantineQueue")
 
 
 def _not_a_quarantine_queue() -> Rule:
@@ -856,7 +871,11 @@ KIND_DEFS: dict[str, KindDef] = {
          _col("Messages", "integer", ".status.messagesReady", "Ready messages."),
          _col("In-Flight", "integer", ".status.messagesInFlight", "Unacknowledged messages."),
          _col("Consumers", "integer", ".status.consumers", "Consumers.")],
-        root_rules=[_not_named_as_a_quarantine_queue()],
+        root_rules=[_not_named_as_a_quarantine_queue(), Rule(
+            "!has(self.spec) || has(self.spec.name) || !has(self.spec.quarantineQueue) || "
+            "self.spec.quarantineQueue != self.metadata.name",
+            "spec.quarantineQueue must differ from the queue's name (metadata.name, as spec.name is unset): a "
+            "queue's poison tasks cannot wait in the queue they came from; choose another name")],
     ),
     api.POOL: KindDef(
         api.POOL,
