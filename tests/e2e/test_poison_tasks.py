@@ -186,7 +186,9 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         cond = condition(body, api.TASKS_QUARANTINED)
         app_status = (get(cp, namespace, "celeryapp", APP) or {}).get("status") or {}
         listed = {t["id"] for t in app_status.get("quarantinedTasks") or []}
-        if cond and cond["status"] == "True" and {crash, hog} <= listed:
+        # The pool's status and the app's are written apart: both must have seen the two tasks.
+        if cond and cond["status"] == "True" and {crash, hog} <= listed \
+                and (body.get("status") or {}).get("quarantinedTasks") == 2:
             return body
         return None
 

@@ -63,7 +63,8 @@ def seeded(control_plane: ControlPlane, namespace: str, operator_factory: Operat
     op = operator_factory("--namespace", namespace, "--no-leader-election")
     apply(control_plane, namespace, sample_documents(image=images.sample_tasks))
     wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
-    wait_for(lambda: get(control_plane, namespace, "deployment", "proj-low"), 30, "proj-low Deployment")
+    for child in ("proj-default", "proj-high", "proj-low", "proj-beat"):  # the app is Ready before all exist
+        wait_for(lambda child=child: get(control_plane, namespace, "deployment", child), 60, f"{child} Deployment")
     return Seeded(control_plane, namespace, op, images.sample_tasks)
 
 
