@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, Protocol, TypeVar
 
-from celery_operator import api, cron
+from celery_operator import api, cron, poison
 from celery_operator.models import (
     BeatEntry,
     CeleryApp,
@@ -296,7 +296,7 @@ class Topology:
         """Each queue's quarantine queue (poison tasks): its CeleryQueue's spec.quarantineQueue, else
         `<name>.quarantine`, which is also used when the chosen name is a queue the app declares."""
         declared = set(self.queue_names)
-        out = {n: n + api.QUARANTINE_SUFFIX for n in self.queue_names}
+        out = {n: poison.quarantine_queue(n) for n in self.queue_names}
         for q in self.effective_queues:
             chosen = q.quarantine_queue
             if chosen is None or q.name not in out:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-from celery_operator import api
+from celery_operator import api, poison
 from celery_operator.config.bootstrap import module_sources
 from celery_operator.cron import parse_cron
 from celery_operator.models import BeatEntry
@@ -89,7 +89,7 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
     })
     # Only the queues whose quarantine queue is not the default <queue>.quarantine (the workers' fallback), so
     # an app that chose none has the config it had before the setting existed (no rollout on upgrade).
-    chosen = {q: target for q, target in topology.quarantine_queues.items() if target != q + api.QUARANTINE_SUFFIX}
+    chosen = {q: target for q, target in topology.quarantine_queues.items() if target != poison.quarantine_queue(q)}
     if chosen:
         config[api.CONFIG_QUARANTINE_QUEUES_KEY] = chosen
     if app.flower.enabled:

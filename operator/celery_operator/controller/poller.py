@@ -118,7 +118,6 @@ class Poller:
         await self._read_quarantine(key, state)
         if report is not None:
             await self.stale_connections.close(key, state)
-        if report is not None:
             state.waits, state.drains = pollstats.waits(state.drains, report, time.time(), time.monotonic())
             self.metrics.set_depth_source(ns, name, report.source)
             for qname, d in report.queues.items():

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from celery_operator import api, conditions, decide, endpoints, quarantine, schedule, workloads
+from celery_operator import api, conditions, decide, endpoints, quarantine, schedule, stale, workloads
 from celery_operator.brokers import InvalidBrokerUrl, connect
 from celery_operator.brokers.base import BrokerError, DeclareResult
 from celery_operator.brokers.urls import broker_kind
@@ -403,6 +403,7 @@ class Reconciler:
                               live: dict[ObjKey, Body], flower_problem: tuple[str, str] | None = None) -> None:
         ns, name = key
         pods = self.cache.pods(ns, name)
+        state.worker_restarts = tuple(stale.restarts(pods))  # for the poller: no pod read of its own
         facts = decide.Facts(
             namespace=ns, app_name=name, bodies=bodies, topology=topo, broker=broker, backend=backend,
             config_hash=chash, children=live, pods=pods, scale=state.scale(), poll=state.poll(),

@@ -1,7 +1,8 @@
 """The I/O of closing the RabbitMQ connections restarted worker containers left open (see `stale.py`).
 
-Called by the poller after a poll that reached the broker. Between worker restarts it reads only the pod
-cache; on a restart not looked at yet it lists the vhost's connections (one management request) and
+Called by the poller after a poll that reached the broker. It reads no pods: the reconciler, which reads
+them on every pod change, leaves the restarts it saw in the app's state. Between worker restarts it does
+nothing; on a restart not looked at yet it lists the vhost's connections (one management request) and
 closes the dead ones, with a Normal Event on the pool per pod. A failure is logged and the restart
 looked at again on the next poll.
 """
@@ -33,7 +34,7 @@ class StaleConnections:
         broker = state.broker
         if broker is None or broker.url is None or broker_kind(broker.url) != "rabbitmq":
             return
-        found = stale.restarts(self.cache.pods(*key))
+        found = state.worker_restarts
         alive = {r.pod for r in found}
         state.restarts_seen = {pod: t for pod, t in state.restarts_seen.items() if pod in alive}
         todo = stale.pending(found, state.restarts_seen)

@@ -15,6 +15,7 @@ from celery_operator.decide import Poll, PoolScale
 from celery_operator.endpoints import Endpoint
 from celery_operator.models import CeleryWorkerPool
 from celery_operator.pollstats import Statistics
+from celery_operator.stale import Restart
 from celery_operator.topology import Topology
 from celery_operator.waits import DrainMeter, Wait
 
@@ -73,7 +74,9 @@ class AppState:
     # Poison tasks: the quarantine records (newest first) as of the last poll; None when not read, and why.
     quarantined: list[Any] | None = None
     quarantine_problem: str | None = None
-    # RabbitMQ: pod -> the worker container start whose earlier connections were closed (stale.py).
+    # The app's restarted worker containers, as the last reconcile saw its pods (it reads them on every pod
+    # change), and, RabbitMQ only, pod -> the container start whose earlier connections were closed (stale.py).
+    worker_restarts: tuple[Restart, ...] = ()
     restarts_seen: dict[str, float] = field(default_factory=dict)
 
     def seen(self) -> tuple[object, ...]:
