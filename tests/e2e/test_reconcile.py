@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from celery_operator import api
-from celery_operator.controller.reconciler import HOLD_MARGIN_SECONDS
+from celery_operator.plan import HOLD_MARGIN_SECONDS
 from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (

@@ -135,4 +135,6 @@ def test_a_thousand_fast_tasks_get_fewer_workers_than_twenty_slow_ones(
     # (How deep the fast queue gets depends on how fast its worker drains while the 1,000 are published.)
     assert deepest["fast"] > 10 * deepest["slow"] and deepest["slow"] <= 20, (deepest, waited)
     assert peak["slow"] == 4 and peak["fast"] < peak["slow"], (peak, deepest, waited)
-    assert waited["slow"] > 30 > waited["fast"], (peak, deepest, waited)
+    # The fast queue's wait stayed under its 60 s target (so its pool rightly kept one worker), the slow one's
+    # did not (on a loaded machine the fast wait reached 39 s: under the target is what the policy needs).
+    assert waited["slow"] > 60 > waited["fast"], (peak, deepest, waited)

@@ -23,8 +23,10 @@ from celery_operator.autoscale import (
     scale_up_limit,
     schedule_floor,
 )
-from celery_operator.controller.state import AppState
+from celery_operator.controller.state import PoolState
+from celery_operator.decide import PoolScale
 from celery_operator.models import Autoscaling, CeleryWorkerPool, Fallback, ScalingRules
+from celery_operator.plan import pool_replicas
 
 DEFAULTS: dict[str, Any] = {
     "minReplicas": 1, "maxReplicas": 20, "targetMessagesPerReplica": 10, "activationMessages": 0,
@@ -96,32 +98,36 @@ def pool(annotations: dict[str, str] | None = None, autoscaling: dict[str, Any] 
 
 
 def test_paused_pool_keeps_a_hand_set_replica_count() -> None:
-    state = AppState(uid="u")
-    assert state.replicas_for(pool(autoscaling={}), 2) == 2
-    state.pools["p"].desired = 5  # the autoscaler's count
-    assert state.replicas_for(pool({PAUSED: "true"}, {}), 9) == 9  # kubectl scale deployment --replicas=9
+    assert pool_replicas(pool(autoscaling={}), None, False, 2) == (2, False)
+    # the autoscaler's count was 5; kubectl scale deployment --replicas=9 while paused
+    assert pool_replicas(pool({PAUSED: "true"}, {}), PoolScale(desired=5), False, 9) == (9, True)
 
 
 def test_paused_replicas_set_the_deployment_count() -> None:
-    state = AppState(uid="u")
-    assert state.replicas_for(pool({PAUSED_REPLICAS: "3"}, {}), 9) == 3
-    assert state.replicas_for(pool(None, {"paused": True, "pausedReplicas": 0}), 3) == 0
+    assert pool_replicas(pool({PAUSED_REPLICAS: "3"}, {}), None, False, 9) == (3, True)
+    assert pool_replicas(pool(None, {"paused": True, "pausedReplicas": 0}), None, False, 3) == (0, True)
 
 
 def test_resumed_pool_continues_from_the_deployments_replicas_not_its_memory() -> None:
-    state = AppState(uid="u")
-    state.replicas_for(pool(autoscaling={}), 4)
-    st = state.pools["p"]
-    st.history = History.of_pairs([(0.0, 4)])
-    state.replicas_for(pool({PAUSED: "true"}, {}), 4)
-    assert state.replicas_for(pool(autoscaling={}), 7) == 7  # the count set while paused
-    assert state.pools["p"].history is None
+    # the autoscaler knew 4 before the pause; the Deployment was set to 7 while paused
+    assert pool_replicas(pool(autoscaling={}), PoolScale(desired=4), True, 7) == (7, False)
+    assert pool_replicas(pool(autoscaling={}), PoolScale(desired=4), False, 7) == (4, False)
+
+
+def test_resume_forgets_what_the_autoscaler_knew_before_the_pause() -> None:
+    st = PoolState(desired=4, history=History.of_pairs([(0.0, 4)]), paused=True)
+    st.resume()
+    assert (st.desired, st.history, st.paused) == (None, None, False)
+
+
+def test_a_new_autoscaled_pool_starts_at_min_replicas_and_a_restarted_operator_keeps_the_deployments() -> None:
+    assert pool_replicas(pool(autoscaling={"minReplicas": 2}), None, False, None) == (2, False)
+    assert pool_replicas(pool(autoscaling={"minReplicas": 2, "maxReplicas": 5}), None, False, 9) == (5, False)
 
 
 def test_a_pool_without_autoscaling_can_be_paused_too() -> None:
-    state = AppState(uid="u")
-    assert state.replicas_for(pool({PAUSED: "true"}), 6) == 6  # spec.replicas is 1
-    assert state.replicas_for(pool(), 6) == 1
+    assert pool_replicas(pool({PAUSED: "true"}), None, False, 6) == (6, True)  # spec.replicas is 1
+    assert pool_replicas(pool(), None, False, 6) == (1, False)
 
 
 # -- fallback --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import time
 from celery_operator import pollstats
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.controller.poller import Poller
+from celery_operator.controller.scalein_executor import Drain
 from celery_operator.controller.state import AppState, PoolState
 from celery_operator.metrics import OperatorMetrics
 from celery_operator.pollstats import Statistics
@@ -72,9 +73,9 @@ def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
     async def scenario() -> bool:
         state = AppState(uid="u")  # no topology yet: each poll returns at once
         drain = asyncio.create_task(asyncio.sleep(3600))
-        state.pools["p"] = PoolState(draining=drain)
         poller = Poller(None, None, None, OperatorMetrics(),  # type: ignore[arg-type]  # a poll without topology uses none
                         lambda _key, _full: None)
+        poller.scale_in.drains[(("ns", "app"), "p")] = Drain(task=drain, drain_from=3)
         task = asyncio.create_task(poller.run(("ns", "app"), state))
         await asyncio.sleep(0.1)
         task.cancel()

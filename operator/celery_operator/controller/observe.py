@@ -1,19 +1,27 @@
-"""Observe: what the cluster holds for one app, read from watch-fed caches (no API reads).
+"""Observe: what the cluster holds for one app, as one `plan.Snapshot` a reconcile plans from.
 
 Custom resources come from kopf's indexes (keyed by namespace and app name), the app's children and
 pods from the operator's own informers (selected on the server by the managed-by label), Secrets
-from the SecretCache. `children_kinds` are the kinds the operator creates and may delete.
+from the SecretCache. Two reads no watch serves, each bounded: whether the cluster serves PodMonitor
+(API discovery, asked once per `monitoring.RECHECK_SECONDS` for every app), and a managed server's
+PersistentVolumeClaims and their Events (listed only while its StatefulSet is not ready: the root
+cause of a pod that cannot be scheduled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import secrets as tokens
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from celery_operator import api
+from celery_operator import api, endpoints, plan
+from celery_operator.controller.monitoring import POD_MONITORS
 from celery_operator.controller.secrets import SecretCache
+from celery_operator.kube.client import KubeClient
 from celery_operator.kube.informer import Informer, Packer
+from celery_operator.models import CeleryApp
 from celery_operator.topology import ObjKey
 
 Body = dict[str, Any]
@@ -91,3 +99,63 @@ class ClusterCache:
 
     def synced(self) -> bool:
         return all(inf.synced.is_set() for infs in self.informers.values() for inf in infs)
+
+
+@dataclass
+class WrittenStatuses:
+    """Statuses this replica wrote, until the watch shows them: a reconcile sees its own last write, so a
+    status is never written twice. The executor records; observe overlays."""
+
+    by_object: dict[tuple[str, str, str], tuple[int, Body]] = field(default_factory=dict)
+
+    def record(self, namespace: str, kind: str, name: str, resource_version: int, status: Body) -> None:
+        self.by_object[(namespace, kind, name)] = (resource_version, status)
+
+    def overlay(self, namespace: str, bodies: dict[ObjKey, Body]) -> dict[ObjKey, Body]:
+        for (kind, name), body in bodies.items():
+            mine = self.by_object.get((namespace, kind, name))
+            if mine is None:
+                continue
+            if int(body["metadata"].get("resourceVersion") or 0) < mine[0]:
+                body["status"] = mine[1]
+            else:
+                del self.by_object[(namespace, kind, name)]
+        return bodies
+
+
+def _new_password() -> str:
+    return tokens.token_urlsafe(24)
+
+
+@dataclass
+class Observer:
+    """Reads one app's Snapshot: from the caches, and the two bounded reads named above."""
+
+    cache: ClusterCache
+    client: KubeClient
+    written: WrittenStatuses
+    watch: Callable[[str], None]  # start watching an optional child kind the cluster now serves
+
+    async def snapshot(self, key: AppKey) -> plan.Snapshot:
+        ns, name = key
+        bodies = self.written.overlay(ns, self.cache.crs(key))
+        now, monotonic = time.time(), time.monotonic()
+        app_body = bodies.get((api.APP, name))
+        if app_body is None or app_body["metadata"].get("deletionTimestamp"):
+            return plan.Snapshot(ns, name, bodies, now=now, monotonic=monotonic)
+        refs = endpoints.referenced_secrets(CeleryApp.of(app_body))
+        secret_data = await self.cache.secrets.data(ns, refs) if self.cache.secrets is not None else {}
+        pod_monitor = await POD_MONITORS.served(self.client)
+        if pod_monitor:
+            self.watch(api.POD_MONITOR)
+        children = await self.cache.children(ns, name, refs)
+        return plan.Snapshot(ns, name, bodies, secret_data, pod_monitor, children, self.cache.pods(ns, name),
+                             await self._claims(ns, plan.unready_claimed(children)),
+                             {role: _new_password() for role in ("broker", "result-backend")}, now, monotonic)
+
+    async def _claims(self, ns: str, statefulsets: list[str]) -> dict[str, plan.ClaimReading]:
+        if not statefulsets:
+            return {}
+        claims = await self.client.list("PersistentVolumeClaim", ns)
+        events = await self.client.list("Event", ns, field_selector="involvedObject.kind=PersistentVolumeClaim")
+        return {sts: plan.ClaimReading(plan.claims_of(claims, sts), events) for sts in statefulsets}

@@ -27,6 +27,7 @@ from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics
 from celery_operator.models import CeleryWorkerPool
+from celery_operator.plan import pool_replicas
 from celery_operator.render import names
 from celery_operator.topology import Topology
 from celery_operator.waits import longest
@@ -78,9 +79,8 @@ class Poller:
                     self.metrics.count_poller_error(*key)
                 await asyncio.sleep(max(0.05, poll_interval(state.topology) - (time.monotonic() - started)))
         finally:
-            for st in state.pools.values():
-                if st.draining is not None:
-                    st.draining.cancel()
+            self.scale_in.forget(key)
+            self.stale_connections.forget(key)
 
     async def poll(self, key: AppKey, state: AppState) -> None:
         ns, name = key
@@ -111,8 +111,9 @@ class Poller:
                 error = str(e) or "the broker did not answer in time"
         self.metrics.observe_poll(ns, name, time.monotonic() - t0, ok=report is not None)
         state.failed_polls = 0 if report is not None else state.failed_polls + 1
-        was_up = state.broker_up
+        was_up, last_polled = state.broker_up, state.polled_at
         state.broker_up, state.report, state.poll_error = report is not None, report, error
+        state.polled_at = time.monotonic()
         self.metrics.set_broker_up(ns, name, report is not None)
         await self._replay_quarantine(key, state)
         await self._read_quarantine(key, state)
@@ -126,6 +127,9 @@ class Poller:
                 self.metrics.observe_queue_wait(ns, name, qname, None if w is None else w.seconds,
                                                 None if w is None else w.source)
         changed = was_up is not None and was_up != state.broker_up
+        # The broker answers again: declare what could not be declared while it was away (a declaration
+        # that failed since the last poll says it was).
+        redeclare = state.broker_up is True and (changed or state.reconciled.declare_failed_at > last_polled)
         app_body = self.cache.crs(key).get((api.APP, name)) if changed else None  # decoded only when needed
         if app_body is not None:
             if state.broker_up:
@@ -134,9 +138,9 @@ class Poller:
                 await self.recorder.warning(app_body, api.Reason.BROKER_UNREACHABLE, error or "")
         await self._autoscale(key, state, topo, report)
         seen = state.seen()
-        if seen != state.last_seen:  # statuses show only what polls change: at idle, nothing is re-decided
-            state.last_seen = seen
-            self.after_poll(key, changed and state.broker_up is True)
+        if seen != state.last_seen or redeclare:  # statuses show only what polls change: at idle, nothing is
+            state.last_seen = seen                     # re-decided
+            self.after_poll(key, redeclare)
 
     async def _replay_quarantine(self, key: AppKey, state: AppState) -> None:
         """Carry out a replay or purge the app's annotations ask for, then remove the annotation."""
@@ -196,6 +200,10 @@ class Poller:
 
     async def _autoscale(self, key: AppKey, state: AppState, topo: Topology, report: DepthReport | None) -> None:
         now = time.time()
+        autoscaled = {p.meta.name for p in topo.pools if p.autoscaling is not None}
+        for gone in set(state.pools) - autoscaled:  # left the app, or no longer autoscaled: start afresh
+            del state.pools[gone]
+            self.scale_in.forget(key, gone)
         for pool in topo.effective_pools:
             a = pool.autoscaling
             if a is None:
@@ -208,20 +216,18 @@ class Poller:
             st.source = report.source if report is not None else st.source
             st.wait = longest(state.waits.get(q) for q in queues) if report is not None else None
             self.metrics.set_pool_bounds(key[0], key[1], pool.meta.name, (a.min_replicas, a.max_replicas))
-            pause = autoscale.pause_of(pool.meta.annotations, a)
-            if pause.paused:  # nothing scales: no /scale, no scale-in; a drain under way is called off
-                st.paused = True
-                st.desired = autoscale.paused_replicas(pause, self._live_replicas(key, pool),
-                                                         st.desired if st.desired is not None else a.min_replicas)
-                st.schedule, st.fallback = autoscale.schedule_floor(a, now)[1], False
-                if st.draining is not None:
-                    st.draining.cancel()
-                continue
-            if st.paused:  # resumed before a reconcile saw it: continue from the Deployment's replicas
-                st.resume()
-            if st.desired is None:
-                live = self._live_replicas(key, pool)
-                st.desired = a.min_replicas if live is None else autoscale.clamp(live, a.min_replicas, a.max_replicas)
+            if st.desired is None or st.paused or autoscale.pause_of(pool.meta.annotations, a).paused:
+                # Not the policy's to decide: the count the reconciler renders (plan.pool_replicas), from the
+                # Deployment's (read from the cache only then).
+                desired, paused = pool_replicas(pool, st.view(), st.paused, self._live_replicas(key, pool))
+                if paused:  # nothing scales: no /scale, no scale-in; a drain under way is called off
+                    st.paused, st.desired = True, desired
+                    st.schedule, st.fallback = autoscale.schedule_floor(a, now)[1], False
+                    self.scale_in.call_off(key, pool.meta.name)
+                    continue
+                if st.paused:  # resumed: continue from the Deployment's replicas
+                    st.resume()
+                st.desired = desired
             current = st.desired
             if a.queue_aggregation != "Sum" or a.queue_weights:
                 rows = [(q, None, None) if report is None else
@@ -237,11 +243,12 @@ class Poller:
             if decision.fallback and not st.fallback:
                 await self._announce_fallback(key, pool, state, decision)
             st.fallback = decision.fallback
-            if st.draining is not None:
-                if decision.desired >= st.drain_from:  # the load came back: keep the workers
-                    st.draining.cancel()
+            drain_from = self.scale_in.draining(key, pool.meta.name)
+            if drain_from is not None:
+                if decision.desired >= drain_from:  # the load came back: keep the workers
+                    self.scale_in.call_off(key, pool.meta.name)
                 continue
-            await self.scale_in.restore(key, state, topo, pool, st)
+            await self.scale_in.restore(key, state, topo, pool)
             if not decision.changed:
                 continue
 
@@ -253,7 +260,7 @@ class Poller:
                 return done
 
             if decision.desired < current:
-                await self.scale_in.start(key, state, topo, pool, st, current, decision.desired, apply)
+                await self.scale_in.start(key, state, topo, pool, current, decision.desired, apply)
             else:
                 await apply(decision.desired, "")
 

@@ -21,14 +21,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from celery_operator import api, conditions, scalein
 from celery_operator.brokers import BrokerError
 from celery_operator.brokers.control import RemoteControl
 from celery_operator.controller.observe import AppKey, ClusterCache
-from celery_operator.controller.state import AppState, PoolState
+from celery_operator.controller.state import AppState
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics
@@ -48,11 +48,39 @@ DRAINED_GONE_WITHIN_SECONDS = 60.0
 
 
 @dataclass
+class Drain:
+    """One pool's drain, kept by the scale-in (no one else writes it)."""
+
+    task: asyncio.Task[None] | None = None  # waiting for busy victims to drain; it scales when done
+    drain_from: int = 0  # the replicas it started from
+    drained: dict[str, float] = field(default_factory=dict)  # pod -> monotonic time it should be gone by
+    recheck: bool = True  # look for pods left drained (a pool new to this process, or a restore that failed)
+
+
+@dataclass
 class ScaleIn:
     client: KubeClient
     cache: ClusterCache
     recorder: Recorder
     metrics: Metrics
+    drains: dict[tuple[AppKey, str], Drain] = field(default_factory=dict)  # (app, pool) ->
+
+    def draining(self, key: AppKey, pool: str) -> int | None:
+        """The replicas a drain under way started from (None: no drain)."""
+        d = self.drains.get((key, pool))
+        return d.drain_from if d is not None and d.task is not None else None
+
+    def call_off(self, key: AppKey, pool: str) -> None:
+        """Stop a drain under way: its workers consume again (the replicas stay)."""
+        d = self.drains.get((key, pool))
+        if d is not None and d.task is not None:
+            d.task.cancel()
+
+    def forget(self, key: AppKey, pool: str | None = None) -> None:
+        """A pool (or every pool of the app) this poller no longer scales: its drain is called off."""
+        for k in [k for k in self.drains if k[0] == key and pool in (None, k[1])]:
+            self.call_off(*k)
+            del self.drains[k]
 
     def pool_pods(self, namespace: str, app: str, pool: str) -> list[Body]:
         return scalein.live_pods(p for p in self.cache.pods(namespace, app)
@@ -108,7 +136,7 @@ class ScaleIn:
             await asyncio.sleep(0.05)
 
     # -- the scale-in -----------------------------------------------------------------------------------
-    async def start(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool, st: PoolState,
+    async def start(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
                     current: int, desired: int, apply: Apply) -> None:
         """Choose the pods to remove and scale down now, or start draining them (the scale follows)."""
         ns, app = key
@@ -141,13 +169,14 @@ class ScaleIn:
             if await apply(desired, note):
                 self._count(key, name, plan.victims, drained=False)
             return
-        st.drain_from = current
-        st.draining = asyncio.create_task(
-            self._drain_then_scale(key, state, topo, pool, st, plan, to_drain, desired, bound, note, apply),
+        d = self.drains.setdefault((key, name), Drain())
+        d.drain_from = current
+        d.task = asyncio.create_task(
+            self._drain_then_scale(key, state, topo, pool, d, plan, to_drain, desired, bound, note, apply),
             name=f"drain:{ns}/{app}/{name}")
 
     async def _drain_then_scale(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
-                                st: PoolState, plan: scalein.Plan, to_drain: tuple[scalein.Worker, ...],
+                                d: Drain, plan: scalein.Plan, to_drain: tuple[scalein.Worker, ...],
                                 desired: int, bound: int, note: str, apply: Apply) -> None:
         ns, app = key
         nodes = [w.node for w in to_drain]
@@ -178,16 +207,16 @@ class ScaleIn:
             scaled = await apply(desired, note)
         except asyncio.CancelledError:
             if not await asyncio.shield(self._undrain(key, state, topo, pool, to_drain, "the scale-in was called off")):
-                st.recheck_drained = True
+                d.recheck = True
             raise
         finally:
-            st.draining = None
+            d.task = None
         if scaled:
             self._count(key, pool.meta.name, plan.victims, drained=emptied)
             gone_by = time.monotonic() + DRAINED_GONE_WITHIN_SECONDS
-            st.drained.update({w.pod: gone_by for w in to_drain})
+            d.drained.update({w.pod: gone_by for w in to_drain})
         else:
-            st.recheck_drained = not await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
+            d.recheck = not await self._undrain(key, state, topo, pool, to_drain, "scaling down failed")
 
     def _count(self, key: AppKey, pool: str, victims: Iterable[scalein.Worker], *, drained: bool) -> None:
         """Count the removed pods by what they held: nothing, work they finished draining, or work."""
@@ -215,22 +244,22 @@ class ScaleIn:
                                      f"{', '.join(w.pod for w in ws)} consume again: {why}", dedupe=False)
         return True
 
-    async def restore(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool,
-                      st: PoolState) -> None:
+    async def restore(self, key: AppKey, state: AppState, topo: Topology, pool: CeleryWorkerPool) -> None:
         """Pods marked drained that no drain of this process accounts for (an interrupted drain, or one
         whose pod the ReplicaSet kept) consume again. Reads the pod cache on a pool's first poll, after a
         drain until its pods are gone, and after a failed restore; otherwise nothing."""
-        if st.draining is not None or not (st.recheck_drained or st.drained):
+        d = self.drains.setdefault((key, pool.meta.name), Drain())
+        if d.task is not None or not (d.recheck or d.drained):
             return
         ns, app = key
         pods = self.pool_pods(ns, app, pool.meta.name)
         now = time.monotonic()
         names = {p["metadata"]["name"] for p in pods}
-        st.drained = {pod: t for pod, t in st.drained.items() if pod in names and t > now}
+        d.drained = {pod: t for pod, t in d.drained.items() if pod in names and t > now}
         marked = [p for p in pods if api.ANNOTATION_DRAINED in (p["metadata"].get("annotations") or {})
-                  and p["metadata"]["name"] not in st.drained]
+                  and p["metadata"]["name"] not in d.drained]
         if not marked:
-            st.recheck_drained = False
+            d.recheck = False
             return
         workers = scalein.workers(marked, pool.meta.name, {})
-        st.recheck_drained = not await self._undrain(key, state, topo, pool, workers, "its scale-in did not happen")
+        d.recheck = not await self._undrain(key, state, topo, pool, workers, "its scale-in did not happen")

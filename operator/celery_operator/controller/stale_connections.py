@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery_operator import api, stale
 from celery_operator.brokers import BrokerError
@@ -29,15 +29,20 @@ TIMEOUT_SECONDS = 20.0  # the listing, and each close
 class StaleConnections:
     cache: ClusterCache
     recorder: Recorder
+    # Per app, pod -> the container start whose earlier connections were closed (its own: no one else writes it).
+    seen: dict[AppKey, dict[str, float]] = field(default_factory=dict)
+
+    def forget(self, key: AppKey) -> None:
+        self.seen.pop(key, None)
 
     async def close(self, key: AppKey, state: AppState) -> None:
         broker = state.broker
         if broker is None or broker.url is None or broker_kind(broker.url) != "rabbitmq":
             return
-        found = state.worker_restarts
+        found = state.reconciled.worker_restarts
         alive = {r.pod for r in found}
-        state.restarts_seen = {pod: t for pod, t in state.restarts_seen.items() if pod in alive}
-        todo = stale.pending(found, state.restarts_seen)
+        seen = self.seen[key] = {pod: t for pod, t in self.seen.get(key, {}).items() if pod in alive}
+        todo = stale.pending(found, seen)
         if not todo:
             return
         rabbitmq = RabbitMQBroker(broker.url, broker.management_url)
@@ -63,7 +68,7 @@ class StaleConnections:
         for r in todo:
             if r.pod in failed:
                 continue
-            state.restarts_seen[r.pod] = r.started_at
+            seen[r.pod] = r.started_at
             names = closed.get(r.pod)
             if not names:
                 continue

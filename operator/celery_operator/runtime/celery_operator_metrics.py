@@ -173,7 +173,8 @@ def resolve_queue(queues: Iterable[Any], exchange: str, routing_key: str) -> str
     return ""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this container has pid `pid` (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -190,7 +191,7 @@ def archive_exited(path: str) -> int:
     for f in glob.glob(os.path.join(path, "*.db")):
         parts = os.path.basename(f)[:-len(".db")].split("_")
         typ, pid = parts[0], parts[-1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         if typ == "gauge" and parts[1].startswith("live"):
             mark_process_dead(int(pid), path)

@@ -39,7 +39,7 @@ from celery.exceptions import WorkerLostError
 from kombu import Queue
 
 import celery_operator_poison_rules as rules
-from celery_operator_metrics import resolve_queue
+from celery_operator_metrics import process_alive, resolve_queue
 
 log = logging.getLogger("celery_operator.poison")
 
@@ -68,16 +68,6 @@ def oom_kills(paths: tuple[str, ...] = OOM_COUNTERS) -> int | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Poison:
@@ -132,7 +122,7 @@ class Poison:
             try:
                 with open(path, encoding="utf-8") as f:
                     pid_text, _, name = f.read().partition("\t")
-                if not _alive(int(pid_text)):
+                if not process_alive(int(pid_text)):
                     os.unlink(path)  # a child that died without its postrun
                     continue
             except (OSError, ValueError):
@@ -209,7 +199,7 @@ class Poison:
             run = entry.get("run") or {}
             shut_down = bool(run) and bool(client.exists(rules.SHUTDOWN_PREFIX + str(run.get("boot", ""))))
             pid = run.get("pid")
-            pid_alive = run.get("boot") == self.boot and isinstance(pid, int) and _alive(pid)
+            pid_alive = run.get("boot") == self.boot and isinstance(pid, int) and process_alive(pid)
             verdict = rules.delivered(entry, boot=self.boot, pid_alive=pid_alive, shut_down=shut_down,
                                       how=None, max_deaths=self.max_deaths,
                                       at=time.time())
