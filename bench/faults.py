@@ -81,7 +81,8 @@ def main() -> int:
         cp = c.control_plane
         install_crds(cp)
         kubeconfig = operator_identity(cp, Path(d))
-        images = Images(sample_tasks=c.image("sample-tasks"), operator=c.image("operator"),
+        images = Images(sample_tasks=c.image("sample-tasks"), sample_tasks_newer=c.image("sample-tasks-newer"),
+                        operator=c.image("operator"),
                         rabbitmq=c.image("rabbitmq"), redis=c.image("redis"))
         rabbit = PodRabbitMQ(cp, E2E_BROKERS_NAMESPACE, "rabbitmq", images.rabbitmq)
         rabbit.deploy()

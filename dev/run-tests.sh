@@ -11,7 +11,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 py=${PY:-$repo/.venv/bin/python}
-jobs=${TEST_JOBS:-3}
+jobs=${TEST_JOBS:-5}
 hostcheck=${HOSTCHECK:-$(mktemp /tmp/celery-operator-hostcheck.XXXXXX)}
 export LOCALENV_DIR=${LOCALENV_DIR:-$(mktemp -d /tmp/celery-operator-test.XXXXXX)}
 export PYTHONPATH=$here
@@ -51,7 +51,7 @@ matrix_pid=""  # waited for: never signalled again (its pid may be reused)
 echo "support matrix venvs ready at $((SECONDS - t0)) s"
 export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
 cd "$repo" || exit 1
-"$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive and not keda" --durations=25 --cache-clear "$@"
+"$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive and not keda" --durations=40 --cache-clear "$@"
 r=$?
 if [ $r -eq 1 ]; then
   # Tests that failed while sharing 2 cores with $jobs - 1 others run once more, alone. One that then

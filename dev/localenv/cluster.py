@@ -27,7 +27,7 @@ from localenv.procs import REPO
 
 # Images every cluster loads: the sandbox, the add-ons, and what tests and the demo run.
 NODE_IMAGES = ("pause", "coredns", "local-path-provisioner", "debian")
-WORKLOAD_IMAGES = ("operator", "sample-tasks", "rabbitmq", "redis", "flower")
+WORKLOAD_IMAGES = ("operator", "sample-tasks", "sample-tasks-newer", "rabbitmq", "redis", "flower")
 
 
 @dataclass

@@ -17,6 +17,8 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ class ControlPlane:
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _attached: dict[str, int] = field(default_factory=dict)
     _own_workdir: bool = False
+    _admin_tls: ssl.SSLContext | None = field(default=None, repr=False)
+    _resources: dict[str, tuple[str, str, bool]] = field(default_factory=dict, repr=False)  # discovery
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -232,6 +236,61 @@ class ControlPlane:
     def _default_service_account_exists(self) -> bool:
         r = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
         return r.returncode == 0
+
+    # -- reads without a kubectl process ---------------------------------------------------------------
+    # Tests poll objects many times a second across workers; a kubectl process per read costs a Go start
+    # and its discovery cache, a GET here a request on a TLS context made once.
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._admin_tls is None:
+            ctx = ssl.create_default_context(cafile=str(self.pki.ca))
+            ctx.load_cert_chain(str(self.pki.pair("admin").cert), str(self.pki.pair("admin").key))
+            self._admin_tls = ctx
+        return self._admin_tls
+
+    def api_get(self, path: str, timeout: float = 30, **params: str) -> tuple[int, bytes]:
+        """GET `path` as the admin: (HTTP status, body); the status of an error too, never raised."""
+        url = f"{self.server}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        try:
+            with urllib.request.urlopen(url, context=self._tls(), timeout=timeout) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), bytes(e.read())
+
+    def collection(self, kind: str, namespace: str | None = None) -> str | None:
+        """The path of a resource's collection (in `namespace` when it is namespaced), the resource named
+        as kubectl names it (singular, plural or short name, optionally `.group`, any case), from the API
+        server's discovery (read again for a name not found: a CRD installed since); None when the
+        server serves no such resource."""
+        kind = kind.lower()
+        if kind not in self._resources:
+            self._resources = self._discover()
+        found = self._resources.get(kind)
+        if found is None:
+            return None
+        version, plural, namespaced = found
+        return f"{version}/namespaces/{namespace}/{plural}" if namespaced and namespace else f"{version}/{plural}"
+
+    def _discover(self) -> dict[str, tuple[str, str, bool]]:
+        versions = [("/api/v1", "")]
+        status, body = self.api_get("/apis")
+        if status == 200:
+            versions += [(f"/apis/{g['preferredVersion']['groupVersion']}", g["name"])
+                         for g in json.loads(body).get("groups", [])]
+        found: dict[str, tuple[str, str, bool]] = {}
+        for version, group in reversed(versions):  # the core group's names win, as in kubectl
+            status, body = self.api_get(version)
+            if status != 200:
+                continue
+            for r in json.loads(body).get("resources", []):
+                if "/" in r["name"]:  # a subresource
+                    continue
+                where = (version, r["name"], bool(r["namespaced"]))
+                for name in {r["name"], r.get("singularName") or r["kind"].lower(), *(r.get("shortNames") or [])}:
+                    found[name.lower()] = where
+                    if group:
+                        found[f"{name}.{group}".lower()] = where
+        return found
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -175,8 +175,12 @@ def _host_cas() -> list[Path]:
     return sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
 
 
-def _prepare_debian(ctx: Path) -> None:
-    suite = read_versions()["DEBIAN_SUITE"]
+def _prepare_debian(suite: str) -> Callable[[Path], None]:
+    """A Debian `suite` minbase rootfs (plus BASE_PACKAGES and the host's CAs) as the build context's tarball."""
+    return lambda ctx: _debootstrap(suite, ctx)
+
+
+def _debootstrap(suite: str, ctx: Path) -> None:
     args = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "--components=main",
             *(f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES),
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
@@ -213,11 +217,20 @@ def _prepare_pause(ctx: Path) -> None:
 def recipes() -> dict[str, Recipe]:
     v = read_versions()
     k8s = v["KUBERNETES_VERSION"]
+
+    def debian(name: str, suite: str) -> Recipe:
+        return Recipe(name, IMAGES_DIR / "debian" / "Dockerfile", prepare=_prepare_debian(suite),
+                      key=(suite, *BASE_PACKAGES, *SLIM_EXCLUDES, *debian_sources(suite),
+                           *(ca.read_text() for ca in _host_cas())))
+
     return {r.name: r for r in [
-        Recipe("debian", IMAGES_DIR / "debian" / "Dockerfile", prepare=_prepare_debian,
-               key=(v["DEBIAN_SUITE"], *BASE_PACKAGES, *SLIM_EXCLUDES, *debian_sources(v["DEBIAN_SUITE"]),
-                    *(ca.read_text() for ca in _host_cas()))),
+        debian("debian", v["DEBIAN_SUITE"]),
         Recipe("python", IMAGES_DIR / "python" / "Dockerfile", base="debian"),
+        # The same Python image and sample app on the newer Debian: a second Python version in pods.
+        debian("debian-newer", v["DEBIAN_SUITE_NEWER"]),
+        Recipe("python-newer", IMAGES_DIR / "python" / "Dockerfile", base="debian-newer"),
+        Recipe("sample-tasks-newer", REPO / "sample_tasks" / "Dockerfile", base="python-newer",
+               context=REPO / "sample_tasks"),
         Recipe("rabbitmq", IMAGES_DIR / "rabbitmq" / "Dockerfile", base="debian"),
         Recipe("redis", IMAGES_DIR / "redis" / "Dockerfile", base="debian"),
         Recipe("pause", IMAGES_DIR / "pause" / "Dockerfile", prepare=_prepare_pause, key=(k8s,)),

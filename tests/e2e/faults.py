@@ -35,6 +35,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    list_objects,
     metric_line,
     pod_names,
     secret,
@@ -119,7 +120,7 @@ class Harness:
 # -- what the cluster holds ---------------------------------------------------------------------------
 
 def items(cp: ControlPlane, ns: str, kinds: str) -> list[Body]:
-    return list(json.loads(cp.kubectl("get", kinds, "-n", ns, "-o", "json").stdout)["items"])
+    return list_objects(cp, ns, kinds)
 
 
 CR_KINDS = "celeryapps,celeryexchanges,celeryqueues,celeryworkerpools,celerybeatschedules"
@@ -552,10 +553,19 @@ def broker_outage(h: Harness, kind: str, seconds: float = 60.0) -> Outcome:
     def pool_cond(type_: str) -> Body:
         return condition(get(cp, ns, "celeryworkerpool", "w"), type_) or {}
 
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}  # seconds from the app's Ready pool to each step (where the time goes)
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - t0, 1)
+
     wait_for(lambda: pool_cond("Ready").get("status") == "True", 180, "pool Ready")
+    t0 = time.monotonic()
     ids = celery_call(h.cluster, env, "publish:work:30:3")["ids"]
     wait_for(lambda: replicas() == 3, 90, "3 replicas for the backlog")
+    phase("3 replicas")
     server.stop()
+    phase("broker stopped")
     down_at = time.monotonic()
     held: list[int] = []
     wait_for(lambda: pool_cond("Degraded").get("reason") == api.Reason.BROKER_UNREACHABLE
@@ -566,16 +576,20 @@ def broker_outage(h: Harness, kind: str, seconds: float = 60.0) -> Outcome:
     while time.monotonic() - down_at < seconds:
         held.append(replicas())
         time.sleep(2)
+    phase("outage over")
     server.start()
+    phase("broker answers")
     back = time.monotonic()
     wait_for(lambda: pool_cond("Degraded").get("status") == "False" and pool_cond("Ready").get("status") == "True",
              120, "Degraded cleared, Ready")
     recovered = time.monotonic() - back
+    phase("pool Ready")
     wait_for(lambda: (condition(get(cp, ns, "celeryapp", "proj")) or {}).get("status") == "True", 60, "app Ready")
     broker_up_back = metric_line(op, "celery_operator_broker_up", app="proj", namespace=ns)
     errors_after = metric_line(op, "celery_operator_reconcile_total", kind="CeleryApp", result="error") or 0.0
     with contextlib.suppress(AssertionError):
         wait_for(lambda: len(_results(backend_local, ids)) == len(ids), 180, "every task done", interval=2)
+    phase("tasks done")
     done = _results(backend_local, ids)
     missing = [i for i in ids if i not in done]
     where = _where_on_redis(server.local_url(0), missing) if isinstance(server, PodRedis) and missing else {}
@@ -586,7 +600,7 @@ def broker_outage(h: Harness, kind: str, seconds: float = 60.0) -> Outcome:
                    recover_seconds=[recovered],
                    facts={"held": held, "broker_up_down": broker_up_down, "broker_up_back": broker_up_back,
                           "app_reason_down": app_ready.get("reason"), "reconcile_errors": errors_after - errors_before,
-                          "missing_found_on_broker": where})
+                          "missing_found_on_broker": where, "phases": phases})
 
 
 def _where_on_redis(url: str, ids: list[str]) -> dict[str, str]:

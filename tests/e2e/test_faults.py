@@ -56,9 +56,11 @@ def test_an_app_deleted_and_recreated_at_once_stops_its_old_worker_first_and_kee
 
 
 @pytest.mark.parametrize("kind", ["rabbitmq", "redis"])
-def test_a_broker_down_a_minute_under_load_holds_replicas_is_reported_and_clears_by_itself(
+def test_a_broker_down_half_a_minute_under_load_holds_replicas_is_reported_and_clears_by_itself(
         harness: faults.Harness, kind: str) -> None:
-    out = faults.broker_outage(harness, kind, seconds=60)
+    # 30 polls (the pool polls every second) without an answer: bench/faults.py runs a minute (--outage).
+    out = faults.broker_outage(harness, kind, seconds=30)
+    print(f"\n{kind}: seconds from the backlog to each step: {out.facts['phases']}")
     assert set(out.facts["held"]) == {3}, out.facts
     assert out.facts["broker_up_down"] == 0.0 and out.facts["broker_up_back"] == 1.0
     assert out.facts["app_reason_down"] == api.Reason.BROKER_UNREACHABLE
