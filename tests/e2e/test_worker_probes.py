@@ -1,9 +1,4 @@
-"""The kubelet runs the operator's worker probes: a broker outage does not crash-loop workers.
-
-The default pool's stuckAfterSeconds is the least the schema admits (20 s): its consumer connection is
-silent for longer than that through the outage, so only the probe's fresh connection to the broker (which
-fails: the broker is down, not the worker) keeps the kubelet from restarting it (three failures 10 s apart
-would, about 50 s into the outage)."""
+"""The kubelet runs the operator's worker probes: a broker outage does not crash-loop workers."""
 
 from __future__ import annotations
 
@@ -13,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from celery_operator import api
 from localenv.cluster import Cluster
 from tests.fixtures.brokers import RedisDb
 from tests.fixtures.cluster_brokers import PodRabbitMQ
@@ -24,7 +18,6 @@ from tests.fixtures.operator import (
     pod_names,
     pool_selector,
     sample_client_env,
-    sample_documents,
     start_sample_app,
 )
 from tests.fixtures.servers import Images
@@ -40,11 +33,8 @@ def test_a_worker_outlives_a_60s_broker_outage_without_restarts_and_consumes_aga
     broker = PodRabbitMQ(cp, namespace, "broker", images.rabbitmq)  # this test's own: it stops it
     broker.deploy()
     broker.add_vhost("app")
-    docs = sample_documents(image=images.sample_tasks)
-    [default] = [d for d in docs if d["kind"] == "CeleryWorkerPool" and d["metadata"]["name"] == "default"]
-    default["spec"]["stuckAfterSeconds"] = api.MIN_STUCK_AFTER_SECONDS
     start_sample_app(cp, namespace, operator_factory, images.sample_tasks, broker.url("app"), broker.management_url,
-                     backend_db.url, docs=docs)
+                     backend_db.url)
     env = sample_client_env(cp, namespace, tmp_path, broker.url("app"), backend_db.url, pools=("default",))
     [pod] = pod_names(cp, namespace, pool_selector("proj", "default"), ready_only=True)
     assert celery_call(cluster, env, "add-default")["result"] == 3
