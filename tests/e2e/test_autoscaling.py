@@ -14,6 +14,7 @@ import pytest
 from celery_operator import api
 from localenv.cluster import Cluster
 from localenv.controlplane import ControlPlane
+from localenv.procs import tail
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.cluster_brokers import PodRedis
 from tests.fixtures.operator import (
@@ -24,6 +25,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    list_objects,
     metric_line,
     secret,
     wait_for,
@@ -116,7 +118,13 @@ def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit
     wait_for(lambda: s.replicas() == 1, 30, "pool at its minimum")
     # 2 s tasks: the pool's first worker (concurrency 2) takes about 50 s alone, so the backlog stands.
     s.publish(50, seconds=2)
-    wait_for(lambda: s.replicas() == 4, 120, "4 replicas for 50 messages / 10 per replica")
+    try:
+        wait_for(lambda: s.replicas() == 4, 120, "4 replicas for 50 messages / 10 per replica")
+    except AssertionError as e:  # what the operator saw and did instead
+        events = [f"{ev['reason']}: {ev['message']}" for ev in list_objects(s.cp, s.ns, "events")
+                  if ev["involvedObject"]["name"] == "low"]
+        raise AssertionError(f"{e}\nreplicas {s.replicas()}, pool status {s.pool()['status']}\nevents: {events}\n"
+                             f"operator log:\n{tail(s.operator.log, 60)}") from None
     wait_for(lambda: s.pool()["status"].get("lastScaleTime"), 30, "the scale in the pool's status")
     # The status is the latest reading: by the time a loaded machine reads it the new workers may have drained the
     # queue. The ScaledUp Event records the reading the decision was made on.

@@ -5,18 +5,28 @@ from __future__ import annotations
 import socket
 
 import pytest
+from celery import current_app
 
 from sample_tasks import create_app, tasks
 from sample_tasks.tasks import SampleTaskError
 
 
-def test_tasks_compute_when_called_in_process() -> None:
-    assert tasks.add(1, 2) == 3
-    assert tasks.echo({"a": [1]}) == {"a": [1]}
-    assert tasks.slow(0.01) == 0.01
-    assert tasks.tracked(0.01) == socket.gethostname()  # no result backend: nothing recorded
-    with pytest.raises(SampleTaskError, match="boom"):
-        tasks.fail("boom")
+def test_tasks_compute_when_called_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tasks are shared: they run in the current app, which is whichever app a test built last (one
+    # with a result backend in the environment, say). This test's own app has none.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    previous = current_app._get_current_object()
+    create_app().set_current()
+    try:
+        assert tasks.add(1, 2) == 3
+        assert tasks.echo({"a": [1]}) == {"a": [1]}
+        assert tasks.slow(0.01) == 0.01
+        assert tasks.tracked(0.01) == socket.gethostname()  # no result backend: nothing recorded
+        with pytest.raises(SampleTaskError, match="boom"):
+            tasks.fail("boom")
+    finally:
+        previous.set_current()
 
 
 def test_every_app_the_factory_builds_knows_the_tasks_and_imports_them() -> None:
