@@ -23,10 +23,10 @@ from celery_operator.autoscale import (
     scale_up_limit,
     schedule_floor,
 )
-from celery_operator.controller.state import PoolState
 from celery_operator.decide import PoolScale
 from celery_operator.models import Autoscaling, CeleryWorkerPool, Fallback, ScalingRules
 from celery_operator.plan import pool_replicas
+from celery_operator.poolstate import PoolState
 
 DEFAULTS: dict[str, Any] = {
     "minReplicas": 1, "maxReplicas": 20, "targetMessagesPerReplica": 10, "activationMessages": 0,
@@ -115,9 +115,10 @@ def test_resumed_pool_continues_from_the_deployments_replicas_not_its_memory() -
 
 
 def test_resume_forgets_what_the_autoscaler_knew_before_the_pause() -> None:
-    st = PoolState(desired=4, history=History.of_pairs([(0.0, 4)]), paused=True)
-    st.resume()
-    assert (st.desired, st.history, st.paused) == (None, None, False)
+    st = PoolState(desired=4, history=History.of_pairs([(0.0, 4)]), paused=True, depth=9)
+    resumed = st.resume()
+    assert (resumed.desired, resumed.history, resumed.paused, resumed.depth) == (None, None, False, 9)
+    assert (st.desired, st.paused) == (4, True)  # a value: the state it came from is unchanged
 
 
 def test_a_new_autoscaled_pool_starts_at_min_replicas_and_a_restarted_operator_keeps_the_deployments() -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 
 from celery_operator import pollstats
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.controller.poller import Poller
 from celery_operator.controller.scalein_executor import Drain
-from celery_operator.controller.state import AppState, PoolState
+from celery_operator.controller.state import AppState
 from celery_operator.metrics import OperatorMetrics
 from celery_operator.pollstats import Statistics
+from celery_operator.poolstate import PoolState
 from celery_operator.waits import Wait
 
 
@@ -59,14 +61,14 @@ def test_a_queue_the_broker_does_not_have_waits_nothing() -> None:
 
 
 def test_a_pools_wait_changing_alone_re_decides_the_statuses() -> None:
-    state = AppState(uid="u")
-    st = state.pools["p"] = PoolState(desired=1, depth=3, wait=Wait(5.0, "timestamp"))
+    st = PoolState(desired=1, depth=3, wait=Wait(5.0, "timestamp"))
+    state = AppState(uid="u", pools={"p": st})
     before = state.seen()
-    st.wait = Wait(40.0, "timestamp")
+    state.pools = {"p": dataclasses.replace(st, wait=Wait(40.0, "timestamp"))}
     longer = state.seen()
     assert longer != before
-    st.wait = Wait(40.4, "timestamp")  # the status shows whole seconds: nothing new to write
-    assert state.seen() == longer
+    state.pools = {"p": dataclasses.replace(st, wait=Wait(40.4, "timestamp"))}
+    assert state.seen() == longer  # the status shows whole seconds: nothing new to write
 
 
 def test_a_stopped_poller_calls_off_the_drain_it_started() -> None:
