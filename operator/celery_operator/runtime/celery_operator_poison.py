@@ -110,6 +110,17 @@ class Poison:
         self._client, self._client_pid = client, os.getpid()
         return client
 
+    def _ledger_entry(self, task_id: str) -> tuple[Any, dict[str, Any] | None]:
+        """The app's Redis and the task's ledger entry (None when it has none); (None, None) without Redis."""
+        client = self.redis()
+        if client is None:
+            return None, None
+        return client, rules.load_entry(client.get(rules.LEDGER_PREFIX + task_id))
+
+    @staticmethod
+    def _write_entry(client: Any, task_id: str, entry: dict[str, Any]) -> None:
+        client.set(rules.LEDGER_PREFIX + task_id, json.dumps(entry, separators=(",", ":")), ex=rules.LEDGER_TTL_SECONDS)
+
     # -- termination message (any process running tasks) ---------------------------------------------
     def _write_termination(self) -> None:
         tasks: list[tuple[str, str]] = []
@@ -156,13 +167,11 @@ class Poison:
         if not getattr(task, "acks_late", False):
             return  # acknowledged before it ran: a death loses it, it cannot loop
         try:
-            client = self.redis()
+            client, entry = self._ledger_entry(task_id)
             if client is None:
                 return
-            key = rules.LEDGER_PREFIX + task_id
-            entry = rules.load_entry(client.get(key))
-            new = rules.started(entry, str(task.name), self.pod, self.boot, os.getpid(), time.time())
-            client.set(key, json.dumps(new, separators=(",", ":")), ex=rules.LEDGER_TTL_SECONDS)
+            self._write_entry(client, task_id,
+                              rules.started(entry, str(task.name), self.pod, self.boot, os.getpid(), time.time()))
         except Exception as e:  # noqa: BLE001 (never fail a task for its bookkeeping)
             log.warning("celery-operator: poison ledger not written for %s: %s", task_id, e)
 
@@ -189,11 +198,7 @@ class Poison:
             return  # first delivery (RabbitMQ says so; a Redis broker may not say: then look)
         task_id = str(request.id)
         try:
-            client = self.redis()
-            if client is None:
-                return
-            key = rules.LEDGER_PREFIX + task_id
-            entry = rules.load_entry(client.get(key))
+            client, entry = self._ledger_entry(task_id)
             if entry is None:
                 return
             run = entry.get("run") or {}
@@ -212,7 +217,7 @@ class Poison:
                 self.quarantine(request, verdict.entry, client)
                 return
             if verdict.entry is not None and verdict.entry is not entry:
-                client.set(key, json.dumps(verdict.entry, separators=(",", ":")), ex=rules.LEDGER_TTL_SECONDS)
+                self._write_entry(client, task_id, verdict.entry)
         except Exception as e:  # noqa: BLE001 (the task runs as it would have without us)
             log.warning("celery-operator: poison check failed for %s: %s", task_id, e)
 
@@ -227,18 +232,14 @@ class Poison:
                 how = f"OOMKilled ({how})"
             self._oom_kills = kills
         try:
-            client = self.redis()
-            if client is None:
-                return
-            key = rules.LEDGER_PREFIX + task_id
-            entry = rules.load_entry(client.get(key))
+            client, entry = self._ledger_entry(task_id)
             run = (entry or {}).get("run") or {}
             if entry is None or run.get("boot") != self.boot:
                 return
             verdict = rules.delivered(entry, boot=self.boot, pid_alive=False, shut_down=False, how=how,
                                       max_deaths=self.max_deaths, at=time.time())
             if verdict.entry is not None:
-                client.set(key, json.dumps(verdict.entry, separators=(",", ":")), ex=rules.LEDGER_TTL_SECONDS)
+                self._write_entry(client, task_id, verdict.entry)
             log.warning("celery-operator: the worker process running task %s died (%s): death %d of at most %d",
                         task_id, how, len((verdict.entry or {}).get("deaths", [])), self.max_deaths)
         except Exception as e:  # noqa: BLE001 (bookkeeping only: the next delivery counts it without how)
@@ -266,8 +267,7 @@ class Poison:
                              delivery_mode=2, declare=[declared], retry=True,
                              retry_policy={"max_retries": 5}, **properties)
         client.hset(rules.QUARANTINE_KEY, str(request.id), json.dumps(record, separators=(",", ":")))
-        client.set(rules.LEDGER_PREFIX + str(request.id), json.dumps(entry, separators=(",", ":")),
-                   ex=rules.LEDGER_TTL_SECONDS)
+        self._write_entry(client, str(request.id), entry)
         log.error("celery-operator: task %s[%s] killed its worker %d times (%s): moved to queue %s, not run again",
                   request.name, request.id, len(entry["deaths"]),
                   "; ".join(f"{d.get('pod')}: {d.get('how')}" for d in entry["deaths"]), target)
