@@ -44,8 +44,7 @@ from tests.fixtures.operator import (
 from tests.fixtures.prometheus import PrometheusFactory
 from tests.fixtures.servers import OPERATOR_NAMESPACE, Images
 
-# Installing the PodMonitor CRD changes what every running operator renders: alone.
-pytestmark = [pytest.mark.e2e, pytest.mark.exclusive, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 CHART = REPO / "charts" / "celery-operator"
 DASHBOARD = CHART / "dashboards" / "celery-operator.json"

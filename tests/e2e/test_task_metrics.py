@@ -1,6 +1,6 @@
 """Task metrics end to end: a real Prometheus scrapes the worker pods the operator runs.
 
-Prometheus Operator's PodMonitor CRD (the real one, tests/fixtures/crds/) is installed, so the
+The local cluster serves Prometheus Operator's PodMonitor (the real CRD, an add-on: dev/addons/), so the
 operator creates the app's PodMonitor; Prometheus (on the host, which reaches pod IPs) scrapes the
 pods that PodMonitor selects, on the port it names, as Prometheus Operator would configure it.
 100 adds and 10 failures must come back exactly, by task and pool.
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celery_operator import api
+from localenv import addons
 from localenv.cluster import Cluster
 from localenv.controlplane import ControlPlane
-from localenv.procs import REPO
 from localenv.prometheus import Prometheus
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
@@ -38,28 +37,20 @@ from tests.fixtures.operator import (
 from tests.fixtures.prometheus import PrometheusFactory
 from tests.fixtures.servers import Images
 
-# Installing and removing the PodMonitor CRD changes what every running operator renders: alone.
-pytestmark = [pytest.mark.e2e, pytest.mark.exclusive, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-POD_MONITOR_CRD = REPO / "tests" / "fixtures" / "crds" / "monitoring.coreos.com_podmonitors.yaml"
 ADD, FAIL = "sample_tasks.tasks.add", "sample_tasks.tasks.fail"
 
 
 @pytest.fixture
-def pod_monitor_crd(control_plane: ControlPlane) -> Iterator[None]:
-    """Prometheus Operator's PodMonitor CRD, installed for the test (removed after, if it was not there)."""
-    name = f"{api.POD_MONITOR_PLURAL}.{api.MONITORING_GROUP}"
-    existed = control_plane.kubectl("get", "crd", name, check=False).returncode == 0
-    try:
-        control_plane.kubectl("apply", "--server-side", "-f", str(POD_MONITOR_CRD))
-        # (`kubectl wait` fails outright on a CRD whose status the API server has not written yet.)
-        wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in (json.loads(
-            control_plane.kubectl("get", "crd", name, "-o", "json").stdout).get("status") or {}).get(
-            "conditions") or []), 60, f"{name} Established")
-        yield
-    finally:
-        if not existed:
-            control_plane.kubectl("delete", "crd", name, "--wait=false", check=False)
+def pod_monitor_crd(control_plane: ControlPlane) -> None:
+    """The cluster serves PodMonitors. The local cluster has the CRD from the start (an add-on: installing it
+    under running tests would change what every test's operator renders); a cluster started by an older
+    checkout (LOCALENV_REUSE) gets it here, and keeps it."""
+    if not addons.crd_established(control_plane, addons.POD_MONITOR_CRD_NAME):
+        addons.apply_pod_monitor_crd(control_plane)
+        wait_for(lambda: addons.crd_established(control_plane, addons.POD_MONITOR_CRD_NAME), 60,
+                 f"{addons.POD_MONITOR_CRD_NAME} Established")
 
 
 def topology(image: str) -> list[dict[str, Any]]:

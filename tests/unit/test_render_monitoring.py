@@ -14,7 +14,7 @@ from celery_operator.topology import Topology
 from localenv.procs import REPO
 from tests.unit import crs
 
-POD_MONITOR_CRD = REPO / "tests" / "fixtures" / "crds" / "monitoring.coreos.com_podmonitors.yaml"
+POD_MONITOR_CRD = REPO / "dev" / "addons" / "monitoring.coreos.com_podmonitors.yaml"
 SECRETS = SecretsContext(broker_password="bp", result_backend_password="rp")
 
 
