@@ -250,12 +250,34 @@ class ControlPlane:
 
     def api_get(self, path: str, timeout: float = 30, **params: str) -> tuple[int, bytes]:
         """GET `path` as the admin: (HTTP status, body); the status of an error too, never raised."""
+        return self.api_request("GET", path, timeout=timeout, **params)
+
+    def api_request(self, method: str, path: str, body: object = None, timeout: float = 30,
+                    **params: str) -> tuple[int, bytes]:
+        """`method` on `path` as the admin, `body` sent as JSON: (HTTP status, body); the status of an error
+        too, never raised (a refused or timed-out connection is: OSError)."""
         url = f"{self.server}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
         try:
-            with urllib.request.urlopen(url, context=self._tls(), timeout=timeout) as r:
+            with urllib.request.urlopen(request, context=self._tls(), timeout=timeout) as r:
                 return int(r.status), bytes(r.read())
         except urllib.error.HTTPError as e:
             return int(e.code), bytes(e.read())
+
+    def create_namespace(self, name: str, *, exist_ok: bool = False) -> None:
+        """Create a namespace (a test's own, many per run: a request, not a kubectl process)."""
+        status, body = self.api_request("POST", "/api/v1/namespaces",
+                                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        if status not in (200, 201) and not (exist_ok and status == 409):
+            raise ServerError(f"creating namespace {name}: {status} {body[:300].decode(errors='replace')}")
+
+    def delete_namespace(self, name: str) -> None:
+        """Start deleting a namespace, without waiting (`kubectl delete namespace --wait=false`)."""
+        status, body = self.api_request("DELETE", f"/api/v1/namespaces/{name}")
+        if status not in (200, 202, 404):
+            raise ServerError(f"deleting namespace {name}: {status} {body[:300].decode(errors='replace')}")
 
     def collection(self, kind: str, namespace: str | None = None) -> str | None:
         """The path of a resource's collection (in `namespace` when it is namespaced), the resource named

@@ -333,8 +333,11 @@ def _resource(ev: Body) -> str:
 
 
 def lease_holder(cp: ControlPlane, namespace: str, name: str) -> str | None:
-    r = cp.kubectl("get", "lease", name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(r.stdout)["spec"].get("holderIdentity") if r.returncode == 0 else None
+    try:
+        status, body = cp.api_get(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+    except OSError:  # the API server not answering: no holder anyone can read
+        return None
+    return json.loads(body)["spec"].get("holderIdentity") if status == 200 else None
 
 
 # -- a paused leader ------------------------------------------------------------------------------
@@ -850,5 +853,5 @@ def broker_kind_switch(h: Harness) -> Outcome:
 
 def new_namespace(cp: ControlPlane) -> str:
     name = f"f-{uuid.uuid4().hex[:8]}"
-    cp.kubectl("create", "namespace", name)
+    cp.create_namespace(name)
     return name

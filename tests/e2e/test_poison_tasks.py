@@ -33,6 +33,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    list_objects,
     metric_line,
     pool_selector,
     secret,
@@ -138,7 +139,18 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
     def all_ended() -> bool:
         return all(any(e.startswith("end:") for e in r) for r in runs(client, ordinary).values())
 
-    wait_for(all_ended, 240, f"all {ORDINARY} ordinary tasks ran", interval=2)
+    try:
+        wait_for(all_ended, 240, f"all {ORDINARY} ordinary tasks ran", interval=2)
+    except AssertionError as e:  # say where they are: run, cut, or never started; and what the workers did
+        every = runs(client, ordinary)
+        ended = sum(any(x.startswith("end:") for x in r) for r in every.values())
+        begun = sum(bool(r) for r in every.values())
+        held = sorted(quarantined_headers(quarantine(qname)))
+        containers = [(p["metadata"]["name"], c.get("restartCount"), c.get("state"), c.get("lastState"))
+                      for p in list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
+                      for c in p["status"].get("containerStatuses") or []]
+        raise AssertionError(f"{e}: {ended} ended, {begun - ended} started and not ended, {ORDINARY - begun} "
+                             f"never started; quarantined {held}; containers: {json.dumps(containers)}") from None
     elapsed = time.monotonic() - started
     every = runs(client, ordinary)
     starts = sum(sum(e.startswith("start:") for e in r) for r in every.values())
@@ -163,15 +175,13 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
     crash_how = {d["how"] for d in records[crash]["deaths"]}
     if pool == "prefork":
         assert crash_how == {"exitcode 1"}, records[crash]
-    pods = json.loads(cp.kubectl("get", "pods", "-n", namespace, "-l", pool_selector(APP, POOL), "-o",
-                                 "json").stdout)["items"]
+    pods = list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
     restarts = sum(c.get("restartCount", 0) for p in pods for c in p["status"].get("containerStatuses", []))
     print(f"{pool} pool: worker container restarts: {restarts}")
     if pool == "solo":
         # The container was the process that died: its last termination (exit code 1, or OOMKilled) has a
         # termination message naming the task it was running.
-        pods = json.loads(cp.kubectl("get", "pods", "-n", namespace, "-l", pool_selector(APP, POOL), "-o",
-                                     "json").stdout)["items"]
+        pods = list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
         ends = [c.get("lastState", {}).get("terminated", {}) for p in pods
                 for c in p["status"].get("containerStatuses", [])]
         print("solo pool: last terminations: " + json.dumps([(t.get("reason"), t.get("exitCode"), t.get("message"))
@@ -199,7 +209,7 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         app_status = (get(cp, namespace, "celeryapp", APP) or {}).get("status")
         raise AssertionError(f"{e}\npool: {json.dumps(pool_status)}\napp: {json.dumps(app_status)}") from None
     assert body["status"]["quarantinedTasks"] == 2
-    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    events = list_objects(cp, namespace, "events")
     warned = [e["message"] for e in events if e["reason"] == api.Reason.TASKS_QUARANTINED
               and e["involvedObject"]["name"] == POOL and e["type"] == "Warning"]
     assert any(crash in m and "sample_tasks.tasks.crash" in m for m in warned), warned
@@ -212,8 +222,7 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         {"spec": {"env": [{"name": "SAMPLE_TASKS_POISON_FIXED", "value": "1"}]}}))
     wait_for(lambda: all(any(e.get("name") == "SAMPLE_TASKS_POISON_FIXED" for e in
                              p["spec"]["containers"][0].get("env") or [])
-                         for p in json.loads(cp.kubectl("get", "pods", "-n", namespace, "-l",
-                                                        pool_selector(APP, POOL), "-o", "json").stdout)["items"]
+                         for p in list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
                          if not p["metadata"].get("deletionTimestamp")) or None, 240, "pods rolled with the fix")
     wait_pods_ready(cp, namespace, pool_selector(APP, POOL), 2, 240)
     replay = subprocess.run([sys.executable, "-m", "celery_operator", "quarantine", "replay", APP, "-n", namespace],
@@ -230,7 +239,7 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
     assert not client.hexists(poison.QUARANTINE_KEY, crash) and not client.exists(poison.LEDGER_PREFIX + crash)
     wait_for(lambda: (condition(get(cp, namespace, "celeryworkerpool", POOL), api.TASKS_QUARANTINED) or {})
              .get("status") == "False", 60, "TasksQuarantined turns False")
-    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    events = list_objects(cp, namespace, "events")
     assert any(e["reason"] == api.Reason.QUARANTINE_REPLAYED and "2 put back" in e["message"] for e in events)
 
 

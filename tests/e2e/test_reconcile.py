@@ -19,6 +19,7 @@ from tests.fixtures.operator import (
     apply,
     condition,
     get,
+    list_objects,
     metric_line,
     pod_logs,
     sample_documents,
@@ -226,7 +227,7 @@ def test_beat_entries_run_in_a_pool_worker(seeded: Seeded) -> None:
     def rolled_pod(component: str, pool: str | None = None) -> str | None:
         selector = f"{api.LABEL_APP}=proj,{api.LABEL_COMPONENT}={component}" + (f",{api.LABEL_POOL}={pool}"
                                                                                if pool else "")
-        pods = json.loads(seeded.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
+        pods = list_objects(seeded.cp, seeded.ns, "pods", selector)
         ready = [p["metadata"]["name"] for p in pods
                  if p["metadata"].get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH) == chash
                  and not p["metadata"].get("deletionTimestamp")

@@ -36,6 +36,7 @@ from tests.fixtures.operator import (
     celery_call,
     celery_client_env,
     get,
+    list_objects,
     pool_selector,
     secret,
     wait_for,
@@ -85,8 +86,7 @@ def install_checkout(cp: ControlPlane) -> None:
 
 
 def pods(cp: ControlPlane, ns: str, pool: str) -> list[dict[str, Any]]:
-    out = cp.kubectl("get", "pods", "-n", ns, "-l", pool_selector(APP, pool), "-o", "json").stdout
-    return list(json.loads(out)["items"])
+    return list_objects(cp, ns, "pods", pool_selector(APP, pool))
 
 
 @dataclass
