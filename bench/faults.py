@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "dev"), str(REPO / "operator"), str(REPO)]
 
 from tests.e2e import faults  # noqa: E402
-from tests.fixtures.brokers import E2E_BROKERS_NAMESPACE  # noqa: E402
+from tests.fixtures.brokers import E2E_BROKERS_NAMESPACE, E2E_RABBITMQ_NAMESPACE  # noqa: E402
 from tests.fixtures.cluster_brokers import PodRabbitMQ, PodRedis  # noqa: E402
 from tests.fixtures.servers import Images, install_crds, operator_identity  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> int:
         images = Images(sample_tasks=c.image("sample-tasks"), sample_tasks_newer=c.image("sample-tasks-newer"),
                         operator=c.image("operator"),
                         rabbitmq=c.image("rabbitmq"), redis=c.image("redis"))
-        rabbit = PodRabbitMQ(cp, E2E_BROKERS_NAMESPACE, "rabbitmq", images.rabbitmq)
+        rabbit = PodRabbitMQ(cp, E2E_RABBITMQ_NAMESPACE, "rabbitmq", images.rabbitmq)
         rabbit.deploy()
         redis = PodRedis(cp, E2E_BROKERS_NAMESPACE, "redis", images.redis)
         redis.deploy()

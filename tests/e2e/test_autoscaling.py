@@ -156,7 +156,9 @@ def test_a_pool_at_zero_wakes_only_above_activation(rabbit_scaled: Scaled) -> No
 def test_busy_workers_holding_prefetched_tasks_are_not_scaled_down(rabbit_scaled: Scaled) -> None:
     """With acks_late (the README's advice for long tasks) running tasks stay unacknowledged: in flight."""
     s = rabbit_scaled
-    s.publish(6, seconds=25)
+    # Tasks long enough to outlast the slowest start of 3 workers under load and the polls below: the pool must
+    # hold while all 6 are still running (the test ends at the assertion; it never waits for them to finish).
+    s.publish(6, seconds=90)
     wait_for(lambda: s.replicas() == 3, 60, "3 replicas for 6 messages / 2 per replica")
 
     def all_in_flight() -> dict[str, Any] | None:
