@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from celery_operator import api
 from localenv.cluster import Cluster
+from localenv.controlplane import ControlPlane
 from tests.fixtures.brokers import RedisDb
 from tests.fixtures.cluster_brokers import PodRabbitMQ
 from tests.fixtures.operator import (
@@ -19,6 +22,7 @@ from tests.fixtures.operator import (
     pool_selector,
     sample_client_env,
     start_sample_app,
+    wait_for,
 )
 from tests.fixtures.servers import Images
 
@@ -41,6 +45,8 @@ def test_a_worker_outlives_a_60s_broker_outage_without_restarts_and_consumes_aga
 
     broker.stop()
     down_since = time.monotonic()
+    # The worker records the lost connection (what its liveness probe reads): reconnecting, not stuck.
+    lost = wait_for(lambda: worker_state(cp, namespace, pod).get("connecting"), 30, "the lost connection recorded")
     # The probes keep running through the outage; the worker must neither restart nor turn unready
     # for good. Sample its status for the whole outage.
     while time.monotonic() - down_since < OUTAGE_SECONDS:
@@ -55,3 +61,11 @@ def test_a_worker_outlives_a_60s_broker_outage_without_restarts_and_consumes_aga
     assert celery_call(cluster, env, "add-default")["result"] == 3
     (container,) = (get(cp, namespace, "pod", pod) or {})["status"]["containerStatuses"]
     assert container["restartCount"] == 0 and container["ready"] is True
+    back = worker_state(cp, namespace, pod)
+    assert back["connecting"] is None and back["received"] > lost, back
+
+
+def worker_state(cp: ControlPlane, namespace: str, pod: str) -> dict[str, Any]:
+    """The state file the worker's main process writes for its liveness probe."""
+    out = cp.kubectl("exec", "-n", namespace, pod, "--", "cat", api.WORKER_STATE_FILE, check=False)
+    return dict(json.loads(out.stdout)) if out.returncode == 0 and out.stdout.strip() else {}

@@ -133,9 +133,100 @@ def test_the_worker_records_its_free_slots_queues_and_last_receipt(tmp_path: Pat
     recorder.on_heartbeat()
     written = json.loads(path.read_text())
     assert written == {"time": 170.0, "received": 160.0, "stopping": False, "free": 3, "queues": ["celery"],
-                       "silent": None, "rhythm": None, "local": None}
+                       "silent": None, "rhythm": None, "local": None, "connecting": None}
     recorder.on_worker_shutting_down()
     assert json.loads(path.read_text())["stopping"] is True
+
+
+def test_the_worker_records_when_it_lost_its_broker_connection_and_counts_receipts_from_its_return(
+        tmp_path: Path) -> None:
+    clock = iter(float(t) for t in range(100, 200, 10))
+    path = tmp_path / "state.json"
+    recorder = probe.Recorder(str(path), clock=lambda: next(clock))
+    recorder.on_connection_lost()  # before the first connection: nothing to record
+    assert not path.exists()
+    consumer = types.SimpleNamespace(controller=types.SimpleNamespace(concurrency=1), connection=None,
+                                     task_consumer=types.SimpleNamespace(queues=[]))
+    recorder.on_connected(consumer)
+    recorder.on_connection_lost()
+    lost = json.loads(path.read_text())
+    assert lost["received"] < lost["connecting"] <= lost["time"]
+    recorder.on_connection_lost()  # the steps stopped again before it was back: still the first loss
+    assert json.loads(path.read_text()) == lost
+    recorder.on_connected(consumer)
+    back = json.loads(path.read_text())
+    assert back["connecting"] is None and back["received"] > lost["connecting"]
+    recorder.on_worker_shutting_down()
+    recorder.on_connection_lost()  # the consumer's steps stop at shutdown too: that is no lost connection
+    assert json.loads(path.read_text())["connecting"] is None
+
+
+def test_the_recorder_is_a_step_of_the_apps_consumer_blueprint(tmp_path: Path) -> None:
+    from celery import Celery
+
+    app = Celery("t", set_as_current=False)
+    probe.install(app, str(tmp_path / "state.json"))
+    [step] = [s for s in app.steps["consumer"] if s.__name__ == "BrokerConnection"]
+    assert step.requires == ("celery.worker.consumer.tasks:Tasks",)
+
+
+def test_a_reconnecting_worker_is_judged_by_nothing_else_in_its_record() -> None:
+    # Its record stands still while it reconnects: old, silent, idle; none of that is its fault.
+    record = state(connecting=NOW - 90, time=NOW - 300, received=NOW - 500, silent=200.0)
+    assert kinds(record) == ["reconnecting"]
+    assert kinds(state(connecting=NOW - 90, stopping=True)) == []
+
+
+@pytest.mark.parametrize(("answered_for", "live"), [
+    (0.0, True), (probe.RECONNECT_GRACE_SECONDS, True), (probe.RECONNECT_GRACE_SECONDS + 1, False)])
+def test_a_worker_reconnecting_after_an_outage_has_two_of_celerys_retry_pauses_once_the_broker_answers(
+        answered_for: float, live: bool) -> None:
+    found = probe.suspicions(state(connecting=NOW - 90), NOW, STUCK_AFTER, MAX_AGE)
+    got, message = probe.decide(found, {}, answered_for=answered_for)
+    assert got is live, message
+    if not live:
+        assert "lost the broker connection 90 s ago" in message and f"answered for {answered_for:.0f} s" in message
+    assert probe.decide(found, None, "ConnectionRefusedError")[0]  # while the broker is away: never
+
+
+def test_the_probe_counts_how_long_the_broker_has_answered_a_reconnecting_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, broker_up = [NOW], [False]
+
+    def ready_messages(url: str, queues: list[str], config: dict[str, Any]) -> dict[str, int]:
+        if not broker_up[0]:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return {}
+
+    monkeypatch.setattr(probe.time, "time", lambda: clock[0])
+    monkeypatch.setattr(probe, "ready_messages", ready_messages)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state(connecting=NOW - 300, time=NOW - 300, received=NOW - 400)))
+
+    def run() -> tuple[bool, str]:
+        return probe.probe(str(path), STUCK_AFTER, MAX_AGE, "amqp://")
+
+    live, message = run()
+    assert live and "broker unreachable" in message
+    broker_up[0] = True
+    clock[0] += 10
+    assert run() == (True, "ok (reconnecting; the broker has answered for 0 s, Celery's next attempt comes "
+                           "within 30 s)")
+    clock[0] += probe.RECONNECT_GRACE_SECONDS
+    assert run()[0]
+    clock[0] += 1
+    live, message = run()
+    assert not live and "has not reconnected, though the broker has answered for 61 s" in message
+    broker_up[0] = False  # away again: counted anew from its return
+    assert run()[0]
+    broker_up[0] = True
+    clock[0] += 100
+    assert run()[0]
+    clock[0] += 100
+    assert not run()[0]
+    # A later loss of the connection is counted from its own first answer, not from the earlier one's.
+    path.write_text(json.dumps(state(connecting=clock[0] - 5, time=clock[0] - 5)))
+    assert run()[0]
 
 
 def test_the_probe_reads_the_names_the_operator_sets() -> None:

@@ -160,7 +160,7 @@ _soft_shutdown(app.conf)
 
 signals.worker_ready.connect(_touch_heartbeat, weak=False)
 signals.heartbeat_sent.connect(_touch_heartbeat, weak=False)
-celery_operator_probe.install()  # the state the worker's liveness probe reads
+celery_operator_probe.install(app)  # the state the worker's liveness probe reads
 signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 TASK_METRICS = celery_operator_metrics.install(app, CONFIG.get(CONFIG_METRICS_LABELS_KEY) or {})
 # Workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS turns on the poison-task protection; the queues' chosen quarantine queues.

@@ -18,6 +18,11 @@ of CPU) per call. Instead:
   fault, and the probe passes; when it works, a silent consumer or a stalled loop fails the probe, and an
   idle worker fails it only if its queues have ready messages (passive declare on RabbitMQ, LLEN of every
   priority list on Redis). What it prints is the message of the kubelet's Unhealthy Event.
+- A worker that lost its broker connection records when (a consumer bootstep's stop), and writes nothing
+  until it is back: Celery retries with growing pauses of up to 30 s (kombu's `ensure_connection`), so a
+  worker can still be waiting for its next attempt after the broker returned. The probe passes while the
+  broker does not answer, and while it has answered for less than `RECONNECT_GRACE_SECONDS`; only a worker
+  that has not reconnected by then is restarted.
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ DEFAULT_STUCK_AFTER_SECONDS = 60
 DEFAULT_MAX_AGE_SECONDS = 120
 # The fresh connection's connect and read timeouts: the probe's own timeout (10 s) must cover both.
 BROKER_TIMEOUT_SECONDS = 3.0
+# The longest pause between Celery's reconnection attempts (kombu Connection.ensure_connection's
+# interval_max, which the consumer does not change), and how long a worker may keep reconnecting after its
+# broker answers again: two such pauses.
+RECONNECT_INTERVAL_MAX_SECONDS = 30.0
+RECONNECT_GRACE_SECONDS = 2 * RECONNECT_INTERVAL_MAX_SECONDS
 
 STATE_FILE = os.environ.get(ENV_WORKER_STATE_FILE) or DEFAULT_WORKER_STATE_FILE
-# Next to the state file, the probe's own note of when it last found the idle worker's queues empty.
+# Next to the state file, the probe's own notes: when it last found the idle worker's queues empty, and when
+# it first found the broker answering while the worker was reconnecting.
 EMPTY_SUFFIX = ".empty"
+ANSWERED_SUFFIX = ".answered"
 # struct tcp_info (linux/tcp.h): tcpi_last_data_recv, milliseconds since data last arrived, at byte 52.
 TCP_INFO_LAST_DATA_RECV = struct.Struct("=I")
 TCP_INFO_LAST_DATA_RECV_OFFSET = 52
@@ -98,6 +110,7 @@ class Recorder:
         self.consumer: Any = None
         self.received = clock()
         self.stopping = False
+        self.connecting: float | None = None  # since when the consumer has been reconnecting
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         self.consumer, self.received = sender, self.clock()
@@ -114,6 +127,17 @@ class Recorder:
         self.stopping = True
         self.write()
 
+    def on_connected(self, consumer: Any) -> None:
+        """The consumer (re)connected: what it has received is counted from now."""
+        self.consumer, self.received, self.connecting = consumer, self.clock(), None
+        self.write()
+
+    def on_connection_lost(self) -> None:
+        """The consumer lost its broker connection and starts reconnecting (not at the worker's shutdown)."""
+        if self.consumer is not None and not self.stopping and self.connecting is None:
+            self.connecting = self.clock()
+            self.write()
+
     def state(self) -> State:
         from celery.worker import state as worker_state
 
@@ -128,7 +152,7 @@ class Recorder:
             local = f"{host}:{port}"
         return {"time": self.clock(), "received": self.received, "stopping": self.stopping,
                 "free": int(concurrency) - len(worker_state.reserved_requests), "queues": queues,
-                "silent": silent_seconds(sock), "rhythm": rhythm, "local": local}
+                "silent": silent_seconds(sock), "rhythm": rhythm, "local": local, "connecting": self.connecting}
 
     def write(self) -> None:
         with contextlib.suppress(Exception):  # a probe signal lost is no reason to disturb the worker
@@ -138,21 +162,36 @@ class Recorder:
             os.replace(tmp, self.path)
 
 
-def install(path: str = STATE_FILE) -> Recorder:
-    """Record the worker's state for the liveness probe (from the worker's main process)."""
-    from celery import signals
+def install(app: Any, path: str = STATE_FILE) -> Recorder:
+    """Record the worker's state for the liveness probe (from the worker's main process): Celery's signals,
+    and a step in `app`'s consumer blueprint, whose start and stop are the broker connection's."""
+    from celery import bootsteps, signals
 
     recorder = Recorder(path)
     signals.worker_ready.connect(recorder.on_worker_ready, weak=False)
     signals.task_received.connect(recorder.on_task_received, weak=False)
     signals.heartbeat_sent.connect(recorder.on_heartbeat, weak=False)
     signals.worker_shutting_down.connect(recorder.on_worker_shutting_down, weak=False)
+
+    class BrokerConnection(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Started once the consumer's task consumer is set up on a new connection; stopped when the consumer
+        restarts its steps after losing the connection (and at shutdown, which the recorder tells apart)."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, parent: Any) -> None:
+            recorder.on_connected(parent)
+
+        def stop(self, parent: Any) -> None:
+            recorder.on_connection_lost()
+
+    app.steps["consumer"].add(BrokerConnection)
     return recorder
 
 
 # -- the probe's decisions (pure) ---------------------------------------------------------------------
 class Suspicion(NamedTuple):
-    kind: str  # "stalled", "silent" or "idle"
+    kind: str  # "stalled", "silent", "idle" or "reconnecting"
     why: str
 
 
@@ -162,6 +201,10 @@ def suspicions(state: State | None, now: float, stuck_after: float, max_age: flo
         return [Suspicion("stalled", "the worker has written no state file")]
     if state.get("stopping"):
         return []
+    if state.get("connecting") is not None:  # its record stands still until it is back: nothing else to judge
+        since = now - float(state["connecting"])
+        return [Suspicion("reconnecting", f"its consumer lost the broker connection {since:.0f} s ago and has not "
+                                          f"reconnected")]
     out = []
     age = now - float(state.get("time") or 0)
     if age > max_age:
@@ -181,15 +224,22 @@ def suspicions(state: State | None, now: float, stuck_after: float, max_age: flo
     return out
 
 
-def decide(found: list[Suspicion], ready: dict[str, int] | None, broker_error: str = "") -> tuple[bool, str]:
+def decide(found: list[Suspicion], ready: dict[str, int] | None, broker_error: str = "",
+           answered_for: float = 0.0) -> tuple[bool, str]:
     """(live, message) from the suspicions and the ready messages of the worker's queues on a fresh connection
-    (None: the broker did not answer, which is its outage, not the worker's)."""
+    (None: the broker did not answer, which is its outage, not the worker's); `answered_for`: how long the
+    broker has answered the probe while the worker kept reconnecting."""
     if not found:
         return True, "ok"
     if ready is None:
         return True, f"broker unreachable ({broker_error}): not the worker's fault, not restarting it"
+    reconnecting = [s.why for s in found if s.kind == "reconnecting"]
+    if reconnecting and answered_for <= RECONNECT_GRACE_SECONDS:
+        return True, (f"ok (reconnecting; the broker has answered for {answered_for:.0f} s, Celery's next attempt "
+                      f"comes within {RECONNECT_INTERVAL_MAX_SECONDS:.0f} s)")
     waiting = {q: n for q, n in ready.items() if n > 0}
-    fatal = [s.why for s in found if s.kind in ("stalled", "silent")]
+    fatal = [f"{why}, though the broker has answered for {answered_for:.0f} s" for why in reconnecting]
+    fatal += [s.why for s in found if s.kind in ("stalled", "silent")]
     if waiting and any(s.kind == "idle" for s in found):
         shown = ", ".join(f"{q}={n}" for q, n in sorted(waiting.items()))
         fatal += [f"{s.why} while its queues have ready messages ({shown})" for s in found if s.kind == "idle"]
@@ -244,12 +294,32 @@ def ready_messages(url: str, queues: list[str], config: dict[str, Any]) -> dict[
         return out
 
 
+def answered_since(path: str, connecting: float, now: float) -> float:
+    """When the probe first found the broker answering while the worker kept reconnecting (since
+    `connecting`): its note next to the state file, begun now when missing or of an earlier disconnection."""
+    note = read_state(path + ANSWERED_SUFFIX) or {}
+    if note.get("connecting") == connecting and isinstance(note.get("time"), (int, float)):
+        return float(note["time"])
+    with contextlib.suppress(OSError), open(path + ANSWERED_SUFFIX, "w", encoding="utf-8") as f:
+        json.dump({"connecting": connecting, "time": now}, f)
+    return now
+
+
 def probe(path: str, stuck_after: float, max_age: float, url: str) -> tuple[bool, str]:
     now = time.time()
     state = read_state(path)
     found = suspicions(state, now, stuck_after, max_age)
     if not found:
         return decide(found, {})
+    connecting = (state or {}).get("connecting")
+    if connecting is not None:
+        try:
+            ready = ready_messages(url, [], _config())
+        except Exception as e:  # noqa: BLE001 - the broker is still away: the worker's wait is right
+            with contextlib.suppress(OSError):
+                os.remove(path + ANSWERED_SUFFIX)
+            return decide(found, None, f"{type(e).__name__}: {e}")
+        return decide(found, ready, answered_for=now - answered_since(path, float(connecting), now))
     # An idle worker (the usual state of one with empty queues) would otherwise cost a broker connection (and
     # kombu's import, about 0.4 s of CPU) every probe: its queues found empty are trusted for half the bound.
     idle_only = all(s.kind == "idle" for s in found)
