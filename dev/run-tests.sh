@@ -2,6 +2,9 @@
 # What `make test` runs after installing and building: every test, on one local cluster this script
 # starts and always stops, with the host checked to be as it was before.
 #
+# $LINT_COMMAND (`make test` gives `make lint`) runs while the cluster starts; a lint failure fails the run
+# before any test.
+#
 # Phase 1 runs every test not marked `exclusive` on $TEST_JOBS pytest-xdist workers side by side: they
 # share the cluster (each test works in namespaces of its own; each worker has its own brokers and
 # operator identity). Phase 2 runs the `exclusive` tests alone (they restart the API server, or run an
@@ -11,7 +14,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 py=${PY:-$repo/.venv/bin/python}
-jobs=${TEST_JOBS:-5}
+jobs=${TEST_JOBS:-6}
 hostcheck=${HOSTCHECK:-$(mktemp /tmp/celery-operator-hostcheck.XXXXXX)}
 export LOCALENV_DIR=${LOCALENV_DIR:-$(mktemp -d /tmp/celery-operator-test.XXXXXX)}
 export PYTHONPATH=$here
@@ -22,6 +25,7 @@ CELERY_OPERATOR_NODE_WAIT_SECONDS=${CELERY_OPERATOR_NODE_WAIT_SECONDS:-300} \
 rc=0
 finish() {
   [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null  # the venv builds, when the run ends before them
+  [ -z "${lint_pid:-}" ] || kill "$lint_pid" 2>/dev/null
   "$py" -m localenv down || rc=1
   rm -rf "$LOCALENV_DIR"
   "$py" -m localenv hostcheck compare "$hostcheck" || rc=1
@@ -37,12 +41,29 @@ matrix_log=$LOCALENV_DIR/matrix-venvs.log
 "$py" -m localenv.matrix venvs >"$matrix_log" 2>&1 &
 matrix_pid=$!
 export CELERY_OPERATOR_MATRIX_RESULTS=$LOCALENV_DIR/matrix-results
+lint_log=$LOCALENV_DIR/lint.log
+if [ -n "${LINT_COMMAND:-}" ]; then
+  bash -c "$LINT_COMMAND" >"$lint_log" 2>&1 &
+  lint_pid=$!
+fi
 if ! "$py" -m localenv up; then
   echo "the local cluster could not start (see above)" >&2
   rc=1
   exit
 fi
 echo "cluster up in $((SECONDS - t0)) s"
+if [ -n "${lint_pid:-}" ]; then
+  wait $lint_pid
+  lint_rc=$?
+  lint_pid=""  # waited for: never signalled again
+  cat "$lint_log"
+  if [ $lint_rc -ne 0 ]; then
+    echo "lint failed (above): no test runs" >&2
+    rc=1
+    exit
+  fi
+  echo "lint passed at $((SECONDS - t0)) s"
+fi
 if ! wait $matrix_pid; then
   cat "$matrix_log" >&2
   echo "the support matrix's venvs could not be built (above); its tests build what is missing" >&2
