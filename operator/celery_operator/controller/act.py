@@ -18,7 +18,8 @@ from typing import Any
 from celery_operator import api, conditions, decide, plan
 from celery_operator.brokers import connect
 from celery_operator.brokers.base import BrokerError
-from celery_operator.controller.observe import AppKey, WrittenStatuses
+from celery_operator.controller.observe import WrittenStatuses
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.kube.client import ApiError, KubeClient
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import BeatEntryState

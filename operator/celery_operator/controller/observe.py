@@ -19,13 +19,13 @@ from typing import Any, Protocol
 from celery_operator import api, endpoints, plan
 from celery_operator.controller.monitoring import POD_MONITORS
 from celery_operator.controller.secrets import SecretCache
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.kube.client import KubeClient
 from celery_operator.kube.informer import Informer, Packer
 from celery_operator.models import CeleryApp
 from celery_operator.topology import ObjKey
 
 Body = dict[str, Any]
-AppKey = tuple[str, str]  # (namespace, CeleryApp name): what a reconcile, a poller, a scale-in work on
 CR_KINDS = (api.APP, api.EXCHANGE, api.QUEUE, api.POOL, api.SCHEDULE)
 WATCHED_CHILDREN = ("Deployment", "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
                     "Lease", "Ingress")

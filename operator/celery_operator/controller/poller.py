@@ -19,10 +19,11 @@ from typing import Literal
 from celery_operator import api, autoscale, conditions, pollstats, poolstate, quarantine
 from celery_operator.brokers import connect, ledger
 from celery_operator.brokers.base import BrokerError, DepthReport
-from celery_operator.controller.observe import AppKey, ClusterCache
+from celery_operator.controller.observe import ClusterCache
 from celery_operator.controller.scalein_executor import ScaleIn
 from celery_operator.controller.stale_connections import StaleConnections
 from celery_operator.controller.state import AppState, Findings
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.decide import Poll
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder

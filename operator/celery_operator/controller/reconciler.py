@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from celery_operator import api, plan
 from celery_operator.controller.act import Executor
-from celery_operator.controller.observe import AppKey, ClusterCache, Observer, WrittenStatuses
+from celery_operator.controller.observe import ClusterCache, Observer, WrittenStatuses
 from celery_operator.controller.state import AppState
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.kube.client import KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator import api, endpoints
-from celery_operator.controller.observe import CR_KINDS, WATCHED_CHILDREN, AppKey, ClusterCache, Index
+from celery_operator.controller.observe import CR_KINDS, WATCHED_CHILDREN, ClusterCache, Index
 from celery_operator.controller.poller import Poller
 from celery_operator.controller.reconciler import Reconciler
 from celery_operator.controller.secrets import SecretCache
 from celery_operator.controller.state import AppState
-from celery_operator.controller.workqueue import WorkQueue
+from celery_operator.controller.workqueue import AppKey, WorkQueue
 from celery_operator.kube.client import KubeClient
 from celery_operator.kube.events import Recorder
 from celery_operator.kube.informer import Informer

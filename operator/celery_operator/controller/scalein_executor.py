@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 from celery_operator import api, conditions, scalein
 from celery_operator.brokers import BrokerError
 from celery_operator.brokers.control import RemoteControl
-from celery_operator.controller.observe import AppKey, ClusterCache
+from celery_operator.controller.observe import ClusterCache
 from celery_operator.controller.state import AppState
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.kube.client import ApiError, KubeClient, NotOwner
 from celery_operator.kube.events import Recorder
 from celery_operator.metrics import OperatorMetrics as Metrics

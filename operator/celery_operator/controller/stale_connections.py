@@ -17,8 +17,9 @@ from celery_operator import api, stale
 from celery_operator.brokers import BrokerError
 from celery_operator.brokers.rabbitmq import RabbitMQBroker
 from celery_operator.brokers.urls import broker_kind
-from celery_operator.controller.observe import AppKey, ClusterCache
+from celery_operator.controller.observe import ClusterCache
 from celery_operator.controller.state import AppState
+from celery_operator.controller.workqueue import AppKey
 from celery_operator.kube.events import Recorder
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
-AppKey = tuple[str, str]  # (namespace, CeleryApp name)
+AppKey = tuple[str, str]  # (namespace, CeleryApp name): what a reconcile, a poller, a scale-in work on
 Work = Callable[[AppKey, bool], Awaitable[None]]  # (key, full)
 INF = float("inf")
 
