@@ -14,7 +14,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 py=${PY:-$repo/.venv/bin/python}
-jobs=${TEST_JOBS:-6}
+jobs=${TEST_JOBS:-5}
 hostcheck=${HOSTCHECK:-$(mktemp /tmp/celery-operator-hostcheck.XXXXXX)}
 export LOCALENV_DIR=${LOCALENV_DIR:-$(mktemp -d /tmp/celery-operator-test.XXXXXX)}
 export PYTHONPATH=$here
