@@ -46,9 +46,9 @@ binaries: ## build (once, cached in ~/.cache/celery-operator) the Kubernetes com
 RUNTIME_MYPY_VERSION := 1.20.2
 RUNTIME_MYPY := $(VENV)/mypy-py39/bin/mypy
 
-$(RUNTIME_MYPY):
-	test -x $(VENV)/mypy-py39/bin/python || $(PYTHON) -m venv $(VENV)/mypy-py39
-	$(VENV)/mypy-py39/bin/pip install -q --disable-pip-version-check 'mypy==$(RUNTIME_MYPY_VERSION)'
+$(RUNTIME_MYPY): $(VENV)/.installed
+	test -x $(VENV)/mypy-py39/bin/python || $(VENV)/bin/uv venv -q --python $(PYTHON) $(VENV)/mypy-py39
+	$(VENV)/bin/uv pip install -q --native-tls --python $(VENV)/mypy-py39/bin/python 'mypy==$(RUNTIME_MYPY_VERSION)'
 
 .PHONY: keda
 keda: ## build (once, cached) KEDA's operator, metrics adapter and webhooks from its Go module (bench only)
