@@ -88,7 +88,7 @@ class Executor:
                              obj["metadata"]["name"], children.why.get(key))
                 except ApiError as e:
                     if obj["kind"] == "StatefulSet" and e.status == 422 and "Forbidden" in str(e):
-                        errors.append(await self._replace_statefulset(obj, str(e)))
+                        errors.append(await self.replace_statefulset(obj, str(e)))
                         return
                     errors.append(f"{obj['kind']} {obj['metadata']['name']}: {e}")
                     log.warning("apply %s/%s failed: %s", obj["kind"], obj["metadata"]["name"], e)
@@ -105,20 +105,26 @@ class Executor:
             if await self.client.delete(kind, ns, name, propagation=propagation):
                 await self.recorder.normal(app_body, "Deleted", f"{kind} {name} deleted: {why}")
 
-    async def _replace_statefulset(self, obj: Body, error: str) -> str:
+    async def replace_statefulset(self, obj: Body, error: str) -> str:
         """A managed server's StatefulSet whose immutable fields (its claim templates: storage size or
         class) changed: delete it and its claims that never bound (no data is lost), so the next cycle
         creates it anew. Bound claims keep their data; the message says so. The claims are read here, from
-        the API server: only the refusal tells that they matter."""
+        the API server: only the refusal tells that they matter.
+
+        The StatefulSet goes first: until it is marked for deletion its controller recreates a missing
+        claim of its pod from the old template (seen: the new StatefulSet's pod then waited for ever on a
+        claim of the old storage class). A claim still being deleted when the new StatefulSet comes is
+        safe: its controller creates no pod on a claim being deleted, and creates the claim anew once it
+        is gone."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         claims = plan.claims_of(await self.client.list("PersistentVolumeClaim", ns), name)
         bound = [c["metadata"]["name"] for c in claims if (c.get("status") or {}).get("phase") == "Bound"]
         if bound:
             return (f"StatefulSet {name}: its storage cannot change while claims {', '.join(bound)} hold data "
                     f"({error}); delete them to start over with the new storage")
+        await self.client.delete("StatefulSet", ns, name, propagation="Foreground")
         for c in claims:
             await self.client.delete("PersistentVolumeClaim", ns, c["metadata"]["name"])
-        await self.client.delete("StatefulSet", ns, name, propagation="Foreground")
         return f"StatefulSet {name}: replaced, since its storage changed and no claim held data yet"
 
     # -- the broker ----------------------------------------------------------------------------------------
