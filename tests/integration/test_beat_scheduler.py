@@ -36,6 +36,7 @@ from celery_operator.topology import Topology
 from localenv.controlplane import ControlPlane
 from localenv.procs import REPO, spawn, stop, tail
 from tests.fixtures.brokers import RedisDb
+from tests.fixtures.operator import read_object
 from tests.unit import crs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -83,15 +84,15 @@ class BeatWorld:
         return b
 
     def lease(self) -> dict[str, Any]:
-        out = self.cp.kubectl("get", "lease", "proj-beat", "-n", self.ns, "-o", "json").stdout
-        return dict(json.loads(out).get("spec") or {})
+        got = read_object(self.cp, f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/proj-beat") or {}
+        return dict(got.get("spec") or {})
 
     def holder(self) -> str:
         return str(self.lease().get("holderIdentity") or "")
 
     def state(self) -> schedule.State:
-        out = self.cp.kubectl("get", "configmap", "proj-beat-state", "-n", self.ns, "-o", "json").stdout
-        return schedule.State.of_json((json.loads(out).get("data") or {}).get(schedule.STATE_KEY))
+        got = read_object(self.cp, f"/api/v1/namespaces/{self.ns}/configmaps/proj-beat-state") or {}
+        return schedule.State.of_json((got.get("data") or {}).get(schedule.STATE_KEY))
 
     def messages(self) -> list[dict[str, Any]]:
         """Every message on the broker, oldest first (kombu's Redis transport pushes on the left)."""
