@@ -281,9 +281,11 @@ def sigkill_during_churn(h: Harness, kills: int = 20, apps: int = 10, seed: int 
 
 # -- the audit log: who wrote what ----------------------------------------------------------------
 
-def audit_writes(cp: ControlPlane, identity: str, since: float, until: float | None = None) -> list[Body]:
+def audit_writes(cp: ControlPlane, namespace: str, identity: str, since: float,
+                 until: float | None = None) -> list[Body]:
     """Write requests the API server received from the operator replica `identity` (its User-Agent)
-    between `since` and `until` (Unix time)."""
+    between `since` and `until` (Unix time), for the test working in `namespace`: to objects in it, or
+    to leases named for it. (Tests side by side name their replicas alike.)"""
     out: list[Body] = []
     agent = f"{api.OPERATOR_NAME}/{identity}"
     with contextlib.suppress(FileNotFoundError), cp.audit_log.open() as f:
@@ -292,6 +294,9 @@ def audit_writes(cp: ControlPlane, identity: str, since: float, until: float | N
                 continue
             ev = json.loads(line)
             if ev.get("userAgent") != agent or ev.get("verb") not in WRITE_VERBS:
+                continue
+            ref = ev.get("objectRef") or {}
+            if ref.get("namespace") != namespace and namespace not in str(ref.get("name") or ""):
                 continue
             t = _ts(ev["requestReceivedTimestamp"])
             if t >= since and (until is None or t <= until):
@@ -390,11 +395,11 @@ def paused_leader(h: Harness, trials: int = 1, seed: int | None = None) -> Outco
         wait_for(lambda leader=leader: "stopped acting on shard 0" in ops[leader].logs(), 30,
                  "the woken leader stands down")
         time.sleep(2)
-        late = [_resource(e) for e in audit_writes(cp, leader, woke_at)
+        late = [_resource(e) for e in audit_writes(cp, ns, leader, woke_at)
                 if not _own_lease_write(e, leader, lease)]
         late_writes += late
-        leader_wrote += len(audit_writes(cp, leader, paused_at - 60, paused_at))
-        standby_wrote += len([e for e in audit_writes(cp, other, woke_at) if (e.get("objectRef") or {})
+        leader_wrote += len(audit_writes(cp, ns, leader, paused_at - 60, paused_at))
+        standby_wrote += len([e for e in audit_writes(cp, ns, other, woke_at) if (e.get("objectRef") or {})
                               .get("resource") != "leases"])
         unattributed += [f"{e.get('userAgent')}: {_resource(e)}" for e in unattributed_writes(cp, ns, paused_at)]
         if not late and not unattributed:

@@ -59,12 +59,13 @@ def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_w
     wait_ready(control_plane, namespace, "celeryworkerpool", "w", 60)
 
     def app_writes(identity: str, after: float) -> list[str]:
-        return [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}" for e in
-                audit_writes(control_plane, identity, after) if (e.get("objectRef") or {}).get("resource") != "leases"]
+        return [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}"
+                for e in audit_writes(control_plane, namespace, identity, after)
+                if (e.get("objectRef") or {}).get("resource") != "leases"]
 
     def took_lease(identity: str) -> float | None:
         """When `identity` first wrote the shard lease (a candidate writes it only to take or hold it)."""
-        times = [_ts(e["requestReceivedTimestamp"]) for e in audit_writes(control_plane, identity, since)
+        times = [_ts(e["requestReceivedTimestamp"]) for e in audit_writes(control_plane, namespace, identity, since)
                  if (e.get("objectRef") or {}).get("name") == shard
                  and int((e.get("responseStatus") or {}).get("code") or 0) < 300]
         return min(times, default=None)
@@ -73,8 +74,9 @@ def test_of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_w
     # The standby wrote nothing but its lease attempts while it did not hold the lease. (On a loaded machine
     # replica-a may miss its renewals: replica-b then takes the lease, and from then on its writes are right.)
     b_took = took_lease("replica-b")
-    early = [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}" for e in audit_writes(control_plane,
-             "replica-b", since, b_took) if (e.get("objectRef") or {}).get("resource") != "leases"]
+    early = [f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}"
+             for e in audit_writes(control_plane, namespace, "replica-b", since, b_took)
+             if (e.get("objectRef") or {}).get("resource") != "leases"]
     assert early == [], (early, b_took)
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(30) == 0
@@ -123,7 +125,7 @@ def test_with_two_shards_each_replica_writes_only_for_the_apps_of_the_shard_it_h
 
     def writes_for(identity: str, app: str) -> list[str]:
         return [f"{e['verb']} {ref.get('resource')}/{ref.get('name')}"
-                for e in audit_writes(control_plane, identity, since)
+                for e in audit_writes(control_plane, namespace, identity, since)
                 if (ref := e.get("objectRef") or {}).get("resource") not in ("leases", "events")
                 and str(ref.get("name") or "").startswith(app)]
 
