@@ -253,13 +253,14 @@ class ControlPlane:
         return self.api_request("GET", path, timeout=timeout, **params)
 
     def api_request(self, method: str, path: str, body: object = None, timeout: float = 30,
-                    **params: str) -> tuple[int, bytes]:
-        """`method` on `path` as the admin, `body` sent as JSON: (HTTP status, body); the status of an error
-        too, never raised (a refused or timed-out connection is: OSError)."""
+                    content_type: str = "application/json", **params: str) -> tuple[int, bytes]:
+        """`method` on `path` as the admin, `body` sent as JSON (`content_type`: a PATCH's kind, e.g.
+        application/merge-patch+json): (HTTP status, body); the status of an error too, never raised (a refused
+        or timed-out connection is: OSError)."""
         url = f"{self.server}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
+                                         headers={"Content-Type": content_type} if data else {})
         try:
             with urllib.request.urlopen(request, context=self._tls(), timeout=timeout) as r:
                 return int(r.status), bytes(r.read())

@@ -179,14 +179,23 @@ ENV_CONFIG_DIR: Final = "CELERY_OPERATOR_CONFIG_DIR"
 ENV_HEARTBEAT_FILE: Final = "CELERY_OPERATOR_HEARTBEAT_FILE"
 # A worker whose heartbeat file is older than this is restarted by its liveness probe.
 HEARTBEAT_MAX_AGE_SECONDS: Final = 120
-# The worker's liveness probe (runtime/celery_operator_probe.py, run as `python3 -m`): it reads the state file
-# the worker's main process writes every heartbeat, and restarts a worker that stopped consuming while its broker
-# answers (CeleryWorkerPool spec.stuckAfterSeconds, default and minimum below).
+# The worker's liveness probe (runtime/celery_operator_probe.py, served over HTTP or run as `python3 -m`): it reads
+# the state file the worker's main process writes every heartbeat, and restarts a worker that stopped consuming
+# while its broker answers (CeleryWorkerPool spec.stuckAfterSeconds, default and minimum below).
 PROBE_MODULE: Final = "celery_operator_probe"
 PROBE_FILE: Final = f"{PROBE_MODULE}.py"
 ENV_WORKER_STATE_FILE: Final = "CELERY_OPERATOR_WORKER_STATE_FILE"
 WORKER_STATE_FILE: Final = "/tmp/celery-worker-state.json"
 DEFAULT_STUCK_AFTER_SECONDS: Final = 60
+# Where the pool runs tasks in real threads or processes, the worker's main process answers the kubelet's HTTP
+# probes (the same checks, no exec per probe) on this port, as controller-runtime's managers answer theirs;
+# gevent and eventlet pools keep exec probes (a thread there is a greenlet a busy task starves).
+ENV_HEALTH_PORT: Final = "CELERY_OPERATOR_HEALTH_PORT"
+HEALTH_PORT: Final = 8081
+HEALTH_PORT_NAME: Final = "health"
+READY_PATH: Final = "/readyz"
+LIVE_PATH: Final = "/livez"
+EXEC_PROBE_POOLS: Final = ("gevent", "eventlet")
 MIN_STUCK_AFTER_SECONDS: Final = 20
 
 # Task and worker metrics (the metrics module every worker and beat pod imports; names in metrics.py).

@@ -1,5 +1,7 @@
 """A worker whose broker connection hangs (half-open: the broker stays up and answers everyone else) is
-restarted by its liveness probe, with an Event saying why, and the tasks sent meanwhile are consumed.
+restarted by its liveness probe, saying why, and the tasks sent meanwhile are consumed. The probe is
+served by the worker over HTTP: the kubelet's Unhealthy Event keeps only its status code, and the restarted
+container's previous log has the verdict.
 
 The cut is made where it happens in life, in the worker pod's network namespace: iptables drops every packet
 of the worker's consumer connection (its local port, which the worker records in its probe state file) in
@@ -81,11 +83,17 @@ def cut(pid: int, local_port: int) -> Iterator[None]:
                            capture_output=True, text=True)
 
 
-def stuck_events(cluster: Cluster, ns: str, pod: str) -> list[str]:
+def liveness_failures(cluster: Cluster, ns: str, pod: str) -> list[str]:
+    """The kubelet's Unhealthy Events of `pod`'s liveness probe."""
     out = cluster.control_plane.kubectl(
         "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={pod},reason=Unhealthy", "-o", "json")
-    return [e.get("message", "") for e in json.loads(out.stdout)["items"]
-            if "Liveness" in e.get("message", "") and "stuck worker" in e.get("message", "")]
+    return [e.get("message", "") for e in json.loads(out.stdout)["items"] if "Liveness" in e.get("message", "")]
+
+
+def stuck_verdicts(cluster: Cluster, ns: str, pod: str) -> list[str]:
+    """The probe's verdicts in the log of `pod`'s previous (restarted) container."""
+    logs = cluster.control_plane.kubectl("logs", "-n", ns, pod, "--previous", check=False).stdout
+    return [line for line in logs.splitlines() if "celery-operator: stuck worker, restarting" in line]
 
 
 def done(backend_local: str, ids: list[str]) -> int:
@@ -158,18 +166,19 @@ def test_a_worker_whose_broker_connection_is_cut_is_restarted_with_an_event_and_
         print(f"\n{kind}: cut worker restarted {restarted_after:.0f} s after the cut", flush=True)
 
         status = container_status(cluster, ns, victim)
-        events = stuck_events(cluster, ns, victim)
+        verdicts = stuck_verdicts(cluster, ns, victim)
         if kind == "redis":
-            # Nothing in redis-py notices a half-open BRPOP: the probe does, and its Event says why.
+            # Nothing in redis-py notices a half-open BRPOP: the probe does, and its verdict says why.
             try:
-                events = wait_for(lambda: stuck_events(cluster, ns, victim), 30, "Unhealthy Event: stuck worker")
+                wait_for(lambda: liveness_failures(cluster, ns, victim), 30, "Unhealthy Event: liveness")
+                verdicts = wait_for(lambda: stuck_verdicts(cluster, ns, victim), 30, "the probe's verdict logged")
             except AssertionError as e:
                 seen = cp.kubectl("get", "events", "-n", ns, "--field-selector",
                                   f"involvedObject.name={victim}").stdout
                 logs = cp.kubectl("logs", "-n", ns, victim, "--previous", "--tail", "40", check=False)
                 raise AssertionError(f"{e}\n{seen}\n{json.dumps(status)}\nprevious log:\n{logs.stdout}") from None
-            assert "broker connection" in events[0] and f":{local_port}" in events[0], events
-        print(f"{kind}: restarted by {'its liveness probe: ' + events[0] if events else status['lastState']}",
+            assert "broker connection" in verdicts[-1] and f":{local_port}" in verdicts[-1], verdicts
+        print(f"{kind}: restarted by {'its liveness probe: ' + verdicts[-1] if verdicts else status['lastState']}",
               flush=True)
         try:
             wait_for(lambda: done(cluster_redis.local_url(backend_db), ids) == TASKS, 120,

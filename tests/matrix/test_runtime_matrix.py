@@ -6,8 +6,9 @@ env with the ConfigMap's modules, on the session's real RabbitMQ and Redis (beat
 the real API server), and the producer is tests/e2e/client.py on the same venv. What a case proves:
 
 - worker (prefork, RabbitMQ): tasks go to the queues the generated routes name (task metrics labelled
-  by queue); task and worker metrics count exactly; the heartbeat file the liveness probe reads is
-  touched again and again and the rendered probe command passes on that Python; SIGTERM starts Celery's
+  by queue); task and worker metrics count exactly; the heartbeat file the probes read is touched again
+  and again, and the rendered probes pass (served by the worker over HTTP, or exec'd on that Python for
+  gevent and eventlet); SIGTERM starts Celery's
   soft shutdown and requeues the running task before the grace period (Celery 5.5+), or, before 5.5,
   the documented fallback: a warm shutdown that lets a running task finish and acknowledge;
 - pools (threads, solo, gevent, eventlet on the newest Celery, Redis): tasks and metrics, heartbeat;
@@ -25,6 +26,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -117,7 +119,9 @@ class Worker:
     port: int
     heartbeat: Path
     client_env: dict[str, str]
-    probe: list[str]
+    env: dict[str, str]
+    probes: dict[str, Any]  # the rendered container's startup, readiness and liveness probes
+    health_port: int | None
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -165,14 +169,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
                            api.ENV_HEARTBEAT_FILE: str(tmp_path / "client-heartbeat")})  # counts what it sends
         port = free_port()
         env = {**literal, **client_env, "HOME": str(tmp_path), api.ENV_HEARTBEAT_FILE: str(heartbeat),
-               api.ENV_METRICS_PORT: str(port)}
+               api.ENV_METRICS_PORT: str(port), api.ENV_WORKER_STATE_FILE: str(tmp_path / "state.json")}
+        health_port = free_port() if api.ENV_HEALTH_PORT in literal else None  # the pod's port, here a free one
+        if health_port is not None:
+            env[api.ENV_HEALTH_PORT] = str(health_port)
         if api.ENV_PROMETHEUS_MULTIPROC_DIR in literal:  # the pod's /tmp is the test's tmp here
             env[api.ENV_PROMETHEUS_MULTIPROC_DIR] = str(tmp_path / "metrics")
         log = tmp_path / "worker.log"
-        # The rendered liveness probe, on the venv's Python, for this worker's heartbeat file.
-        probe_script = worker.heartbeat_check(worker.heartbeat_max_age(pool), str(heartbeat))
+        probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
         w = Worker(spawn([str(python.with_name("celery")), *container["command"][1:]], log, env=env, cwd=tmp_path),
-                   python, log, port, heartbeat, client_env, [str(python), *probe_script[1:]])
+                   python, log, port, heartbeat, client_env, env, probes, health_port)
         started.append(w)
         w.scraped(lambda s: s.get((metrics.WORKER_UP, worker_labels())) == 1, "the worker up")
         return w
@@ -191,12 +197,28 @@ def task_labels(name: str, queue: str, **more: str) -> tuple[tuple[str, str], ..
                          "queue_name": queue, **more}.items()))
 
 
+def ask(w: Worker, probe: dict[str, Any]) -> tuple[bool, str]:
+    """What the kubelet would hear from the rendered probe: an HTTP GET to the worker, or the exec'd command on
+    the venv's Python with this worker's heartbeat file for the pod's."""
+    if "httpGet" in probe:
+        url = f"http://127.0.0.1:{w.health_port}{probe['httpGet']['path']}"
+        try:
+            with urllib.request.urlopen(url, timeout=probe["timeoutSeconds"]) as r:
+                return r.status == 200, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return False, e.read().decode()
+    command = [str(w.python), *(c.replace(api.HEARTBEAT_FILE, str(w.heartbeat)) for c in probe["exec"]["command"][1:])]
+    out = subprocess.run(command, env=w.env, capture_output=True, text=True, timeout=probe["timeoutSeconds"])
+    return out.returncode == 0, out.stdout + out.stderr
+
+
 def check_heartbeat(w: Worker) -> None:
-    """The file the liveness probe reads is touched on every heartbeat, and the rendered probe passes."""
+    """The heartbeat file is touched on every heartbeat, and every rendered probe passes."""
     first = wait(lambda: w.heartbeat.exists() and w.heartbeat.stat().st_mtime, 30, "the heartbeat file", w.log)
     wait(lambda: w.heartbeat.stat().st_mtime > first, 15, "the heartbeat file touched again", w.log, w.proc)
-    probe = subprocess.run(w.probe, capture_output=True, text=True, timeout=30)
-    assert probe.returncode == 0, probe.stderr
+    for name, probe in w.probes.items():
+        live, said = ask(w, probe)
+        assert live, f"{name}: {said}\n{tail(w.log, 40)}"
 
 
 def check_tasks_and_metrics(w: Worker, adds: int, fails: int) -> None:

@@ -129,7 +129,7 @@ def test_pool_env_wins_over_app_env_and_user_cannot_replace_operator_env() -> No
 
 def test_worker_serves_metrics_on_the_named_port_with_scrape_annotations() -> None:
     dep = render()
-    assert container(dep)["ports"] == [{"name": "metrics", "containerPort": api.METRICS_PORT, "protocol": "TCP"}]
+    assert container(dep)["ports"][0] == {"name": "metrics", "containerPort": api.METRICS_PORT, "protocol": "TCP"}
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(api.METRICS_PORT)
@@ -227,26 +227,47 @@ def test_image_resources_and_grace_period_come_from_the_pool() -> None:
     assert container(render())["image"] == "registry.local/proj:1"
 
 
-def test_startup_and_readiness_check_the_heartbeat_file_not_the_broker() -> None:
-    c = container(render())
+@pytest.mark.parametrize("pool_kind", ["prefork", "threads", "solo"])
+def test_pools_with_real_threads_answer_their_probes_over_http_on_the_health_port(pool_kind: str) -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], pool=pool_kind, stuckAfterSeconds=45)])
+    c = container(render(topo, "p"))
+    assert {"name": api.HEALTH_PORT_NAME, "containerPort": api.HEALTH_PORT, "protocol": "TCP"} in c["ports"]
+    assert {"name": api.ENV_HEALTH_PORT, "value": str(api.HEALTH_PORT)} in c["env"]
+    max_age = worker.heartbeat_max_age(topo.pools[0])
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": f"{api.READY_PATH}?maxAge={max_age}", "port": api.HEALTH_PORT_NAME}
+    assert c["livenessProbe"]["httpGet"] == {"path": f"{api.LIVE_PATH}?stuckAfter=45&maxAge={max_age}",
+                                             "port": api.HEALTH_PORT_NAME}
+    assert c["livenessProbe"]["timeoutSeconds"] > 3 * 3  # the fresh broker connection's connect and read timeouts
+    # Cheap now: startup asks often, within the same bound as the exec probe's 30 x 10 s.
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] < 10
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 300
+
+
+@pytest.mark.parametrize("pool_kind", api.EXEC_PROBE_POOLS)
+def test_green_pools_keep_exec_probes_that_check_the_heartbeat_file_not_the_broker(pool_kind: str) -> None:
+    topo = Topology.of(crs.app(), pools=[crs.pool("p", ["celery"], pool=pool_kind)])
+    c = container(render(topo, "p"))
+    assert api.HEALTH_PORT_NAME not in {p["name"] for p in c["ports"]}
+    assert api.ENV_HEALTH_PORT not in {e["name"] for e in c["env"]}
     for probe in ("startupProbe", "readinessProbe"):
         command = c[probe]["exec"]["command"]
         assert command[0] == "python3"
         assert api.HEARTBEAT_FILE in command[-1]
         assert "inspect" not in " ".join(command)
+    assert c["livenessProbe"]["exec"]["command"] == worker.liveness_check(topo.pools[0])
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] == 300
 
 
 @pytest.mark.parametrize(("spec", "stuck_after", "max_age"), [
     ({}, api.DEFAULT_STUCK_AFTER_SECONDS, api.HEARTBEAT_MAX_AGE_SECONDS),
     ({"stuckAfterSeconds": 45, "pool": "solo", "timeLimitSeconds": 600}, 45, 600 + api.HEARTBEAT_MAX_AGE_SECONDS),
 ])
-def test_liveness_runs_the_stuck_worker_probe_with_the_pools_bound(spec: dict[str, Any], stuck_after: int,
-                                                                   max_age: int) -> None:
+def test_the_exec_liveness_probe_runs_the_stuck_worker_probe_with_the_pools_bound(
+        spec: dict[str, Any], stuck_after: int, max_age: int) -> None:
     assert worker.liveness_check(crs.pool("p", ["celery"], **spec)) == [
         "python3", "-m", api.PROBE_MODULE, "--stuck-after", str(stuck_after), "--max-age", str(max_age)]
-    probe = container(render())["livenessProbe"]
-    assert probe["exec"]["command"][:3] == ["python3", "-m", api.PROBE_MODULE]
-    assert probe["timeoutSeconds"] > 3 * 3  # the fresh broker connection's connect and read timeouts
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,13 @@ not (a broker outage, an idle worker with empty queues, a worker shutting down).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import types
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +240,8 @@ def test_the_probe_reads_the_names_the_operator_sets() -> None:
     assert probe.DEFAULT_MAX_AGE_SECONDS == api.HEARTBEAT_MAX_AGE_SECONDS
     assert (probe.ENV_CONFIG_DIR, probe.ENV_BROKER_URL, probe.CONFIG_MOUNT_PATH, probe.CONFIG_JSON_KEY) == (
         api.ENV_CONFIG_DIR, api.ENV_BROKER_URL, api.CONFIG_MOUNT_PATH, api.CONFIG_JSON_KEY)
+    assert (probe.ENV_HEALTH_PORT, probe.READY_PATH, probe.LIVE_PATH) == (
+        api.ENV_HEALTH_PORT, api.READY_PATH, api.LIVE_PATH)
 
 
 def test_an_idle_workers_empty_queues_are_trusted_for_half_the_bound_then_asked_again(
@@ -257,3 +263,69 @@ def test_an_idle_workers_empty_queues_are_trusted_for_half_the_bound_then_asked_
     ready["celery"] = 3
     live, message = probe.probe(str(path), STUCK_AFTER, MAX_AGE, "redis://")
     assert not live and "celery=3" in message and len(asked) == 2
+
+
+def get(server: Any, path: str) -> tuple[int, str]:
+    """GET `path` from a probe server on loopback, as the kubelet does (any status is an answer)."""
+    url = f"http://127.0.0.1:{server.server_address[1]}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Any]:
+    server = probe.serve(0, str(tmp_path / "heartbeat"), str(tmp_path / "state.json"), host="127.0.0.1")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_worker_answers_readiness_from_its_heartbeat_files_age(tmp_path: Path, served: Any) -> None:
+    assert get(served, f"{probe.READY_PATH}?maxAge=120") == (503, "no heartbeat yet: the worker is not ready\n")
+    heartbeat = tmp_path / "heartbeat"
+    heartbeat.touch()
+    assert get(served, f"{probe.READY_PATH}?maxAge=120") == (200, "ok\n")
+    os.utime(heartbeat, (time.time() - 200, time.time() - 200))
+    status, text = get(served, f"{probe.READY_PATH}?maxAge=120")
+    assert status == 503 and "200 s old" in text
+    assert get(served, f"{probe.READY_PATH}?maxAge=300")[0] == 200  # the pool's bound comes with the request
+    assert get(served, "/metrics")[0] == 404
+
+
+def test_the_worker_answers_liveness_with_the_probes_verdict_and_logs_a_failure(
+        tmp_path: Path, served: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(probe, "ready_messages", lambda url, queues, config: {"celery": 4})
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state(time=time.time(), received=time.time())))
+    assert get(served, f"{probe.LIVE_PATH}?stuckAfter=60&maxAge=120") == (200, "ok\n")
+    assert not caplog.records
+    path.write_text(json.dumps(state(time=time.time(), received=time.time() - 90)))
+    assert get(served, f"{probe.LIVE_PATH}?stuckAfter=120&maxAge=120")[0] == 200  # idle, within this bound
+    with caplog.at_level("WARNING", logger="celery_operator.probe"):
+        status, text = get(served, f"{probe.LIVE_PATH}?stuckAfter=60&maxAge=120")
+    assert status == 503 and text.startswith("celery-operator: stuck worker, restarting") and "celery=4" in text
+    # The kubelet's Event keeps only the status code: the worker's log says why.
+    assert [r.getMessage() for r in caplog.records] == [text.strip()]
+
+
+def test_a_worker_started_with_a_health_port_answers_probes_from_its_main_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Celery, signals
+
+    monkeypatch.setenv(probe.ENV_HEALTH_PORT, "0")  # any free port
+    recorder = probe.install(Celery("t", set_as_current=False), str(tmp_path / "state.json"),
+                             heartbeat_path=str(tmp_path / "heartbeat"))
+    assert recorder.server is None
+    signals.worker_init.send(sender=None)
+    server = recorder.server
+    assert server is not None
+    try:
+        assert get(server, probe.READY_PATH)[0] == 503
+        (tmp_path / "heartbeat").touch()
+        assert get(server, probe.READY_PATH) == (200, "ok\n")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,10 @@ A `solo` pool runs tasks in that loop, so its heartbeat may stall for a whole ta
 age is stretched to cover the pool's time limit. Liveness is the runtime's probe module
 (`celery_operator_probe`): the same age, plus a consumer connection silent for `stuckAfterSeconds` or
 free slots idle that long beside ready messages, each judged only while a fresh broker connection works.
+Where the pool runs tasks in real threads or processes, the worker answers these probes over HTTP itself
+(`api.HEALTH_PORT`; `/readyz` and `/livez`, the same checks): an exec probe costs a container exec and a
+Python start each period, which made the probes most of an idle worker pod's CPU. gevent and eventlet
+(`api.EXEC_PROBE_POOLS`) keep the exec probes, since a thread there is a greenlet a busy task starves.
 
 Warm shutdown: Celery's own on SIGTERM waits for running tasks with no bound, so a task longer than
 the grace period is killed mid-run by SIGKILL. Prefork workers get `api.ENV_SOFT_SHUTDOWN_TIMEOUT`
@@ -66,6 +70,32 @@ def liveness_check(pool: CeleryWorkerPool) -> list[str]:
             "--max-age", str(heartbeat_max_age(pool))]
 
 
+def http_probes(pool: CeleryWorkerPool) -> bool:
+    """Whether the pool's workers answer their probes over HTTP (else: exec probes)."""
+    return pool.pool not in api.EXEC_PROBE_POOLS
+
+
+def probes(pool: CeleryWorkerPool) -> dict[str, Body]:
+    """The worker container's startup, liveness and readiness probes. Startup and readiness: the heartbeat
+    file's age; liveness: the stuck-worker probe. Over HTTP, startup asks every 2 s (a pod is Ready about
+    when its worker is, and a probe costs next to nothing), within the same 300 s."""
+    max_age = heartbeat_max_age(pool)
+    if http_probes(pool):
+        def get(path: str) -> Body:
+            return {"httpGet": {"path": path, "port": api.HEALTH_PORT_NAME}}
+        ready = get(f"{api.READY_PATH}?maxAge={max_age}")
+        live = get(f"{api.LIVE_PATH}?stuckAfter={pool.stuck_after_seconds}&maxAge={max_age}")
+        startup = {**ready, "periodSeconds": 2, "failureThreshold": 150}
+    else:
+        ready = {"exec": {"command": heartbeat_check(max_age)}}
+        live = {"exec": {"command": liveness_check(pool)}}
+        startup = {**ready, "periodSeconds": 10, "failureThreshold": 30}
+    return {"startupProbe": {**startup, "timeoutSeconds": 10},
+            # The fresh broker connection's connect and read timeouts (3 s each) fit in the probe's.
+            "livenessProbe": {**live, "periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 3},
+            "readinessProbe": {**ready, "periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 2}}
+
+
 def metrics_env(pool: CeleryWorkerPool) -> list[Body]:
     """The `pool` label of the pod's task metrics; with prefork, prometheus_client's multiprocess
     directory (children write their values there, the main process serves their sum)."""
@@ -112,8 +142,9 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
     name = names.worker(app_name, pool.meta.name)
     own = lbl.labels(app_name, api.COMPONENT_WORKER, instance=name, pool=pool.meta.name)
     template = pod.merge_templates(app.pod_template, pool.pod_template)
-    check = heartbeat_check(heartbeat_max_age(pool))
     operator_env = metrics_env(pool)
+    if http_probes(pool):
+        operator_env.append({"name": api.ENV_HEALTH_PORT, "value": str(api.HEALTH_PORT)})
     soft = soft_shutdown_timeout(pool)
     if soft is not None:
         operator_env.append({"name": api.ENV_SOFT_SHUTDOWN_TIMEOUT, "value": str(soft)})
@@ -121,12 +152,10 @@ def deployment(topology: Topology, pool: CeleryWorkerPool, broker_ref: SecretKey
     container = pod.celery_container(
         topology, CONTAINER, pool.image or app.image, worker_command(topology, pool), env, template,
         pool.resources)
-    container["startupProbe"] = {"exec": {"command": check}, "periodSeconds": 10,
-                                 "timeoutSeconds": 10, "failureThreshold": 30}
-    container["livenessProbe"] = {"exec": {"command": liveness_check(pool)}, "periodSeconds": 10,
-                                  "timeoutSeconds": 10, "failureThreshold": 3}
-    container["readinessProbe"] = {"exec": {"command": check}, "periodSeconds": 30,
-                                   "timeoutSeconds": 10, "failureThreshold": 2}
+    if http_probes(pool):
+        container["ports"] = [*container["ports"], {"name": api.HEALTH_PORT_NAME, "containerPort": api.HEALTH_PORT,
+                                                    "protocol": "TCP"}]
+    container.update(probes(pool))
     spec: Body = {
         "selector": {"matchLabels": lbl.selector(app_name, api.COMPONENT_WORKER, pool=pool.meta.name)},
         "revisionHistoryLimit": 3,

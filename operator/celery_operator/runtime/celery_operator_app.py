@@ -4,7 +4,8 @@ Workers and beat run `celery -A celery_operator_app`. This module imports the us
 (named by $CELERY_OPERATOR_APP, resolved like `celery -A`), applies the operator's generated config from
 celeryconfig.json next to it, takes the broker and result backend URLs from the environment,
 touches a heartbeat file the startup and readiness probes check and writes the state the liveness probe
-reads (celery_operator_probe; without $CELERY_OPERATOR_APP, as in Flower's pod, it makes a bare app),
+reads (celery_operator_probe, which also answers the kubelet's HTTP probes in workers the operator gives
+them; without $CELERY_OPERATOR_APP, as in Flower's pod, it makes a bare app),
 and records task metrics (celery_operator_metrics).
 
 Producers (any process that sends tasks) import it too, to route like the workers:
@@ -160,7 +161,7 @@ _soft_shutdown(app.conf)
 
 signals.worker_ready.connect(_touch_heartbeat, weak=False)
 signals.heartbeat_sent.connect(_touch_heartbeat, weak=False)
-celery_operator_probe.install(app)  # the state the worker's liveness probe reads
+celery_operator_probe.install(app, heartbeat_path=HEARTBEAT_FILE)  # the state the probes read; HTTP probes
 signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 TASK_METRICS = celery_operator_metrics.install(app, CONFIG.get(CONFIG_METRICS_LABELS_KEY) or {})
 # Workers: $CELERY_OPERATOR_MAX_WORKER_DEATHS turns on the poison-task protection; the queues' chosen quarantine queues.

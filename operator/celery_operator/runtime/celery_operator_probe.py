@@ -23,6 +23,14 @@ of CPU) per call. Instead:
   worker can still be waiting for its next attempt after the broker returned. The probe passes while the
   broker does not answer, and while it has answered for less than `RECONNECT_GRACE_SECONDS`; only a worker
   that has not reconnected by then is restarted.
+
+How the kubelet asks: where the pool runs tasks in real threads or processes (prefork, threads, solo), the
+worker's main process answers HTTP probes itself, from a thread (`serve`): `/readyz` (the heartbeat file's
+age) and `/livez` (the checks above), each 200 or 503 with the same message as text; a failing `/livez` is
+also logged, since the kubelet's Event keeps only the status code. An exec probe costs a container exec
+(runc) and a Python start every period, about a tenth of a second of CPU each, which made the probes most of
+an idle worker pod's CPU. Under gevent and eventlet a thread is a greenlet that a busy task starves, so those
+pools keep the exec probes (`python -m celery_operator_probe`), which judge the same way.
 """
 
 from __future__ import annotations
@@ -30,17 +38,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 # The operator's names for what this module reads (celery_operator.api; a unit test checks they agree).
 ENV_WORKER_STATE_FILE = "CELERY_OPERATOR_WORKER_STATE_FILE"
 ENV_CONFIG_DIR = "CELERY_OPERATOR_CONFIG_DIR"
 ENV_BROKER_URL = "CELERY_BROKER_URL"
+ENV_HEALTH_PORT = "CELERY_OPERATOR_HEALTH_PORT"
+READY_PATH = "/readyz"
+LIVE_PATH = "/livez"
 CONFIG_MOUNT_PATH = "/etc/celery-operator"
 CONFIG_JSON_KEY = "celeryconfig.json"
 DEFAULT_WORKER_STATE_FILE = "/tmp/celery-worker-state.json"
@@ -65,6 +80,7 @@ TCP_INFO_LAST_DATA_RECV_OFFSET = 52
 TCP_INFO_LENGTH = 104
 
 State = dict[str, Any]
+log = logging.getLogger("celery_operator.probe")
 
 
 # -- the worker's side ---------------------------------------------------------------------------------
@@ -111,6 +127,7 @@ class Recorder:
         self.received = clock()
         self.stopping = False
         self.connecting: float | None = None  # since when the consumer has been reconnecting
+        self.server: ThreadingHTTPServer | None = None  # answering the kubelet's probes, once started
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         self.consumer, self.received = sender, self.clock()
@@ -162,12 +179,19 @@ class Recorder:
             os.replace(tmp, self.path)
 
 
-def install(app: Any, path: str = STATE_FILE) -> Recorder:
+def install(app: Any, path: str = STATE_FILE, heartbeat_path: str | None = None) -> Recorder:
     """Record the worker's state for the liveness probe (from the worker's main process): Celery's signals,
-    and a step in `app`'s consumer blueprint, whose start and stop are the broker connection's."""
+    and a step in `app`'s consumer blueprint, whose start and stop are the broker connection's. With
+    `heartbeat_path`, a worker started with $CELERY_OPERATOR_HEALTH_PORT also answers the kubelet's probes."""
     from celery import bootsteps, signals
 
     recorder = Recorder(path)
+    if heartbeat_path is not None:
+        def answer_probes(**_: Any) -> None:
+            if recorder.server is None:
+                recorder.server = serve_from_env(heartbeat_path, path)
+
+        signals.worker_init.connect(answer_probes, weak=False)
     signals.worker_ready.connect(recorder.on_worker_ready, weak=False)
     signals.task_received.connect(recorder.on_task_received, weak=False)
     signals.heartbeat_sent.connect(recorder.on_heartbeat, weak=False)
@@ -335,6 +359,75 @@ def probe(path: str, stuck_after: float, max_age: float, url: str) -> tuple[bool
         with contextlib.suppress(OSError), open(path + EMPTY_SUFFIX, "w", encoding="utf-8") as f:
             json.dump({"time": now}, f)
     return decide(found, ready)
+
+
+def heartbeat_fresh(path: str, max_age: float, now: float) -> tuple[bool, str]:
+    """Startup and readiness: the heartbeat file (touched on worker_ready and every heartbeat) is fresh."""
+    try:
+        age = now - os.path.getmtime(path)
+    except OSError:
+        return False, "no heartbeat yet: the worker is not ready"
+    if age > max_age:
+        return False, f"the worker's heartbeat is {age:.0f} s old (more than {max_age:.0f} s)"
+    return True, "ok"
+
+
+def _seconds(query: dict[str, list[str]], name: str, default: float) -> float:
+    with contextlib.suppress(KeyError, IndexError, ValueError):
+        return float(query[name][0])
+    return default
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    """GET /readyz?maxAge=S and /livez?stuckAfter=S&maxAge=S: 200 or 503, the verdict as text."""
+
+    heartbeat_path = ""
+    state_path = STATE_FILE
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        max_age = _seconds(query, "maxAge", DEFAULT_MAX_AGE_SECONDS)
+        if url.path == READY_PATH:
+            live, message = heartbeat_fresh(self.heartbeat_path, max_age, time.time())
+        elif url.path == LIVE_PATH:
+            live, message = probe(self.state_path, _seconds(query, "stuckAfter", DEFAULT_STUCK_AFTER_SECONDS),
+                                  max_age, os.environ.get(ENV_BROKER_URL, ""))
+            if not live:
+                log.warning("%s", message)
+        else:
+            self.send_error(404)
+            return
+        body = (message + "\n").encode()
+        self.send_response(200 if live else 503)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds are not worth a log line each (a failing /livez logs its verdict)."""
+
+
+def serve(port: int, heartbeat_path: str, state_path: str = STATE_FILE, host: str = "") -> ThreadingHTTPServer:
+    """Answer the kubelet's probes on `port` from a daemon thread of this process; returns the server."""
+    handler = type("Handler", (HealthHandler,), {"heartbeat_path": heartbeat_path, "state_path": state_path})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="celery-operator-probes", daemon=True).start()
+    return server
+
+
+def serve_from_env(heartbeat_path: str, state_path: str = STATE_FILE) -> ThreadingHTTPServer | None:
+    """`serve` on $CELERY_OPERATOR_HEALTH_PORT when the operator set it (the pools it gives HTTP probes)."""
+    port = os.environ.get(ENV_HEALTH_PORT)
+    if not port:
+        return None
+    try:
+        return serve(int(port), heartbeat_path, state_path)
+    except (OSError, ValueError) as e:  # the probes fail and say nothing more: say it here
+        log.error("celery-operator: cannot answer the kubelet's probes on port %r: %s", port, e)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
