@@ -44,6 +44,12 @@ REDECLARE_SECONDS = 300.0  # re-declare even when unchanged: restores a queue de
 GIVE_UP_DELETING_AFTER_SECONDS = 60.0
 HOLD_RECHECK_SECONDS = 2.0  # a child held back for old pods or a replaced child: how soon to look again
 HOLD_MARGIN_SECONDS = 30.0
+# A topology applied at once (`kubectl apply -f dir/`, Argo CD, Flux) reaches the operator object by object. An
+# app's first render waits until its objects have stopped arriving for this long, so that its workers do not
+# start on part of the config and roll once the rest has come; at most the second bound after the operator
+# first saw the app (its own clock: one skewed from the API server's holds nothing longer).
+FIRST_RENDER_QUIET_SECONDS = 1.0
+FIRST_RENDER_MAX_HOLD_SECONDS = 10.0
 
 
 # -- what a reconcile starts from ---------------------------------------------------------------------
@@ -217,6 +223,25 @@ def _age(body: Body, now: float) -> float:
     if not ts:
         return 0.0
     return now - datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def _created(body: Body) -> float | None:
+    ts = body["metadata"].get("creationTimestamp")
+    return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else None
+
+
+def first_render_hold(snap: Snapshot, first_seen: float) -> float:
+    """Seconds to hold the app's first render (0: go on): while it has no workload yet, until its newest object
+    was created FIRST_RENDER_QUIET_SECONDS ago (creationTimestamp is whole seconds, rounded down: one more), at
+    most until FIRST_RENDER_MAX_HOLD_SECONDS after `first_seen` (monotonic)."""
+    if any(kind in ("Deployment", "StatefulSet") for kind, _ in snap.children):
+        return 0.0
+    created = [t for t in map(_created, snap.bodies.values()) if t is not None]
+    if not created:
+        return 0.0
+    quiet = max(created) + 1.0 + FIRST_RENDER_QUIET_SECONDS - snap.now
+    bound = first_seen + FIRST_RENDER_MAX_HOLD_SECONDS - snap.monotonic
+    return max(0.0, min(quiet, bound))
 
 
 def declaration_digest(topo: Topology, url: str) -> str:

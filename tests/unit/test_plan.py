@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import datetime
 from typing import Any
 
 from celery_operator import api, decide, plan
@@ -196,3 +197,39 @@ def test_the_statuses_read_the_children_as_the_api_server_returned_them_when_app
     after = plan.report(snapshot(), p, plan.Memory(), {}, plan.Polled(),
                         plan.Outcome(applied={decide.child_key(dep): served}))
     assert before.pools["w"].ready == 0 and after.pools["w"].ready == 2
+
+
+def created_at(obj: dict[str, Any], epoch: float) -> dict[str, Any]:
+    """`obj` as the API server would have stamped it at `epoch` (whole seconds, rounded down)."""
+    out = copy.deepcopy(obj)
+    out["metadata"]["creationTimestamp"] = datetime.datetime.fromtimestamp(
+        int(epoch), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+NOW = 1_800_000_000.0
+
+
+def test_a_new_apps_first_render_waits_until_its_objects_stop_arriving() -> None:
+    last = created_at(body(api.QUEUE, "late", {"appRef": {"name": "proj"}}), NOW)
+    snap = snapshot(last, now=NOW + 0.5, monotonic=1000.0)
+    # Stamped NOW, so created within [NOW, NOW + 1): the quiet second is counted from NOW + 1.
+    assert plan.first_render_hold(snap, first_seen=1000.0) == 0.5 + plan.FIRST_RENDER_QUIET_SECONDS
+    settled = snapshot(created_at(last, NOW - 3), now=NOW, monotonic=1000.0)
+    assert plan.first_render_hold(settled, first_seen=1000.0) == 0.0
+
+
+def test_the_first_render_hold_is_bounded_by_the_operators_own_clock() -> None:
+    # An API server clock an hour ahead: its timestamps look new for an hour; the hold ends 10 s after the app
+    # was first seen.
+    ahead = created_at(body(api.QUEUE, "late", {"appRef": {"name": "proj"}}), NOW + 3600)
+    snap = snapshot(ahead, now=NOW, monotonic=1004.0)
+    assert plan.first_render_hold(snap, first_seen=1000.0) == plan.FIRST_RENDER_MAX_HOLD_SECONDS - 4.0
+    assert plan.first_render_hold(snapshot(ahead, now=NOW, monotonic=1020.0), first_seen=1000.0) == 0.0
+
+
+def test_an_app_that_runs_workloads_is_never_held() -> None:
+    new = created_at(body(api.QUEUE, "late", {"appRef": {"name": "proj"}}), NOW)
+    for kind in ("Deployment", "StatefulSet"):
+        snap = snapshot(new, now=NOW, monotonic=1000.0, children={(kind, "proj-w"): {"metadata": {}}})
+        assert plan.first_render_hold(snap, first_seen=1000.0) == 0.0

@@ -75,7 +75,11 @@ class Reconciler:
 
     async def _with_app(self, key: AppKey, snap: plan.Snapshot, full: bool) -> None:
         assert snap.app is not None
-        state = self._state(key, snap.app)
+        state = self._state(key, snap.app, snap.monotonic)
+        hold = plan.first_render_hold(snap, state.first_seen)
+        if hold > 0:  # the rest of the app's objects may still be on their way: render them all at once
+            self.requeue(key, hold)
+            return
         p = plan.plan(snap, state.reconciled, state.scale(), state.paused(), full)
         self.act.forget(snap, p)
         outcome = await self.act.carry_out(snap, p) if full else None
@@ -86,14 +90,14 @@ class Reconciler:
         self.on_app(key, state)
         await self.act.publish(snap, plan.report(snap, p, memory, state.scale(), state.polled(), outcome))
 
-    def _state(self, key: AppKey, app_body: plan.Body) -> AppState:
+    def _state(self, key: AppKey, app_body: plan.Body, now: float | None = None) -> AppState:
         uid = app_body["metadata"]["uid"]
         state = self.states.get(key)
         if state is None or state.uid != uid:
             if state is not None:  # deleted and recreated under the same name: start afresh
                 self.on_app(key, None)
                 self.metrics.forget_app(*key)
-            state = self.states[key] = AppState(uid=uid)
+            state = self.states[key] = AppState(uid=uid, first_seen=time.monotonic() if now is None else now)
         return state
 
     async def _without_app(self, key: AppKey, snap: plan.Snapshot) -> None:

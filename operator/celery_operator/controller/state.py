@@ -38,6 +38,7 @@ class AppState:
     stale_connections' (each keeps its own)."""
 
     uid: str
+    first_seen: float = 0.0  # monotonic: when this process first saw the app (its first render's hold)
     reconciled: Memory = field(default_factory=Memory)
     findings: Findings = field(default_factory=Findings)
     pools: Mapping[str, PoolState] = field(default_factory=dict)  # the autoscaled pools'
