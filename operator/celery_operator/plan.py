@@ -218,16 +218,15 @@ def topology_of(bodies: Mapping[ObjKey, Body], app: CeleryApp, broker_url: str |
                        _parse(CeleryBeatSchedule, of(api.SCHEDULE)), external_broker_kind=_kind_of(broker_url))
 
 
-def _age(body: Body, now: float) -> float:
-    ts = body["metadata"].get("deletionTimestamp")
-    if not ts:
-        return 0.0
-    return now - datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-def _created(body: Body) -> float | None:
-    ts = body["metadata"].get("creationTimestamp")
+def _epoch(body: Body, field_name: str) -> float | None:
+    """A metadata timestamp of `body` (RFC 3339, whole seconds) as epoch seconds; None when it has none."""
+    ts = body["metadata"].get(field_name)
     return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else None
+
+
+def _age(body: Body, now: float) -> float:
+    deleted = _epoch(body, "deletionTimestamp")
+    return 0.0 if deleted is None else now - deleted
 
 
 def first_render_hold(snap: Snapshot, first_seen: float) -> float:
@@ -236,7 +235,7 @@ def first_render_hold(snap: Snapshot, first_seen: float) -> float:
     most until FIRST_RENDER_MAX_HOLD_SECONDS after `first_seen` (monotonic)."""
     if any(kind in ("Deployment", "StatefulSet") for kind, _ in snap.children):
         return 0.0
-    created = [t for t in map(_created, snap.bodies.values()) if t is not None]
+    created = [t for t in (_epoch(b, "creationTimestamp") for b in snap.bodies.values()) if t is not None]
     if not created:
         return 0.0
     quiet = max(created) + 1.0 + FIRST_RENDER_QUIET_SECONDS - snap.now
