@@ -106,9 +106,11 @@ def test_every_query_of_the_charts_dashboard_returns_data_after_a_producer_ran(
     # Scrapes of everything before the work, so rate() has a before.
     wait_for(lambda: prom.query("min(count_over_time(up[10s])) >= 3"), 30, "three scrapes of every target")
 
+    # The revoke first: its call waits out its 10 s for replies, and every panel's rate window (16 s) must
+    # still hold the tasks that end after it.
+    celery_call(cluster, env, "revoked")
     produced = celery_call(cluster, env, "tasks:100:10")
     assert produced["states"] == {"SUCCESS": 100, "FAILURE": 10}
-    celery_call(cluster, env, "revoked")
     # A change to the app is reconciled: the operator's reconcile panels have a recent one.
     cp.kubectl("annotate", "--overwrite", "celeryapp", "proj", "-n", ns, f"example.com/touched={time.time()}")
     wait_for(lambda: prom.query("sum(increase(celery_operator_reconcile_duration_seconds_count[5s])) > 0"), 30,

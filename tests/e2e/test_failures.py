@@ -24,6 +24,7 @@ from tests.fixtures.operator import (
     secret,
     wait_for,
     wait_ready,
+    without_workers,
 )
 from tests.fixtures.servers import Images, flat_kubeconfig
 
@@ -153,7 +154,7 @@ def test_a_reconcile_that_raises_is_reported_on_the_app_and_clears_when_the_caus
         secret(cp, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
         secret(cp, namespace, "backend", url=backend_db.url)
         operator_factory("--namespace", namespace, "--no-leader-election", kubeconfig=kubeconfig)
-        apply(cp, namespace, sample_documents(image=images.sample_tasks))
+        apply(cp, namespace, without_workers(sample_documents(image=images.sample_tasks)))
         c = reason_becomes(cp, namespace, "celeryapp", "proj", {api.Reason.RECONCILE_ERROR}, 60)
         assert "403" in c["message"] and "secrets" in c["message"], c["message"]
         assert warning_events(cp, namespace, "proj", api.Reason.RECONCILE_ERROR)

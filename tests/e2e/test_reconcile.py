@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.fixtures.operator import (
     secret,
     wait_for,
     wait_ready,
+    without_workers,
 )
 from tests.fixtures.servers import Images
 
@@ -56,17 +56,32 @@ class Seeded:
                 .get("annotations", {}).get(api.ANNOTATION_CONFIG_HASH))
 
 
-@pytest.fixture
-def seeded(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
-           broker_vhost: Vhost, backend_db: RedisDb) -> Iterator[Seeded]:
+def seed(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+         broker_vhost: Vhost, backend_db: RedisDb, *, workers: bool) -> Seeded:
     secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
     secret(control_plane, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    apply(control_plane, namespace, sample_documents(image=images.sample_tasks))
+    docs = sample_documents(image=images.sample_tasks)
+    apply(control_plane, namespace, docs if workers else without_workers(docs))
     wait_ready(control_plane, namespace, "celeryapp", "proj", 90)
     for child in ("proj-default", "proj-high", "proj-low", "proj-beat"):  # the app is Ready before all exist
         wait_for(lambda child=child: get(control_plane, namespace, "deployment", child), 60, f"{child} Deployment")
     return Seeded(control_plane, namespace, op, images.sample_tasks)
+
+
+@pytest.fixture
+def seeded(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory, images: Images,
+           broker_vhost: Vhost, backend_db: RedisDb) -> Seeded:
+    """The sample topology's objects, reconciled, with its pools at zero replicas (beat runs): what the
+    tests of objects need, without starting worker pods they never look at."""
+    return seed(control_plane, namespace, operator_factory, images, broker_vhost, backend_db, workers=False)
+
+
+@pytest.fixture
+def seeded_with_workers(control_plane: ControlPlane, namespace: str, operator_factory: OperatorFactory,
+                        images: Images, broker_vhost: Vhost, backend_db: RedisDb) -> Seeded:
+    """The sample topology as it is: its pools' workers running."""
+    return seed(control_plane, namespace, operator_factory, images, broker_vhost, backend_db, workers=True)
 
 
 def test_every_child_has_an_owner_and_the_standard_labels(seeded: Seeded) -> None:
@@ -114,7 +129,8 @@ def test_deleting_a_pool_deletes_its_deployment(seeded: Seeded) -> None:
     wait_for(lambda: seeded.get("deployment", "proj-high") is None, 60, "proj-high deleted")
 
 
-def test_a_hand_deleted_deployment_comes_back(seeded: Seeded) -> None:
+def test_a_hand_deleted_deployment_comes_back(seeded_with_workers: Seeded) -> None:
+    seeded = seeded_with_workers
     uid = seeded.get("deployment", "proj-default")["metadata"]["uid"]  # type: ignore[index]
     grace = seeded.get("deployment", "proj-default")["spec"]["template"]["spec"][  # type: ignore[index]
         "terminationGracePeriodSeconds"]
@@ -215,7 +231,8 @@ def test_deleting_the_app_then_its_queues_leaves_nothing_terminating(seeded: See
     wait_for(all_gone, 120, "every CR deleted")
 
 
-def test_beat_entries_run_in_a_pool_worker(seeded: Seeded) -> None:
+def test_beat_entries_run_in_a_pool_worker(seeded_with_workers: Seeded) -> None:
+    seeded = seeded_with_workers
     every2 = {"apiVersion": api.API_VERSION, "kind": "CeleryBeatSchedule", "metadata": {"name": "fast"},
               "spec": {"appRef": {"name": "proj"}, "entries": [
                   {"name": "add-every-2s", "task": "sample_tasks.tasks.add", "everySeconds": 2, "args": [20, 22]}]}}
@@ -329,7 +346,7 @@ def test_a_queue_that_differs_on_the_broker_is_a_condition_not_a_crash_loop(
     secret(control_plane, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)
     secret(control_plane, namespace, "backend", url=backend_db.url)
     op = operator_factory("--namespace", namespace, "--no-leader-election")
-    docs = sample_documents(image=images.sample_tasks)
+    docs = without_workers(sample_documents(image=images.sample_tasks))
     for d in docs:
         if d["kind"] == "CeleryQueue" and d["metadata"]["name"] == "low-queue":
             d["spec"]["maxPriority"] = 10
