@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import signal
@@ -33,8 +34,6 @@ import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from types import FrameType
@@ -84,39 +83,71 @@ class ApiError(Exception):
 
 
 class KubeApi:
-    """The few calls beat makes, as an in-cluster client would (urllib: no Kubernetes package)."""
+    """The few calls beat makes, as an in-cluster client would (http.client: no Kubernetes package).
+
+    Each thread keeps its connection open: the lease is read and written every RETRY_SECONDS, and a new
+    TLS connection per request costs the pod and the API server a handshake each time. A request on a
+    kept connection the server has closed meanwhile is sent once more on a new one (the server never
+    read it; every write carries a resourceVersion, so even one it had read could not apply twice)."""
 
     def __init__(self, account_dir: str = SERVICE_ACCOUNT_DIR, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT") or "443"
-        self.base = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        self.host = os.environ["KUBERNETES_SERVICE_HOST"]
+        self.port = int(os.environ.get("KUBERNETES_SERVICE_PORT") or "443")
         self.token_file = os.path.join(account_dir, "token")
         self.context = ssl.create_default_context(cafile=os.path.join(account_dir, "ca.crt"))
         # Python 3.13 made X.509 checks strict by default (a CA without a keyUsage extension is refused);
         # kubectl and client-go accept such cluster CAs, and so does beat, on every Python.
         self.context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         self.timeout = timeout
+        self._local = threading.local()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 content_type: str = "application/json") -> dict[str, Any]:
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read().strip()
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json", "Content-Type": content_type,
-            "User-Agent": "celery-operator-beat"})
-        try:
-            with urllib.request.urlopen(req, context=self.context, timeout=self.timeout) as r:
-                text = r.read()
-        except urllib.error.HTTPError as e:
-            raw = e.read().decode(errors="replace")
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Content-Type": content_type,
+                   "User-Agent": "celery-operator-beat"}
+        for attempt in range(2):
+            conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+            reused = conn is not None
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                                      context=self.context)
             try:
-                message = str(json.loads(raw).get("message") or raw)
-            except (ValueError, AttributeError):
-                message = raw
-            raise ApiError(e.code, message[:500]) from None
-        result: dict[str, Any] = json.loads(text) if text else {}
-        return result
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                text = response.read()
+            except (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError,
+                    BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+                self._close()
+                if reused and attempt == 0:
+                    continue
+                raise OSError(f"{method} {path}: {e!r}") from e
+            except http.client.HTTPException as e:
+                self._close()
+                raise OSError(f"{method} {path}: {e!r}") from e
+            except BaseException:
+                self._close()
+                raise
+            if response.will_close:
+                self._close()
+            if response.status >= 400:
+                raw = text.decode(errors="replace")
+                try:
+                    message = str(json.loads(raw).get("message") or raw)
+                except (ValueError, AttributeError):
+                    message = raw
+                raise ApiError(response.status, message[:500])
+            result: dict[str, Any] = json.loads(text) if text else {}
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _close(self) -> None:
+        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
 
 
 class Lease:
