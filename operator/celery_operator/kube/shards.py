@@ -222,7 +222,9 @@ class ShardManager:
 
     def _next_cycle(self) -> float:
         """Seconds to the next cycle: the retry period, or sooner when a lease another replica holds
-        expires before (by this replica's clock), so a dead holder is replaced within its lease."""
+        expires before (by this replica's clock), so a dead holder is replaced within its lease. A lease
+        that expired already was tried in the cycle that just ran: if taking it failed (the API server
+        unreachable, say), the next try waits the retry period, as client-go's does."""
         wait = self.retry_seconds
         now = time.monotonic()
         for shard in range(self.shards):
@@ -233,7 +235,9 @@ class ShardManager:
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity"):
                 duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
-                wait = min(wait, max(0.0, seen.at + duration - now) + EXPIRY_MARGIN_SECONDS)
+                expiry = seen.at + duration + EXPIRY_MARGIN_SECONDS
+                if expiry > now:
+                    wait = min(wait, expiry - now)
         return wait
 
     def _lose(self, shard: int, why: str) -> None:
