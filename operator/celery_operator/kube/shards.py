@@ -29,7 +29,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,14 @@ current_shard: contextvars.ContextVar[int | None] = contextvars.ContextVar("curr
 def shard_of(namespace: str, name: str, shards: int) -> int:
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % shards
+
+
+def next_wake(now: float, retry_seconds: float, expiries: Iterable[float]) -> float:
+    """Seconds from `now` to a replica's next cycle: the retry period, or sooner when a lease another
+    replica holds expires before that, so a dead holder is replaced within its lease. An expiry that
+    has passed already was tried in the cycle that just ran: if taking it failed (the API server
+    unreachable, say), the next try waits the retry period, as client-go's does, rather than spinning."""
+    return min([retry_seconds, *(at - now for at in expiries if at > now)])
 
 
 def _fmt(t: datetime.datetime) -> str:
@@ -221,12 +229,9 @@ class ShardManager:
                         self.on_acquired(shard)
 
     def _next_cycle(self) -> float:
-        """Seconds to the next cycle: the retry period, or sooner when a lease another replica holds
-        expires before (by this replica's clock), so a dead holder is replaced within its lease. A lease
-        that expired already was tried in the cycle that just ran: if taking it failed (the API server
-        unreachable, say), the next try waits the retry period, as client-go's does."""
-        wait = self.retry_seconds
-        now = time.monotonic()
+        """Seconds to the next cycle (`next_wake`), from when this replica saw each lease another
+        replica holds change, by its own clock."""
+        expiries = []
         for shard in range(self.shards):
             name = self.lease_name(shard)
             lease, seen = self._record(name), self._observed.get(name)
@@ -235,10 +240,8 @@ class ShardManager:
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity"):
                 duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
-                expiry = seen.at + duration + EXPIRY_MARGIN_SECONDS
-                if expiry > now:
-                    wait = min(wait, expiry - now)
-        return wait
+                expiries.append(seen.at + duration + EXPIRY_MARGIN_SECONDS)
+        return next_wake(time.monotonic(), self.retry_seconds, expiries)
 
     def _lose(self, shard: int, why: str) -> None:
         self.held.pop(shard, None)
