@@ -10,8 +10,23 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+class Process(Protocol):
+    """What `stop` and `wait_until` use of a process: `subprocess.Popen`, or a forked one the tests hold."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class ServerError(RuntimeError):
@@ -24,7 +39,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Process | None = None,
                log: Path | None = None, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,7 +73,7 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None,
         fh.close()
 
 
-def stop(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+def stop(proc: Process | None, grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL after `grace` seconds."""
     if proc is None or proc.poll() is not None:
         return
