@@ -6,9 +6,9 @@
 # before any test.
 #
 # Phase 1 runs every test not marked `exclusive` on $TEST_JOBS pytest-xdist workers side by side: they
-# share the cluster (each test works in namespaces of its own; each worker has its own brokers and
-# operator identity). Phase 2 runs the `exclusive` tests alone (they restart the API server, or run an
-# operator that watches every namespace). Extra arguments go to both pytest runs. A few phase-1 failures
+# share the cluster and one loopback RabbitMQ (each test works in namespaces and vhosts of its own; each
+# worker has its own Redis and operator identity). Phase 2 runs the `exclusive` tests alone (they restart
+# the API server, or run an operator that watches every namespace). Extra arguments go to both pytest runs. A few phase-1 failures
 # run once more, alone, before phase 2: what then passes is reported as flaky under load.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +26,8 @@ rc=0
 finish() {
   [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null  # the venv builds, when the run ends before them
   [ -z "${lint_pid:-}" ] || kill "$lint_pid" 2>/dev/null
+  [ -z "${rabbitmq_pid:-}" ] || wait "$rabbitmq_pid" 2>/dev/null  # a start under way ends before it is stopped
+  "$py" -m localenv rabbitmq down "${LOCALENV_RABBITMQ:-$LOCALENV_DIR/rabbitmq.json}" || rc=1
   "$py" -m localenv down || rc=1
   rm -rf "$LOCALENV_DIR"
   "$py" -m localenv hostcheck compare "$hostcheck" || rc=1
@@ -36,6 +38,12 @@ trap finish EXIT
 trap 'rc=130; exit' INT TERM
 
 t0=$SECONDS
+# One loopback RabbitMQ for every pytest worker's integration tests (tests/fixtures/brokers.py), started
+# while the cluster starts.
+export LOCALENV_RABBITMQ=$LOCALENV_DIR/rabbitmq.json
+rabbitmq_log=$LOCALENV_DIR/rabbitmq.log
+"$py" -m localenv rabbitmq up "$LOCALENV_RABBITMQ" >"$rabbitmq_log" 2>&1 &
+rabbitmq_pid=$!
 # The support matrix's venvs (one per Python and Celery minor, cached) are built while the cluster starts.
 matrix_log=$LOCALENV_DIR/matrix-venvs.log
 "$py" -m localenv.matrix venvs >"$matrix_log" 2>&1 &
@@ -70,6 +78,15 @@ if ! wait $matrix_pid; then
 fi
 matrix_pid=""  # waited for: never signalled again (its pid may be reused)
 echo "support matrix venvs ready at $((SECONDS - t0)) s"
+if ! wait $rabbitmq_pid; then
+  rabbitmq_pid=""
+  cat "$rabbitmq_log" >&2
+  echo "the tests' shared RabbitMQ could not start (above)" >&2
+  rc=1
+  exit
+fi
+rabbitmq_pid=""
+cat "$rabbitmq_log"
 export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
 cd "$repo" || exit 1
 "$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive and not keda" --durations=40 --cache-clear "$@"

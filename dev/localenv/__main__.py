@@ -1,4 +1,5 @@
-"""`python -m localenv up | down | demo | keda install|uninstall` (what `make up`, `make down` and `make demo` run).
+"""`python -m localenv up | down | demo | keda install|uninstall | rabbitmq up|down FILE` (what `make up`,
+`make down` and `make demo` run; `rabbitmq` is `make test`'s shared loopback RabbitMQ).
 
 `up` starts the local cluster (control plane + one kubelet node, state in `.local/` or $LOCALENV_DIR) and leaves it
 running; `down` stops it and gives the host back what the node changed (it also cleans up after a
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,21 @@ def main(argv: list[str]) -> int:
             print(f"KEDA v{keda.version()} installed in {keda.install(cluster):.0f}s")
         else:
             keda.uninstall(cluster)
+        return 0
+    if cmd == "rabbitmq" and len(argv) > 3 and argv[2] in ("up", "down"):
+        # One loopback RabbitMQ for all of a run's pytest workers (tests/fixtures/brokers.py): `up` starts it
+        # and writes its state to FILE, `down` stops it and removes its files.
+        from localenv.brokers import RabbitMQ
+
+        path = Path(argv[3])
+        if argv[2] == "up":
+            server = RabbitMQ(Path(tempfile.mkdtemp(prefix="celery-operator-rabbitmq-")))
+            server.start()
+            path.write_text(json.dumps(server.state()))
+            print(f"RabbitMQ {server.nodename} on 127.0.0.1:{server.amqp_port} for every test worker")
+        elif path.exists():
+            RabbitMQ.attach(json.loads(path.read_text())).cleanup()
+            path.unlink()
         return 0
     if cmd == "demo":
         if not STATE.exists():

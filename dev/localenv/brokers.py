@@ -26,7 +26,7 @@ from typing import Any, Self
 
 from celery_operator.brokers.base import BrokerUnreachable
 from celery_operator.brokers.rabbitmq import ManagementClient, ManagementHttpError
-from localenv.procs import ServerError, free_port, tail
+from localenv.procs import ServerError, free_port, pid_alive, tail
 
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
 START_TIMEOUT_SECONDS = 90.0
@@ -232,6 +232,34 @@ class RabbitMQ(_Server, RabbitMQAdmin):
         self.log_dir = self.workdir / "log"
         self._epmd: subprocess.Popen[bytes] | None = None
         self._cookie = secrets.token_hex(16)
+        self._attached: list[int] = []  # the pids of a server another process started (`attach`)
+
+    # -- shared by processes ----------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What another process needs to use this running server (`attach`) and, at the end, stop it."""
+        assert self._proc is not None and self._epmd is not None, "not started here"
+        return {"workdir": str(self.workdir), "password": self.password, "nodename": self.nodename,
+                "amqp_port": self.amqp_port, "management_port": self.management_port, "dist_port": self.dist_port,
+                "epmd_port": self.epmd_port, "cookie": self._cookie, "pids": [self._proc.pid, self._epmd.pid]}
+
+    @classmethod
+    def attach(cls, state: dict[str, Any]) -> RabbitMQ:
+        """A server another process started and left running (`python -m localenv rabbitmq up`): usable
+        as one started here, except that it cannot be started again; `stop()` ends it."""
+        server = cls(state["workdir"])
+        server._owns_workdir = True  # `cleanup()` (the run's end) removes it
+        server.password, server.nodename, server._cookie = state["password"], state["nodename"], state["cookie"]
+        server.amqp_port, server.management_port = state["amqp_port"], state["management_port"]
+        server.dist_port, server.epmd_port = state["dist_port"], state["epmd_port"]
+        server._attached = [int(p) for p in state["pids"]]
+        return server
+
+    @property
+    def running(self) -> bool:
+        if self._attached:
+            return all(pid_alive(p) for p in self._attached)
+        return super().running
 
     # -- addresses --------------------------------------------------------------------------------
 
@@ -302,6 +330,8 @@ class RabbitMQ(_Server, RabbitMQAdmin):
     def start(self) -> None:
         if self.running:
             return
+        if self._attached:
+            raise ServerError(f"the shared RabbitMQ {self.nodename} is gone (pids {self._attached}):\n{self.logs()}")
         ensure_installed("rabbitmq-server")
         self._write_config()
         env = self._env()
@@ -335,6 +365,10 @@ class RabbitMQ(_Server, RabbitMQAdmin):
             return False
 
     def stop(self, graceful: bool = True) -> None:
+        for pid in self._attached:  # each leads a process group of its own (start_new_session)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self._attached = []
         if self._proc is not None:
             _terminate(self._proc, STOP_TIMEOUT_SECONDS if graceful else 0)
             self._proc = None

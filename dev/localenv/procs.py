@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,13 +64,31 @@ def tail(log: Path | None, lines: int = 40) -> str:
         return f"(no log at {log})"
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send `sig` to this process when its parent exits (Linux PR_SET_PDEATHSIG), even
+    by SIGKILL. The parent is the thread that forked it, so a process started from a thread that ends
+    first gets `sig` then: call it only for processes started from a long-lived thread."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # the parent exited before the prctl: nobody would send it
+        os.kill(os.getpid(), sig)
+
+
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a server in its own process group, output to `log`."""
+          cwd: Path | None = None, *, tied: bool = False) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group, output to `log`. `tied`: it gets SIGTERM when this process
+    ends, however it ends (what a test starts must not outlive a killed pytest); started from the main
+    thread only, the one that lives as long as the process (elsewhere it is not tied)."""
+    tie = die_with_parent if tied and threading.current_thread() is threading.main_thread() else None
     fh = log.open("ab")
     try:
         return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True, preexec_fn=tie)
     finally:
         fh.close()
 

@@ -79,7 +79,7 @@ class BeatWorld:
         log = self.tmp / f"{name}.log"
         celery_bin = str(Path(sys.executable).with_name("celery"))
         env = {**self.env, api.ENV_POD_NAME: name}
-        b = Beat(name, spawn([celery_bin, *beat.beat_command()[1:]], log, env=env, cwd=self.tmp), log)
+        b = Beat(name, spawn([celery_bin, *beat.beat_command()[1:]], log, env=env, cwd=self.tmp, tied=True), log)
         self.beats.append(b)
         return b
 

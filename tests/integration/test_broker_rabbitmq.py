@@ -344,7 +344,8 @@ def test_unreachable_broker_raises_broker_unreachable_instead_of_zero_depth(rabb
     assert rabbitmq.password not in str(e.value)
 
 
-def test_measure_raises_while_broker_is_stopped_and_recovers_after_restart(rabbitmq_vhost: Vhost) -> None:
+def test_measure_raises_while_broker_is_stopped_and_recovers_after_restart(own_rabbitmq_vhost: Vhost) -> None:
+    rabbitmq_vhost = own_rabbitmq_vhost  # it stops its broker: not the one other tests share
     broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
     broker.declare([], [queue_model("durable-jobs")])
     conn, ch = _channel(rabbitmq_vhost)

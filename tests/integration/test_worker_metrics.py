@@ -91,8 +91,8 @@ def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
         command = worker.worker_command(topo, pool)
         log = tmp_path / "worker.log"
         celery_bin = str(Path(sys.executable).with_name("celery"))
-        w = Worker(spawn([celery_bin, *command[1:]], log, env=worker_env, cwd=tmp_path), log, port, client_env,
-                   multiproc_dir)
+        proc = spawn([celery_bin, *command[1:]], log, env=worker_env, cwd=tmp_path, tied=True)
+        w = Worker(proc, log, port, client_env, multiproc_dir)
         started.append(w)
         wait_until_scraped(w, lambda s: s.get((metrics.WORKER_UP, worker_labels())) == 1, "the worker up")
         return w

@@ -177,7 +177,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             env[api.ENV_PROMETHEUS_MULTIPROC_DIR] = str(tmp_path / "metrics")
         log = tmp_path / "worker.log"
         probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
-        w = Worker(spawn([str(python.with_name("celery")), *container["command"][1:]], log, env=env, cwd=tmp_path),
+        w = Worker(spawn([str(python.with_name("celery")), *container["command"][1:]], log, env=env, cwd=tmp_path,
+                         tied=True),
                    python, log, port, heartbeat, client_env, env, probes, health_port)
         started.append(w)
         w.scraped(lambda s: s.get((metrics.WORKER_UP, worker_labels())) == 1, "the worker up")
@@ -340,7 +341,7 @@ def test_beat_sends_each_run_once_across_a_handover(
     def start(name: str) -> Path:
         log = tmp_path / f"{name}.log"
         beats[name] = spawn([str(python.with_name("celery")), *beat.beat_command()[1:]], log,
-                            env={**env, api.ENV_POD_NAME: name}, cwd=tmp_path)
+                            env={**env, api.ENV_POD_NAME: name}, cwd=tmp_path, tied=True)
         return log
 
     def holder() -> str:
