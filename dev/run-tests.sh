@@ -8,8 +8,9 @@
 # Phase 1 runs every test not marked `exclusive` on $TEST_JOBS pytest-xdist workers side by side: they
 # share the cluster and one loopback RabbitMQ (each test works in namespaces and vhosts of its own; each
 # worker has its own Redis and operator identity). Phase 2 runs the `exclusive` tests alone (they restart
-# the API server, or run an operator that watches every namespace). Extra arguments go to both pytest runs. A few phase-1 failures
-# run once more, alone, before phase 2: what then passes is reported as flaky under load.
+# the API server, or run an operator that watches every namespace). Extra arguments go to both pytest
+# runs. A few phase-1 failures run once more, alone, before phase 2: what then passes is reported as
+# flaky under load.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")

@@ -365,6 +365,7 @@ class RabbitMQ(_Server, RabbitMQAdmin):
             return False
 
     def stop(self, graceful: bool = True) -> None:
+        # An attached server is stopped only at its run's end, when its data does not matter: killed at once.
         for pid in self._attached:  # each leads a process group of its own (start_new_session)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
