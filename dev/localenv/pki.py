@@ -15,6 +15,12 @@ from pathlib import Path
 DAYS = "7"
 
 
+# ECDSA P-256 keys: generated in milliseconds where an RSA-2048 key takes about a tenth of a second, and
+# cheaper for the API server to sign every TLS handshake with (each kubectl, operator and kubelet
+# connection). The service-account signing key stays RSA (RS256, what every token reader accepts).
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -43,7 +49,7 @@ class PKI:
         """The CAs (cluster, front proxy) and the service-account signing key pair."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for ca, cn in (("ca", "celery-operator-local-ca"), ("front-proxy-ca", "celery-operator-front-proxy-ca")):
-            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+            _openssl("req", "-x509", *NEW_KEY, "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
                      "-days", DAYS, "-subj", f"/CN={cn}", cwd=self.dir)
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=self.dir)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=self.dir)
@@ -59,7 +65,7 @@ class PKI:
             sans = [f"DNS:{n}" for n in server_names] + [f"IP:{ip}" for ip in server_ips]
             ext.append(f"subjectAltName={','.join(sans)}")
         (self.dir / f"{name}.ext").write_text("\n".join(ext) + "\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        _openssl("req", *NEW_KEY, "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                  "-subj", subj, cwd=self.dir)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
                  "-out", f"{name}.crt", "-days", DAYS, "-extfile", f"{name}.ext", cwd=self.dir)

@@ -759,10 +759,10 @@ def reconcile_error_labelled(h: Harness) -> Outcome:
                "metadata": {"name": f"{ns}-{sa}"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{ns}-{sa}"},
                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}
-    cp.kubectl("create", "serviceaccount", sa, "-n", ns)
-    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]}))
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}
+    cp.apply([account, role, binding])
     try:
-        token = cp.kubectl("create", "token", sa, "-n", ns, "--duration=1h").stdout.strip()
+        token = cp.create_token(ns, sa, 3600)
         kubeconfig = h.tmp / f"{sa}.kubeconfig"
         import yaml
 

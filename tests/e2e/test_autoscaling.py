@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tests.fixtures.operator import (
     celery_client_env,
     condition,
     get,
+    list_events,
     list_objects,
     metric_line,
     secret,
@@ -128,7 +128,7 @@ def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit
     wait_for(lambda: s.pool()["status"].get("lastScaleTime"), 30, "the scale in the pool's status")
     # The status is the latest reading: by the time a loaded machine reads it the new workers may have drained the
     # queue. The ScaledUp Event records the reading the decision was made on.
-    events = json.loads(s.cp.kubectl("get", "events", "-n", s.ns, "-o", "json").stdout)["items"]
+    events = list_events(s.cp, s.ns)
     to_four = [m for e in events if e["reason"] == api.Reason.SCALED_UP and e["involvedObject"]["name"] == "low"
                and (m := re.match(r"\d+ → 4: (\d+) messages ready", e["message"]))]
     assert to_four and all(int(m.group(1)) >= 31 for m in to_four), [e["message"] for e in events]

@@ -15,7 +15,7 @@ from celery_operator import api
 from localenv.cluster import Cluster
 from tests.e2e.test_autoscaling import Scaled, _setup
 from tests.fixtures.brokers import RedisDb, Vhost
-from tests.fixtures.operator import OperatorFactory, apply, celery_call, get, wait_for
+from tests.fixtures.operator import OperatorFactory, apply, celery_call, get, list_events, wait_for
 from tests.fixtures.servers import Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -29,7 +29,7 @@ def scaled(cluster: Cluster, namespace: str, operator_factory: OperatorFactory, 
 
 
 def events(s: Scaled, reason: str, obj: str = "low") -> list[dict[str, Any]]:
-    items = json.loads(s.cp.kubectl("get", "events", "-n", s.ns, "-o", "json").stdout)["items"]
+    items = list_events(s.cp, s.ns)
     found = [e for e in items if e["reason"] == reason and e["involvedObject"]["name"] == obj]
     return sorted(found, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 

@@ -36,6 +36,7 @@ from tests.fixtures.operator import (
     OperatorProcess,
     apply,
     get,
+    list_events,
     pod_logs,
     pods,
     sample_documents,
@@ -131,7 +132,7 @@ def holding(cp: ControlPlane, ns: str, chash: str, other_than: set[str] = frozen
 def skips_reported(cp: ControlPlane, ns: str) -> dict[str, list[int]]:
     """Scheduled times the RunsSkipped Events on the schedule name, per entry, in time order (the API lists
     Events by name, not by time)."""
-    events = json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    events = list_events(cp, ns)
     out: dict[str, list[int]] = {name: [] for name in ENTRIES}
     for e in events:
         if e["reason"] != api.Reason.RUNS_SKIPPED or e["involvedObject"]["name"] != "slots":

@@ -20,6 +20,7 @@ from tests.fixtures.operator import (
     apply,
     condition,
     get,
+    list_events,
     sample_documents,
     secret,
     wait_for,
@@ -57,7 +58,7 @@ def reason_becomes(cp: ControlPlane, ns: str, kind: str, name: str, reasons: set
 
 
 def warning_events(cp: ControlPlane, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
-    items = json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    items = list_events(cp, ns)
     return [e for e in items if e["involvedObject"]["name"] == name and e["reason"] == reason
             and e["type"] == "Warning"]
 
@@ -145,10 +146,10 @@ def test_a_reconcile_that_raises_is_reported_on_the_app_and_clears_when_the_caus
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                            "name": role["metadata"]["name"]},
                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]}
-    cp.kubectl("create", "serviceaccount", sa, "-n", namespace)
-    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]}))
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": namespace}}
+    cp.apply([account, role, binding])
     try:
-        token = cp.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+        token = cp.create_token(namespace, sa, 3600)
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump(flat_kubeconfig(cp, token)))
         secret(cp, namespace, "broker", url=broker_vhost.url, managementUrl=broker_vhost.management_url)

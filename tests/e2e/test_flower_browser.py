@@ -12,7 +12,6 @@ workers page and of the task page are saved in the test's directory (docs/flower
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import tempfile
@@ -32,6 +31,7 @@ from tests.fixtures.operator import (
     celery_call,
     condition,
     get,
+    list_events,
     sample_client_env,
     sample_documents,
     secret,
@@ -87,7 +87,7 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
     assert blocked["status"] == "False" and f"kubectl create secret generic {AUTH_SECRET}" in blocked["message"]
     assert get(cp, ns, "celeryapp", "proj")["status"]["flower"] == {"state": "Blocked"}
     assert get(cp, ns, "deployment", "proj-flower") is None and get(cp, ns, "service", "proj-flower") is None
-    events = json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    events = list_events(cp, ns)
     assert any(e["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND and e["type"] == "Warning" for e in events)
 
     password = secrets.token_urlsafe(12)

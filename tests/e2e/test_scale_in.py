@@ -36,6 +36,7 @@ from tests.fixtures.operator import (
     celery_call,
     celery_client_env,
     get,
+    list_events,
     list_objects,
     pool_selector,
     secret,
@@ -235,7 +236,7 @@ def test_the_autoscalers_scale_in_removes_the_idle_workers_and_interrupts_nothin
     # ... and the scale-in was over before the busy workers' tasks ended: it did not wait for them.
     assert not ours.tasks_ended_before_completion, ours.summary()
     assert ours.costs == dict.fromkeys(ours.busy, "1000")  # the kept pods carry their work as their cost
-    events = json.loads(s.cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    events = list_events(s.cp, namespace)
     down = [e["message"] for e in events if e["reason"] == api.Reason.SCALED_DOWN
             and e["involvedObject"]["name"] == OURS and e["message"].startswith(f"{REPLICAS} → {KEEP}:")]
     assert len(down) == 1 and all(f"{pod} (idle)" in down[0] for pod in ours.removed), down
@@ -289,7 +290,7 @@ def test_with_no_idle_worker_the_chosen_one_drains_its_task_before_it_is_removed
     wait_for(lambda: all(ended(r) for r in runs(s.backend, ids).values()), 60, "both tasks finished")
     recorded = runs(s.backend, ids)
     assert all(len(r) == 2 for r in recorded.values()), recorded  # one run each: nothing cut, nothing rerun
-    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    events = list_events(cp, namespace)
     reasons = [(e["reason"], e["message"]) for e in sorted(events, key=lambda e: e.get("firstTimestamp") or "")
                if e["involvedObject"]["name"] == OURS and e["reason"] in (api.Reason.DRAINING, api.Reason.SCALED_DOWN)]
     why = "\n".join(f"{r}: {m}" for r, m in reasons) + "\n" + "".join(op.logs()[-6000:] for op in ops)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from typing import Any
 
@@ -11,14 +10,7 @@ import pytest
 from celery_operator import api
 from localenv.cluster import Cluster
 from tests.fixtures.brokers import RedisDb, Vhost
-from tests.fixtures.operator import (
-    OperatorFactory,
-    apply,
-    condition,
-    get,
-    secret,
-    wait_for,
-)
+from tests.fixtures.operator import OperatorFactory, apply, condition, get, list_events, secret, wait_for
 from tests.fixtures.servers import Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -34,8 +26,7 @@ def _reason(cluster: Cluster, ns: str, kind: str, name: str, reason: str) -> dic
 
 
 def _warning_events(cluster: Cluster, ns: str, name: str) -> list[str]:
-    out = json.loads(cluster.control_plane.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
-    return [e["reason"] for e in out["items"]
+    return [e["reason"] for e in list_events(cluster.control_plane, ns)
             if e["involvedObject"]["name"] == name and e["type"] == "Warning"]
 
 

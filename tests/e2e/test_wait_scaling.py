@@ -7,7 +7,6 @@ oldest message of each priority list on Redis.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.fixtures.operator import (
     celery_call,
     celery_client_env,
     get,
+    list_events,
     secret,
     wait_for,
     wait_ready,
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def events(s: Scaled, pool: str, reason: str) -> list[str]:
-    items = json.loads(s.cp.kubectl("get", "events", "-n", s.ns, "-o", "json").stdout)["items"]
+    items = list_events(s.cp, s.ns)
     return [e["message"] for e in items if e["reason"] == reason and e["involvedObject"]["name"] == pool]
 
 

@@ -139,11 +139,10 @@ def world(control_plane: ControlPlane, namespace: str, redis_db: RedisDb, tmp_pa
         topo = topology(namespace, entries)
         objs = [o for o in beat.objects(topo, SecretKeyRef("broker", "url"), None, "h", None)
                 if o["kind"] != "Deployment"]
-        control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                    "items": objs}))
+        control_plane.apply(objs)
         account = tmp_path / "serviceaccount"
         account.mkdir()
-        token = control_plane.kubectl("create", "token", "proj-beat", "-n", namespace, "--duration=1h").stdout
+        token = control_plane.create_token(namespace, "proj-beat", 3600)
         (account / "token").write_text(token.strip())
         (account / "ca.crt").write_bytes(control_plane.pki.ca.read_bytes())
         (account / "namespace").write_text(namespace)

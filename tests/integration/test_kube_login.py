@@ -38,7 +38,7 @@ def whoami(conn: Any) -> str:
 @pytest.fixture
 def sa_token(control_plane: ControlPlane, namespace: str) -> tuple[str, str]:
     control_plane.kubectl("create", "serviceaccount", "op", "-n", namespace)
-    token = control_plane.kubectl("create", "token", "op", "-n", namespace, "--duration=10m").stdout.strip()
+    token = control_plane.create_token(namespace, "op", 600)
     return token, f"system:serviceaccount:{namespace}:op"
 
 

@@ -307,10 +307,10 @@ def beat_topology(namespace: str) -> Topology:
 def beat_env(cp: ControlPlane, namespace: str, topo: Topology, broker_url: str, tmp: Path) -> dict[str, str]:
     """The rendered beat's env, with the token of the ServiceAccount (and Role) the operator renders."""
     objs = [o for o in beat.objects(topo, SecretKeyRef("broker", "url"), None, "h", None) if o["kind"] != "Deployment"]
-    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    cp.apply(objs)
     account = tmp / "serviceaccount"
     account.mkdir()
-    token = cp.kubectl("create", "token", "proj-beat", "-n", namespace, "--duration=1h").stdout
+    token = cp.create_token(namespace, "proj-beat", 3600)
     (account / "token").write_text(token.strip())
     (account / "ca.crt").write_bytes(cp.pki.ca.read_bytes())
     (account / "namespace").write_text(namespace)
