@@ -127,10 +127,14 @@ def test_backlog_scales_the_pool_up_to_max_and_back_to_min_after_draining(rabbit
                              f"operator log:\n{tail(s.operator.log, 60)}") from None
     wait_for(lambda: s.pool()["status"].get("lastScaleTime"), 30, "the scale in the pool's status")
     # The status is the latest reading: by the time a loaded machine reads it the new workers may have drained the
-    # queue. The ScaledUp Event records the reading the decision was made on.
+    # queue. The ScaledUp Event records the reading the decision was made on (posted after the status: awaited).
+    def scaled_to_four() -> list[re.Match[str]]:
+        return [m for e in list_events(s.cp, s.ns) if e["reason"] == api.Reason.SCALED_UP
+                and e["involvedObject"]["name"] == "low"
+                and (m := re.match(r"\d+ → 4: (\d+) messages ready", e["message"]))]
+
+    to_four = wait_for(scaled_to_four, 30, "a ScaledUp Event to 4")
     events = list_events(s.cp, s.ns)
-    to_four = [m for e in events if e["reason"] == api.Reason.SCALED_UP and e["involvedObject"]["name"] == "low"
-               and (m := re.match(r"\d+ → 4: (\d+) messages ready", e["message"]))]
     assert to_four and all(int(m.group(1)) >= 31 for m in to_four), [e["message"] for e in events]
     wait_for(lambda: s.pool()["status"].get("queueDepth") == 0, 240, "workers drained the queue")
     wait_for(lambda: s.replicas() == 1, 120, "back to minReplicas after the stabilization window")

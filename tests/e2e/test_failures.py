@@ -90,7 +90,8 @@ def test_a_pool_whose_pods_cannot_run_says_why_and_recovers_when_fixed(
     c = reason_becomes(cp, namespace, "celeryworkerpool", "w", reasons)
     assert named in c["message"], c["message"]
     assert condition(get(cp, namespace, "celeryworkerpool", "w"), "Degraded")["status"] == "True"  # type: ignore[index]
-    assert warning_events(cp, namespace, "w", c["reason"])
+    # The Event is posted after the status that names the reason: awaited, not read at once.
+    wait_for(lambda: warning_events(cp, namespace, "w", c["reason"]), 30, f"a {c['reason']} Warning Event")
     started(one_pool_app(images.sample_tasks))  # the fix: the pool without the breaking field
     wait_ready(cp, namespace, "celeryworkerpool", "w", 180)
 
@@ -158,7 +159,8 @@ def test_a_reconcile_that_raises_is_reported_on_the_app_and_clears_when_the_caus
         apply(cp, namespace, without_workers(sample_documents(image=images.sample_tasks)))
         c = reason_becomes(cp, namespace, "celeryapp", "proj", {api.Reason.RECONCILE_ERROR}, 60)
         assert "403" in c["message"] and "secrets" in c["message"], c["message"]
-        assert warning_events(cp, namespace, "proj", api.Reason.RECONCILE_ERROR)
+        wait_for(lambda: warning_events(cp, namespace, "proj", api.Reason.RECONCILE_ERROR), 30,
+                 "a ReconcileError Warning Event")
         # The fix: let it read Secrets in this namespace. No restart: the failed reconcile is retried.
         cp.kubectl("create", "role", "read-secrets", "-n", namespace, "--verb=get,list,watch", "--resource=secrets")
         cp.kubectl("create", "rolebinding", "read-secrets", "-n", namespace, "--role=read-secrets",

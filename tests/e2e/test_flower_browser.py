@@ -87,8 +87,9 @@ def test_flower_needs_its_secret_then_shows_every_pools_workers_a_task_with_its_
     assert blocked["status"] == "False" and f"kubectl create secret generic {AUTH_SECRET}" in blocked["message"]
     assert get(cp, ns, "celeryapp", "proj")["status"]["flower"] == {"state": "Blocked"}
     assert get(cp, ns, "deployment", "proj-flower") is None and get(cp, ns, "service", "proj-flower") is None
-    events = list_events(cp, ns)
-    assert any(e["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND and e["type"] == "Warning" for e in events)
+    # The Event is posted after the status that names the reason: awaited, not read at once.
+    wait_for(lambda: any(e["reason"] == api.FlowerReason.AUTH_SECRET_NOT_FOUND and e["type"] == "Warning"
+                         for e in list_events(cp, ns)), 30, "a FlowerAuthSecretNotFound Warning Event")
 
     password = secrets.token_urlsafe(12)
     secret(cp, ns, AUTH_SECRET, auth=f"admin:{password}")
