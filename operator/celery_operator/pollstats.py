@@ -2,9 +2,13 @@
 
 RabbitMQ's live message totals carry no consumer counts, head timestamps or delivery rates; its
 statistics listing does, but lags, so the poller lists statistics only every so often and carries the
-last listing over to the polls between (`merge`). Each queue's wait follows from that (`waits`), with
-drain meters for brokers that count nothing (Redis). Values in, values out: the poller keeps what is
-returned in the app's state.
+last listing over to the polls between (`merge`). A queue RabbitMQ has not yet collected statistics for
+(it does every `collect_statistics_interval`, 5 s by default; a queue declared a moment ago is listed by
+name only) leaves the listing incomplete, and the next one comes `INCOMPLETE_RETRY_SECONDS` later instead
+of after the usual refresh: a new app's consumer counts show within seconds, not half a minute.
+
+Each queue's wait follows from that (`waits`), with drain meters for brokers that count nothing (Redis).
+Values in, values out: the poller keeps what is returned in the app's state.
 """
 
 from __future__ import annotations
@@ -16,19 +20,25 @@ from dataclasses import dataclass, field
 from celery_operator.brokers.base import DepthReport, QueueDepth
 from celery_operator.waits import DrainMeter, Wait, queue_wait
 
+# RabbitMQ's default statistics interval: by then a new queue's statistics have been collected.
+INCOMPLETE_RETRY_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Statistics:
-    """The last statistics listing: when (monotonic seconds), each queue's consumers, and RabbitMQ's
-    per-queue statistics (head timestamp, delivery rate) when the listing had them."""
+    """The last statistics listing: when (monotonic seconds), each queue's consumers, RabbitMQ's
+    per-queue statistics (head timestamp, delivery rate) when the listing had them, and whether it had
+    every queue's."""
 
     at: float = float("-inf")
     consumers: Mapping[str, int | None] = field(default_factory=dict)
     queues: Mapping[str, QueueDepth] = field(default_factory=dict)
+    complete: bool = True
 
     def due(self, now: float, refresh: float) -> bool:
-        """Whether this poll lists statistics again."""
-        return now - self.at >= refresh
+        """Whether this poll lists statistics again: `refresh` seconds after a complete listing, sooner
+        after one that lacked a queue's statistics."""
+        return now - self.at >= (refresh if self.complete else min(refresh, INCOMPLETE_RETRY_SECONDS))
 
 
 def merge(last: Statistics, report: DepthReport, fresh: bool, now: float) -> tuple[DepthReport, Statistics]:
@@ -36,8 +46,9 @@ def merge(last: Statistics, report: DepthReport, fresh: bool, now: float) -> tup
     keep. A fresh report (a statistics listing) becomes the listing kept. A queue found empty forgets its
     head timestamp: that message is gone."""
     if fresh:
+        complete = not report.statistics or all(d.consumers is not None for d in report.queues.values())
         return report, Statistics(now, {n: d.consumers for n, d in report.queues.items()},
-                                  dict(report.queues) if report.statistics else {})
+                                  dict(report.queues) if report.statistics else {}, complete)
     kept = dict(last.queues)
     queues = {}
     for n, d in report.queues.items():

@@ -27,6 +27,23 @@ def report(statistics: bool, source: str = "management", missing: tuple[str, ...
                        missing=missing, statistics=statistics)
 
 
+
+def test_a_statistics_listing_without_a_new_queues_statistics_is_listed_again_at_the_next_interval() -> None:
+    # RabbitMQ lists a queue by name only until it first collects its statistics: no consumer count yet.
+    listing = report(True, a=(0, None, None), b=(0, None, None))
+    listing = dataclasses.replace(listing, queues={**listing.queues, "b": QueueDepth("b", 0, None, None)})
+    _, kept = pollstats.merge(Statistics(), listing, True, 100.0)
+    assert not kept.complete and kept.consumers == {"a": 1, "b": None}
+    assert not kept.due(100.0 + pollstats.INCOMPLETE_RETRY_SECONDS - 1, 30.0)
+    assert kept.due(100.0 + pollstats.INCOMPLETE_RETRY_SECONDS, 30.0)
+    _, kept = pollstats.merge(kept, report(True, a=(0, None, None), b=(0, None, None)), True, 105.0)
+    assert kept.complete and not kept.due(110.0, 30.0) and kept.due(135.0, 30.0)
+
+
+def test_a_broker_without_statistics_lists_them_only_at_the_usual_refresh() -> None:
+    _, kept = pollstats.merge(Statistics(), report(False, source="redis", a=(3, None, None)), True, 100.0)
+    assert kept.complete and not kept.due(110.0, 30.0)
+
 def test_live_totals_take_the_head_timestamp_and_rate_of_the_last_statistics_listing() -> None:
     stamp = time.time() - 60
     _, kept = pollstats.merge(Statistics(), report(True, a=(5, stamp, None), b=(9, None, 3.0)), True, 100.0)
