@@ -40,7 +40,7 @@ sys.path[:0] = [str(REPO / "dev"), str(REPO / "operator"), str(REPO)]
 
 from tests.e2e.faults import external_app, pool, queue  # noqa: E402
 from tests.fixtures.cluster_brokers import PodRabbitMQ  # noqa: E402
-from tests.fixtures.operator import OperatorProcess, apply, read_object, secret, wait_for  # noqa: E402
+from tests.fixtures.operator import OperatorProcess, apply, secret, wait_for  # noqa: E402
 
 from celery_operator import api  # noqa: E402
 from celery_operator.models import CeleryWorkerPool  # noqa: E402
@@ -83,7 +83,7 @@ def variant(rendered: Body, arm: str, exec_probes: dict[str, Body]) -> Body:
 
 
 def arm_pods(cp: ControlPlane, ns: str, arm: str) -> list[Body]:
-    listed = read_object(cp, f"/api/v1/namespaces/{ns}/pods", labelSelector=f"bench-arm={arm}") or {}
+    listed = cp.read(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"bench-arm={arm}") or {}
     return list(listed.get("items") or [])
 
 
@@ -151,8 +151,8 @@ def main() -> int:
             apply(cp, ns, [external_app("proj", c.image("sample-tasks")), queue("proj", "work", "work"),
                            pool("proj", "w", ["work"], replicas=0, concurrency=1)])
             path = f"/apis/apps/v1/namespaces/{ns}/deployments/{names.worker('proj', 'w')}"
-            rendered = wait_for(lambda: read_object(cp, path), 120, "the operator's worker Deployment")
-            cr = wait_for(lambda: read_object(cp, f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{ns}/"
+            rendered = wait_for(lambda: cp.read(path), 120, "the operator's worker Deployment")
+            cr = wait_for(lambda: cp.read(f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{ns}/"
                                                   f"celeryworkerpools/w"), 30, "the pool")
             stop(op.proc, 10)  # from here on, nothing reconciles: the copies are ours alone
             exec_pool = CeleryWorkerPool.of({**cr, "spec": {**cr["spec"], "pool": api.EXEC_PROBE_POOLS[0]}})

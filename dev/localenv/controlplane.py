@@ -35,6 +35,9 @@ KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR: the `ku
 NODE_NAME = "localhost"  # the apiserver reaches the kubelet by this name (127.0.0.1), see localenv.node
 FRONT_PROXY_CLIENT = "front-proxy-client"  # the API server's identity towards extension API servers
 APPLY_FIELD_MANAGER = "localenv"  # what `ControlPlane.apply` owns in server-side apply
+# Pauses between tries of a request the API server could not answer (no connection, 429, 5xx): about 30 s in
+# all, long enough for a restart of the API server or a busy moment to pass.
+RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0)
 APISERVER_STOP_SECONDS = 3.0  # a restart: SIGTERM, SIGKILL if still there after this long
 
 
@@ -332,11 +335,38 @@ class ControlPlane:
         if status not in (200, 202, 404):
             raise ServerError(f"deleting namespace {name}: {status} {body[:300].decode(errors='replace')}")
 
+    def api_request_retried(self, method: str, path: str, body: object = None,
+                            content_type: str = "application/json", **params: str) -> tuple[int, bytes]:
+        """`api_request`, tried again while the API server cannot answer (no connection, 429, 5xx; see
+        RETRY_PAUSES): the first other answer, or the last one. ServerError when the last try had no
+        connection."""
+        for pause in RETRY_PAUSES:
+            try:
+                status, payload = self.api_request(method, path, body, content_type=content_type, **params)
+            except OSError:
+                status, payload = 0, b""
+            if status != 0 and status != 429 and status < 500:
+                return status, payload
+            time.sleep(pause)
+        try:
+            return self.api_request(method, path, body, content_type=content_type, **params)
+        except OSError as e:
+            raise ServerError(f"{method} {path}: no answer from the API server: {e}") from e
+
+    def read(self, path: str, **params: str) -> dict[str, Any] | None:
+        """GET an object or a list: None when there is none (404); ServerError for any other refusal."""
+        status, body = self.api_request_retried("GET", path, **params)
+        if status == 404:
+            return None
+        if status != 200:
+            raise ServerError(f"GET {path}: {status} {body[:500].decode(errors='replace')}")
+        return dict(json.loads(body))
+
     def apply(self, docs: list[dict[str, Any]], namespace: str = "default") -> None:
         """`kubectl apply --server-side --force-conflicts -n NAMESPACE -f DOCS`: one apply PATCH per object,
         in order, from this process (a kubectl process costs about 0.1 s of CPU, and tests apply often).
-        Objects that name no namespace go to `namespace`. A transient failure (the API server busy or
-        restarting) is retried for about 30 s; a refusal is raised with the server's message."""
+        Objects that name no namespace go to `namespace`. A busy or restarting API server is waited for
+        (`api_request_retried`); a refusal is raised with the server's message."""
         for doc in docs:
             group = doc["apiVersion"].rpartition("/")[0]
             kind = doc["kind"].lower() + (f".{group}" if group else "")
@@ -345,24 +375,11 @@ class ControlPlane:
             collection = self.collection(kind, ns)
             if collection is None:
                 raise ServerError(f"the API server serves no {kind}")
-            problem = ""
-            for pause in (1, 2, 4, 8, 15, 0):
-                try:
-                    status, body = self.api_request("PATCH", f"{collection}/{name}", doc, force="true",
+            status, body = self.api_request_retried("PATCH", f"{collection}/{name}", doc, force="true",
                                                     content_type="application/apply-patch+yaml",
                                                     fieldManager=APPLY_FIELD_MANAGER)
-                except OSError as e:
-                    status, body = 0, str(e).encode()
-                if status in (200, 201):
-                    break
-                problem = f"{status}: {body[:1000].decode(errors='replace')}"
-                if status not in (0, 429) and status < 500:
-                    break
-                time.sleep(pause)
-            else:
-                status = 0
             if status not in (200, 201):
-                raise ServerError(f"applying {kind} {ns}/{name}: {problem}")
+                raise ServerError(f"applying {kind} {ns}/{name}: {status}: {body[:1000].decode(errors='replace')}")
 
     def create_token(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """`kubectl create token SERVICE_ACCOUNT -n NAMESPACE --duration=SECONDS`: a TokenRequest."""

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from celery_operator import api
 from localenv.controlplane import ControlPlane
-from tests.fixtures.operator import OperatorFactory, read_object, wait_for
+from tests.fixtures.operator import OperatorFactory, wait_for
 from tests.integration.test_fuzz_crs import batches
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -41,7 +41,7 @@ def create_admitted(cp: ControlPlane, namespace: str, objs: list[dict[str, Any]]
 def unreported(cp: ControlPlane, namespace: str, made: list[tuple[str, str]]) -> list[str]:
     out = []
     for kind in {k for k, _ in made}:
-        items = (read_object(cp, collection(cp, namespace, kind)) or {}).get("items") or []
+        items = (cp.read(collection(cp, namespace, kind)) or {}).get("items") or []
         by_name = {o["metadata"]["name"]: o for o in items}
         for k, name in made:
             if k != kind:
@@ -81,6 +81,6 @@ def test_every_admitted_random_object_gets_a_condition_and_the_operator_stays_he
     assert op.proc.poll() is None
     assert op.get("/healthz")[0] == 200
     assert "Traceback" not in op.logs()
-    assert api.Reason.RECONCILE_ERROR not in json.dumps(read_object(control_plane, collection(
+    assert api.Reason.RECONCILE_ERROR not in json.dumps(control_plane.read(collection(
         control_plane, namespace, api.APP)))
     assert len(made) > len(groups), "random objects beyond the valid apps were admitted"

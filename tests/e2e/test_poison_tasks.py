@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from tests.fixtures.operator import (
     get,
     list_objects,
     metric_line,
+    pod_logs,
     pool_selector,
     secret,
     wait_for,
@@ -96,6 +98,22 @@ def rabbit_quarantine(vhost: Vhost, name: str) -> list[dict[str, Any]]:
     return [{"headers": m["properties"].get("headers", {}), "body": m["payload"]} for m in got]
 
 
+def rabbit_counts(vhost: Vhost) -> str:
+    """What RabbitMQ counted in the vhost (published, delivered, acknowledged, redelivered, dropped) and holds."""
+    vhost_path = urllib.parse.quote(vhost.name, safe="")
+    stats = {k: v for k, v in (vhost.server.api("GET", f"/api/vhosts/{vhost_path}").get("message_stats") or {}).items()
+             if not k.endswith("_details")}
+    queues = [{k: q.get(k) for k in ("name", "type", "messages_ready", "messages_unacknowledged", "consumers")}
+              for q in vhost.server.api("GET", f"/api/queues/{vhost_path}")]
+    exchanges = {e["name"]: {k: e["message_stats"].get(k) for k in ("publish_in", "publish_out")}
+                 for e in vhost.server.api("GET", f"/api/exchanges/{vhost_path}") if e.get("message_stats")}
+    bindings = [(b["source"], b["routing_key"], b["destination"])
+                for b in vhost.server.api("GET", f"/api/bindings/{vhost_path}") if b["source"]]
+    return (f"RabbitMQ counted {json.dumps(stats)}, by exchange {json.dumps(exchanges)}, and holds "
+            f"{json.dumps([q for q in queues if not str(q['name']).startswith('celery_delayed_')])}; "
+            f"bindings {json.dumps(bindings)}; ")
+
+
 def redis_quarantine(client: redis.Redis, name: str) -> list[dict[str, Any]]:
     out = []
     for raw in client.lrange(name, 0, -1):
@@ -107,7 +125,7 @@ def redis_quarantine(client: redis.Redis, name: str) -> list[dict[str, Any]]:
 def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFactory, tmp_path: Path,
                  images: Images, backend_db: RedisDb, broker_url: str, broker_local_url: str,
                  broker: dict[str, Any], quarantine: Any, pool: str, queue_type: str = "classic",
-                 quarantine_queue: str | None = None) -> None:
+                 quarantine_queue: str | None = None, describe_broker: Callable[[], str] | None = None) -> None:
     cp = cluster.control_plane
     install_checkout(cp)  # this checkout's CRDs (status fields), whatever another session installed since
     secret(cp, namespace, "backend", url=backend_db.url)
@@ -146,11 +164,18 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         ended = sum(any(x.startswith("end:") for x in r) for r in every.values())
         begun = sum(bool(r) for r in every.values())
         held = sorted(quarantined_headers(quarantine(qname)))
+        pods = list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
         containers = [(p["metadata"]["name"], c.get("restartCount"), c.get("state"), c.get("lastState"))
-                      for p in list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
-                      for c in p["status"].get("containerStatuses") or []]
+                      for p in pods for c in p["status"].get("containerStatuses") or []]
+        logs = "\n".join(f"--- {p['metadata']['name']}, its last 30 lines:\n"
+                         + "\n".join(pod_logs(cp, namespace, p["metadata"]["name"]).splitlines()[-30:])
+                         for p in pods)
+        seen = {k: v for k, v in ((get(cp, namespace, "celeryworkerpool", POOL) or {}).get("status") or {}).items()
+                if k in ("queueDepth", "messagesInFlight", "replicas", "readyReplicas")}
         raise AssertionError(f"{e}: {ended} ended, {begun - ended} started and not ended, {ORDINARY - begun} "
-                             f"never started; quarantined {held}; containers: {json.dumps(containers)}") from None
+                             f"never started; quarantined {held}; the pool's status: {seen}; "
+                             f"{describe_broker() if describe_broker else ''}"
+                             f"containers: {json.dumps(containers)}\n{logs}") from None
     elapsed = time.monotonic() - started
     every = runs(client, ordinary)
     starts = sum(sum(e.startswith("start:") for e in r) for r in every.values())
@@ -252,7 +277,8 @@ def test_rabbitmq_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then
     broker = {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
-                 broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork")
+                 broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
+                 describe_broker=lambda: rabbit_counts(broker_vhost))
 
 
 def test_redis_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then_waits_in_quarantine(
@@ -276,7 +302,8 @@ def test_rabbitmq_a_task_that_kills_a_single_process_worker_container_is_named_i
     broker = {"external": {"urlSecretRef": {"name": "broker", "key": "url"},
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
-                 broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "solo")
+                 broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "solo",
+                 describe_broker=lambda: rabbit_counts(broker_vhost))
 
 
 def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_quarantine_queue_then_replays(
@@ -288,5 +315,6 @@ def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
-                 queue_type="quorum", quarantine_queue="work-poisoned")  # a name the app chose
+                 queue_type="quorum", quarantine_queue="work-poisoned",  # a name the app chose
+                 describe_broker=lambda: rabbit_counts(broker_vhost))
     assert broker_vhost.server.queue(broker_vhost.name, QUEUE)["type"] == "quorum"

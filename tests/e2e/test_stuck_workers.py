@@ -191,6 +191,10 @@ def test_a_worker_whose_broker_connection_is_cut_is_restarted_with_an_event_and_
                                     for q in cluster_rabbitmq.api("GET", f"/api/queues/{vhost}")])
                 where += json.dumps([{k: c.get(k) for k in ("peer_host", "peer_port", "state", "timeout")}
                                      for c in cluster_rabbitmq.api("GET", f"/api/vhosts/{vhost}/connections")])
+                # What RabbitMQ counted: published, delivered, acknowledged, redelivered, in the vhost.
+                where += json.dumps({k: v for k, v in (cluster_rabbitmq.api("GET", f"/api/vhosts/{vhost}")
+                                                       .get("message_stats") or {}).items()
+                                     if not k.endswith("_details")})
             raise AssertionError(f"{e}: {done(cluster_redis.local_url(backend_db), ids)} done; {where}; "
                                  f"{json.dumps(container_status(cluster, ns, victim))}") from None
         consumed_after = time.monotonic() - cut_at

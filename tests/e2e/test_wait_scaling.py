@@ -7,7 +7,9 @@ oldest message of each priority list on Redis.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +53,23 @@ def test_slow_tasks_keep_the_depth_low_but_wait_long_and_the_pool_scales_on_wait
     wait_for(lambda: s.replicas() == 1, 60, "the pool at its minimum")
     s.publish(6, seconds=90)
     depths: list[int] = []
+    seen: list[str] = []  # each change of what the pool's status and Deployment say, for a failure's message
 
     def scaled_on_wait() -> bool:
         st = s.pool().get("status") or {}
         if "queueDepth" in st:
             depths.append(int(st["queueDepth"]) + int(st.get("messagesInFlight") or 0))
-        return (s.replicas() or 0) >= 3
+        replicas = s.replicas() or 0
+        now = json.dumps([replicas, {k: v for k, v in st.items() if k not in ("conditions", "observedGeneration")},
+                          [c.get("message") for c in st.get("conditions") or []]], sort_keys=True)
+        if not seen or seen[-1].split(" ", 1)[1] != now:
+            seen.append(f"{time.strftime('%H:%M:%S')} {now}")
+        return replicas >= 3
 
-    wait_for(scaled_on_wait, 180, "the pool scaled up on wait", interval=1)
+    try:
+        wait_for(scaled_on_wait, 180, "the pool scaled up on wait", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the pool as it changed:\n" + "\n".join(seen)) from None
     assert max(depths) <= 6 < 100  # the depth never asked for a second replica
     up = events(s, "low", api.Reason.SCALED_UP)
     assert up and all("tasks wait" in m and "oldest task's publish time" in m for m in up), up

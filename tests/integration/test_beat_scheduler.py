@@ -36,7 +36,6 @@ from celery_operator.topology import Topology
 from localenv.controlplane import ControlPlane
 from localenv.procs import REPO, spawn, stop, tail
 from tests.fixtures.brokers import RedisDb
-from tests.fixtures.operator import read_object
 from tests.unit import crs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -84,14 +83,14 @@ class BeatWorld:
         return b
 
     def lease(self) -> dict[str, Any]:
-        got = read_object(self.cp, f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/proj-beat") or {}
+        got = self.cp.read(f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/proj-beat") or {}
         return dict(got.get("spec") or {})
 
     def holder(self) -> str:
         return str(self.lease().get("holderIdentity") or "")
 
     def state(self) -> schedule.State:
-        got = read_object(self.cp, f"/api/v1/namespaces/{self.ns}/configmaps/proj-beat-state") or {}
+        got = self.cp.read(f"/api/v1/namespaces/{self.ns}/configmaps/proj-beat-state") or {}
         return schedule.State.of_json((got.get("data") or {}).get(schedule.STATE_KEY))
 
     def messages(self) -> list[dict[str, Any]]:

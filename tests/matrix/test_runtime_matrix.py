@@ -49,7 +49,6 @@ from localenv import matrix
 from localenv.controlplane import ControlPlane
 from localenv.procs import REPO, free_port, spawn, stop, tail
 from tests.fixtures.brokers import RedisDb, Vhost
-from tests.fixtures.operator import read_object
 from tests.unit import crs
 
 pytestmark = [pytest.mark.integration, pytest.mark.matrix, pytest.mark.timeout(600)]
@@ -345,7 +344,7 @@ def test_beat_sends_each_run_once_across_a_handover(
         return log
 
     def holder() -> str:
-        lease = read_object(control_plane, f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/proj-beat")
+        lease = control_plane.read(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/proj-beat")
         return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
     def sent() -> int:
