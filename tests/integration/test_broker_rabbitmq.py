@@ -278,6 +278,22 @@ def test_measure_with_full_stats_reports_consumers(rabbitmq_vhost: Vhost) -> Non
     assert consumers == 2
 
 
+def test_a_queue_the_statistics_have_not_reached_yet_is_counted_from_the_live_totals_not_as_empty(
+        rabbitmq_vhost: Vhost) -> None:
+    # RabbitMQ lists a queue by name only until it first collects its statistics (every 5 s by default).
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")
+    broker.declare([], [queue_model("fresh")])
+    conn, ch = _channel(rabbitmq_vhost)
+    try:
+        ch.confirm_select()  # each publish returns once the queue has the message
+        _publish(ch, "", "fresh", 5)
+        first = broker.measure(["fresh"])
+    finally:
+        conn.close()
+    assert first.queues["fresh"].ready == 5
+    assert first.statistics
+
+
 def test_the_statistics_listing_gives_the_head_messages_publish_time_and_the_delivery_rate(
         rabbitmq_vhost: Vhost) -> None:
     broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")

@@ -7,7 +7,9 @@ live from the queues and skips the statistics database, so the counts are fresh 
 price is that it has no consumer counts (`consumers` is None). `stats="full"` drops
 `disable_stats` to get consumer counts from the statistics database, which lag by up to
 `collect_statistics_interval` (5 s by default) and cost the broker more; that listing also gives
-each queue's head message timestamp and delivery rate (`STATISTICS_COLUMNS`, for the queue wait).
+each queue's head message timestamp and delivery rate (`STATISTICS_COLUMNS`, for the queue wait). A
+queue the statistics database has not reached yet (declared less than an interval ago) is listed there by
+name only; its counts then come from a second, live-totals request.
 
 When the management API cannot be reached but AMQP can, depth falls back to one passive
 `queue.declare` per queue over one connection: ready and consumers are live, in-flight is unknown.
@@ -324,9 +326,17 @@ class RabbitMQBroker:
         `count_in_flight` is accepted for the interface: RabbitMQ reports in-flight for free."""
         try:
             rows = self.list_queues(queue_names)
+            by_name = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+            # A queue the statistics database has not caught up with is listed by name only: its message
+            # counts come from the live totals instead (never read as 0), its consumers stay unknown.
+            wanted = set(queue_names)
+            unstated = [n for n, r in by_name.items() if "messages_ready" not in r and n in wanted]
+            if unstated:
+                live = {r["name"]: r for r in self.list_queues(unstated, statistics=False)
+                        if isinstance(r, dict) and "name" in r}
+                by_name.update({n: {**live.get(n, {}), **by_name[n]} for n in unstated})
         except BrokerError as e:
             return self.measure_passive(queue_names, note=f"management API unavailable: {e}")
-        by_name = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
         depths: dict[str, QueueDepth] = {}
         missing: list[str] = []
         for name in dict.fromkeys(queue_names):
@@ -345,11 +355,12 @@ class RabbitMQBroker:
         return DepthReport(source="management", queues=depths, missing=tuple(missing),
                            statistics=self.stats == "full")
 
-    def list_queues(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def list_queues(self, names: Sequence[str] | None = None, statistics: bool | None = None) -> list[dict[str, Any]]:
         """The vhost's queues (`names`: at least those; usually only those), in ONE request to the
-        management API (one per 500 queues when filtered by name)."""
+        management API (one per 500 queues when filtered by name); from the statistics database or the live
+        totals (`statistics`; by default as `stats` says)."""
         params = {"columns": QUEUE_COLUMNS}
-        if self.stats == "totals":
+        if not (self.stats == "full" if statistics is None else statistics):
             params.update(disable_stats="true", enable_queue_totals="true")
         else:
             params["columns"] += "," + STATISTICS_COLUMNS
