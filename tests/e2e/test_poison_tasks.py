@@ -234,11 +234,20 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         app_status = (get(cp, namespace, "celeryapp", APP) or {}).get("status")
         raise AssertionError(f"{e}\npool: {json.dumps(pool_status)}\napp: {json.dumps(app_status)}") from None
     assert body["status"]["quarantinedTasks"] == 2
-    events = list_objects(cp, namespace, "events")
-    warned = [e["message"] for e in events if e["reason"] == api.Reason.TASKS_QUARANTINED
-              and e["involvedObject"]["name"] == POOL and e["type"] == "Warning"]
-    assert any(crash in m and "sample_tasks.tasks.crash" in m for m in warned), warned
-    assert any(hog in m for m in warned), warned
+    # The executor writes the status before it posts the Event that names the same change: awaited.
+    warned: list[str] = []
+
+    def both_warned() -> bool:
+        warned[:] = [e["message"] for e in list_objects(cp, namespace, "events")
+                     if e["reason"] == api.Reason.TASKS_QUARANTINED and e["involvedObject"]["name"] == POOL
+                     and e["type"] == "Warning"]
+        return (any(crash in m and "sample_tasks.tasks.crash" in m for m in warned)
+                and any(hog in m for m in warned))
+
+    try:
+        wait_for(both_warned, 30, "a Warning Event for each quarantined task", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {warned}") from None
     for task in ("sample_tasks.tasks.crash", "sample_tasks.tasks.hog"):
         assert metric_line(op, metrics.QUARANTINED_TASKS, namespace=namespace, task=task) == 1
 
