@@ -26,7 +26,7 @@ from celery_operator import api, metrics, poison
 from localenv.cluster import Cluster
 from localenv.procs import REPO, ServerError
 from tests.e2e.test_scale_in import install_checkout
-from tests.fixtures.brokers import RedisDb, Vhost
+from tests.fixtures.brokers import RedisDb, Vhost, vhost_counts
 from tests.fixtures.operator import (
     OperatorFactory,
     apply,
@@ -101,8 +101,7 @@ def rabbit_quarantine(vhost: Vhost, name: str) -> list[dict[str, Any]]:
 def rabbit_counts(vhost: Vhost) -> str:
     """What RabbitMQ counted in the vhost (published, delivered, acknowledged, redelivered, dropped) and holds."""
     vhost_path = urllib.parse.quote(vhost.name, safe="")
-    stats = {k: v for k, v in (vhost.server.api("GET", f"/api/vhosts/{vhost_path}").get("message_stats") or {}).items()
-             if not k.endswith("_details")}
+    stats = vhost_counts(vhost.server, vhost.name)
     queues = [{k: q.get(k) for k in ("name", "type", "messages_ready", "messages_unacknowledged", "consumers")}
               for q in vhost.server.api("GET", f"/api/queues/{vhost_path}")]
     exchanges = {e["name"]: {k: e["message_stats"].get(k) for k in ("publish_in", "publish_out")}

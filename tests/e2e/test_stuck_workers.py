@@ -27,6 +27,7 @@ import redis as redis_lib
 from celery_operator import api
 from localenv.cluster import Cluster
 from tests.e2e.faults import external_app, pool, queue
+from tests.fixtures.brokers import vhost_counts
 from tests.fixtures.cluster_brokers import PodRabbitMQ, PodRedis
 from tests.fixtures.operator import (
     OperatorFactory,
@@ -192,9 +193,7 @@ def test_a_worker_whose_broker_connection_is_cut_is_restarted_with_an_event_and_
                 where += json.dumps([{k: c.get(k) for k in ("peer_host", "peer_port", "state", "timeout")}
                                      for c in cluster_rabbitmq.api("GET", f"/api/vhosts/{vhost}/connections")])
                 # What RabbitMQ counted: published, delivered, acknowledged, redelivered, in the vhost.
-                where += json.dumps({k: v for k, v in (cluster_rabbitmq.api("GET", f"/api/vhosts/{vhost}")
-                                                       .get("message_stats") or {}).items()
-                                     if not k.endswith("_details")})
+                where += json.dumps(vhost_counts(cluster_rabbitmq, vhost))
             raise AssertionError(f"{e}: {done(cluster_redis.local_url(backend_db), ids)} done; {where}; "
                                  f"{json.dumps(container_status(cluster, ns, victim))}") from None
         consumed_after = time.monotonic() - cut_at

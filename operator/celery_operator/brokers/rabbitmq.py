@@ -325,15 +325,13 @@ class RabbitMQBroker:
         """Depth from the management API; passive declares when it cannot be reached.
         `count_in_flight` is accepted for the interface: RabbitMQ reports in-flight for free."""
         try:
-            rows = self.list_queues(queue_names)
-            by_name = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+            by_name = _by_name(self.list_queues(queue_names))
             # A queue the statistics database has not caught up with is listed by name only: its message
             # counts come from the live totals instead (never read as 0), its consumers stay unknown.
             wanted = set(queue_names)
             unstated = [n for n, r in by_name.items() if "messages_ready" not in r and n in wanted]
             if unstated:
-                live = {r["name"]: r for r in self.list_queues(unstated, statistics=False)
-                        if isinstance(r, dict) and "name" in r}
+                live = _by_name(self.list_queues(unstated, statistics=False))
                 by_name.update({n: {**live.get(n, {}), **by_name[n]} for n in unstated})
         except BrokerError as e:
             return self.measure_passive(queue_names, note=f"management API unavailable: {e}")
@@ -360,10 +358,10 @@ class RabbitMQBroker:
         management API (one per 500 queues when filtered by name); from the statistics database or the live
         totals (`statistics`; by default as `stats` says)."""
         params = {"columns": QUEUE_COLUMNS}
-        if not (self.stats == "full" if statistics is None else statistics):
-            params.update(disable_stats="true", enable_queue_totals="true")
-        else:
+        if self.stats == "full" if statistics is None else statistics:
             params["columns"] += "," + STATISTICS_COLUMNS
+        else:
+            params.update(disable_stats="true", enable_queue_totals="true")
         regex = name_regex(names) if names else None
         if regex is None or len(regex) > NAME_FILTER_MAX_CHARS:
             return self._rows(self._http("GET", f"/api/queues/{self._vhost}", query=params))
@@ -482,6 +480,11 @@ class _Channel:
 def _default_exchange_binding(q: CeleryQueue) -> DeclareResult:
     return DeclareResult(kind="binding", name=q.name, ok=True, exchange="", routing_key=q.name,
                          message="the default exchange routes by queue name; nothing to bind")
+
+
+def _by_name(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A queue listing's rows by queue name."""
+    return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
 
 
 def _int_or_none(v: object) -> int | None:
