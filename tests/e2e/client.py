@@ -5,11 +5,35 @@ Used by the end-to-end tests in a subprocess: `python client.py add-low` etc.; p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import celery_operator_app  # the module the operator ships in the ConfigMap
+
+RETRIED: list[str] = []  # each publish kombu retried after a connection error, and why
+
+
+def _retried(exc: BaseException, interval: float) -> None:
+    RETRIED.append(f"{type(exc).__name__}: {exc}")
+
+
+# Celery merges this with its task_publish_retry_policy: the same retries, recorded. What a dead connection
+# had taken into its socket before the error surfaced is not retried: the output says it happened.
+RETRY = {"errback": _retried}
+
+
+@contextlib.contextmanager
+def producer(app: Any) -> Iterator[Any]:
+    """A producer on a broker connection of its own, closed by the protocol (AMQP connection.close) when the
+    block ends: RabbitMQ has handled every message the connection sent before it answers the close. A
+    process that just exits leaves that to the socket's end, and what the broker had not read by then is
+    lost if the socket ends with a reset (anything the broker sent and the client never read)."""
+    with app.connection_for_write() as connection:
+        yield app.amqp.Producer(connection)
 
 
 def sent_counts() -> dict[str, dict[str, object]]:
@@ -49,33 +73,35 @@ def main(what: str) -> None:
     elif what.startswith("tracked:"):
         # n `tracked` tasks (each run recorded in the result backend's Redis), not awaited.
         _, queue, n, seconds = what.split(":")
-        with app.producer_or_acquire() as producer:  # by name, as producers do: the task lives in the image
-            ids = [app.send_task("sample_tasks.tasks.tracked", (float(seconds),), queue=queue, producer=producer).id
-                   for _ in range(int(n))]
+        with producer(app) as sender:  # by name, as producers do: the task lives in the image
+            ids = [app.send_task("sample_tasks.tasks.tracked", (float(seconds),), queue=queue, producer=sender,
+                                 retry_policy=RETRY).id for _ in range(int(n))]
         out = {"ids": ids}
     elif what.startswith("adds:"):
         # n adds (results ignored: as cheap a task as a worker runs), not awaited.
         _, queue, n = what.split(":")
-        with app.producer_or_acquire() as producer:
+        with producer(app) as sender:
             for i in range(int(n)):
-                add.apply_async((i, i), queue=queue, producer=producer, ignore_result=True)
+                add.apply_async((i, i), queue=queue, producer=sender, ignore_result=True, retry_policy=RETRY)
         out = {"sent": int(n)}
     elif what.startswith("publish:"):
         # n `slow` tasks, not awaited; `publish:QUEUE:N:SECONDS[:PRIORITY]`.
         _, queue, n, seconds, *priority = what.split(":")
         slow = app.tasks["sample_tasks.tasks.slow"]
         extra = {"priority": int(priority[0])} if priority else {}
-        with app.producer_or_acquire() as producer:
-            ids = [slow.apply_async((float(seconds),), queue=queue, producer=producer, **extra).id
+        with producer(app) as sender:
+            ids = [slow.apply_async((float(seconds),), queue=queue, producer=sender, retry_policy=RETRY, **extra).id
                    for _ in range(int(n))]
         out = {"ids": ids}
     elif what.startswith("send:"):
         # Tasks by name, not awaited: `send:QUEUE:TASK:JSON_ARGS[:N]` -> their ids.
         _, queue, name, args, *n = what.split(":", 4)
-        with app.producer_or_acquire() as producer:
-            ids = [app.send_task(name, tuple(json.loads(args)), queue=queue, producer=producer).id
+        with producer(app) as sender:
+            ids = [app.send_task(name, tuple(json.loads(args)), queue=queue, producer=sender, retry_policy=RETRY).id
                    for _ in range(int(n[0]) if n else 1)]
         out = {"ids": ids}
+    if RETRIED:
+        out["retried"] = RETRIED
     print(json.dumps(out))
 
 

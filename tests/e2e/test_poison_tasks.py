@@ -138,10 +138,10 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
     client = backend_db.client()
 
     half = ORDINARY // 2
-    first = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.tracked:[0.05]:{half}")["ids"]
-    crash = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.crash:[1]")["ids"][0]
-    hog = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.hog:[1024]")["ids"][0]
-    behind = celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.tracked:[0.05]:{half}")["ids"]
+    sent = [celery_call(cluster, env, f"send:{QUEUE}:sample_tasks.tasks.{what}")
+            for what in (f"tracked:[0.05]:{half}", "crash:[1]", "hog:[1024]", f"tracked:[0.05]:{half}")]
+    first, [crash], [hog], behind = (s["ids"] for s in sent)
+    retried = [r for s in sent for r in s.get("retried", [])]  # publishes the client retried after a connection error
     ordinary = first + behind
     started = time.monotonic()
 
@@ -162,6 +162,9 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         every = runs(client, ordinary)
         ended = sum(any(x.startswith("end:") for x in r) for r in every.values())
         begun = sum(bool(r) for r in every.values())
+        # Where the missing ones were sent: a run of them at the end of one client's batch, or spread out.
+        missing = {"first": [i for i, t in enumerate(first) if not every[t]],
+                   "behind": [i for i, t in enumerate(behind) if not every[t]]}
         held = sorted(quarantined_headers(quarantine(qname)))
         pods = list_objects(cp, namespace, "pods", pool_selector(APP, POOL))
         containers = [(p["metadata"]["name"], c.get("restartCount"), c.get("state"), c.get("lastState"))
@@ -172,7 +175,8 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
         seen = {k: v for k, v in ((get(cp, namespace, "celeryworkerpool", POOL) or {}).get("status") or {}).items()
                 if k in ("queueDepth", "messagesInFlight", "replicas", "readyReplicas")}
         raise AssertionError(f"{e}: {ended} ended, {begun - ended} started and not ended, {ORDINARY - begun} "
-                             f"never started; quarantined {held}; the pool's status: {seen}; "
+                             f"never started (their places in the two batches of {half}: {missing}); the client "
+                             f"retried {retried or 'no publish'}; quarantined {held}; the pool's status: {seen}; "
                              f"{describe_broker() if describe_broker else ''}"
                              f"containers: {json.dumps(containers)}\n{logs}") from None
     elapsed = time.monotonic() - started
