@@ -382,6 +382,11 @@ class RabbitMQ(_Server, RabbitMQAdmin):
                  tail(self.log_dir / f"{self.nodename}.log", 40)]
         return "\n".join(parts)
 
+    def log_text(self) -> str:
+        """What the node logged so far (empty before its log exists)."""
+        path = self.log_dir / f"{self.nodename}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     # -- administration ---------------------------------------------------------------------------
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:

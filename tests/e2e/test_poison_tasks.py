@@ -11,6 +11,7 @@ Redis, so duplicates are counted, not guessed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +112,19 @@ def rabbit_counts(vhost: Vhost) -> str:
     return (f"RabbitMQ counted {json.dumps(stats)}, by exchange {json.dumps(exchanges)}, and holds "
             f"{json.dumps([q for q in queues if not str(q['name']).startswith('celery_delayed_')])}; "
             f"bindings {json.dumps(bindings)}; ")
+
+
+def connection_log(vhost: Vhost, limit: int = 80) -> str:
+    """RabbitMQ's log of the vhost's connections that ended with a warning or an error (a client that did not
+    close, a connection RabbitMQ closed): every line of those connections, by their Erlang pid."""
+    lines = vhost.server.log_text().splitlines()
+    pid = re.compile(r"\] (<[0-9.]+>) ")
+    ours = {m.group(1) for line in lines if f"'{vhost.name}'" in line for m in [pid.search(line)] if m}
+    bad = {m.group(1) for line in lines if "[warning]" in line or "[error]" in line
+           for m in [pid.search(line)] if m and m.group(1) in ours}
+    picked = [line for line in lines if (m := pid.search(line)) and m.group(1) in bad]
+    return (f"RabbitMQ logged {len(ours)} connections to the vhost, {len(bad)} ending with a warning or an error"
+            + (":\n" + "\n".join(picked[-limit:]) if picked else "") + "\n")
 
 
 def redis_quarantine(client: redis.Redis, name: str) -> list[dict[str, Any]]:
@@ -290,7 +304,7 @@ def test_rabbitmq_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
-                 describe_broker=lambda: rabbit_counts(broker_vhost))
+                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
 
 
 def test_redis_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then_waits_in_quarantine(
@@ -315,7 +329,7 @@ def test_rabbitmq_a_task_that_kills_a_single_process_worker_container_is_named_i
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "solo",
-                 describe_broker=lambda: rabbit_counts(broker_vhost))
+                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
 
 
 def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_quarantine_queue_then_replays(
@@ -328,5 +342,5 @@ def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
                  queue_type="quorum", quarantine_queue="work-poisoned",  # a name the app chose
-                 describe_broker=lambda: rabbit_counts(broker_vhost))
+                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
     assert broker_vhost.server.queue(broker_vhost.name, QUEUE)["type"] == "quorum"
