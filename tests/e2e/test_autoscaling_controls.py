@@ -52,9 +52,12 @@ def test_a_paused_pool_scales_nothing_keeps_a_hand_set_count_and_resumes_from_th
     annotate(s, f"{api.ANNOTATION_PAUSED}=true")
     wait_for(lambda: s.pool()["status"].get("paused") is True, 30, "status.paused")
     assert printed(s)["PAUSED"] == "true"
-    assert events(s, "AutoscalingPaused")
+    wait_for(lambda: events(s, "AutoscalingPaused"), 30, "an AutoscalingPaused Event")  # posted after the status
 
-    s.publish(20, seconds=30)  # 20 / 5 per replica would be 4 replicas
+    # A task leaves the backlog when a worker takes it (acknowledged on receipt). 30 tasks of 120 s: at most 6 are
+    # taken before the first ends (3 replicas of 2), 12 by the longest the waits below allow, and the 18 or more
+    # left want the maximum 4 (at 5 per replica) when the pool resumes, however slowly the steps go.
+    s.publish(30, seconds=120)
     wait_for(lambda: (s.pool()["status"].get("queueDepth") or 0) + (s.pool()["status"].get("messagesInFlight") or 0)
              >= 15, 30, "the backlog measured while paused (a running task is acknowledged on receipt)")
     s.cp.kubectl("scale", "deployment", "proj-low", "-n", s.ns, "--replicas=2")  # by hand, while paused
@@ -68,10 +71,11 @@ def test_a_paused_pool_scales_nothing_keeps_a_hand_set_count_and_resumes_from_th
     s.cp.kubectl("annotate", "celeryworkerpool", "low", "-n", s.ns, f"{api.ANNOTATION_PAUSED}-",
                  f"{api.ANNOTATION_PAUSED_REPLICAS}-")
     wait_for(lambda: s.pool()["status"].get("paused") is False, 30, "resumed")
-    wait_for(lambda: s.replicas() == 4, 60, "resumed: 20 messages / 5 per replica → 4")
-    up = events(s, api.Reason.SCALED_UP)
-    assert up and up[0]["message"].startswith("3 → 4"), "resuming continued from the paused count, not from 1"
-    assert events(s, "AutoscalingResumed")
+    wait_for(lambda: s.replicas() == 4, 60, "resumed: 18 or more messages / 5 per replica → the maximum 4")
+    # The Events follow what they say (the scale, the status): awaited.
+    up = wait_for(lambda: events(s, api.Reason.SCALED_UP), 30, "a ScaledUp Event")
+    assert up[0]["message"].startswith("3 → 4"), "resuming continued from the paused count, not from 1"
+    wait_for(lambda: events(s, "AutoscalingResumed"), 30, "an AutoscalingResumed Event")
 
 
 @pytest.mark.parametrize("scaled", [{"minReplicas": 1, "maxReplicas": 4, "targetMessagesPerReplica": 5,
@@ -105,7 +109,13 @@ def test_a_scale_up_policy_grows_the_pool_one_pod_per_period(scaled: Scaled) -> 
     # (acknowledged on receipt); the policy allows one more pod per 10 s.
     s.publish(40, seconds=60)
     wait_for(lambda: s.replicas() == 4, 120, "4 replicas, one step at a time")
-    steps = events(s, api.Reason.SCALED_UP)
+
+    def three_steps() -> list[dict[str, Any]] | None:
+        found = events(s, api.Reason.SCALED_UP)
+        return found if len(found) >= 3 else None
+
+    # The poller patches the Deployment's scale before it posts the Event that says so: the last one is awaited.
+    steps = wait_for(three_steps, 30, "a ScaledUp Event for each step")
     moves = [e["message"].split(":")[0] for e in steps]
     assert moves == ["1 → 2", "2 → 3", "3 → 4"]
     times = [datetime.fromisoformat(e["lastTimestamp"].replace("Z", "+00:00")) for e in steps]
