@@ -99,8 +99,9 @@ def rabbit_quarantine(vhost: Vhost, name: str) -> list[dict[str, Any]]:
     return [{"headers": m["properties"].get("headers", {}), "body": m["payload"]} for m in got]
 
 
-def rabbit_counts(vhost: Vhost) -> str:
-    """What RabbitMQ counted in the vhost (published, delivered, acknowledged, redelivered, dropped) and holds."""
+def describe_rabbitmq(vhost: Vhost) -> str:
+    """What RabbitMQ counted in the vhost (published, delivered, acknowledged, redelivered, dropped), what it
+    holds, and its log of the vhost's connections that ended badly (`connection_log`)."""
     vhost_path = urllib.parse.quote(vhost.name, safe="")
     stats = vhost_counts(vhost.server, vhost.name)
     queues = [{k: q.get(k) for k in ("name", "type", "messages_ready", "messages_unacknowledged", "consumers")}
@@ -111,7 +112,7 @@ def rabbit_counts(vhost: Vhost) -> str:
                 for b in vhost.server.api("GET", f"/api/bindings/{vhost_path}") if b["source"]]
     return (f"RabbitMQ counted {json.dumps(stats)}, by exchange {json.dumps(exchanges)}, and holds "
             f"{json.dumps([q for q in queues if not str(q['name']).startswith('celery_delayed_')])}; "
-            f"bindings {json.dumps(bindings)}; ")
+            f"bindings {json.dumps(bindings)}; {connection_log(vhost)}")
 
 
 def connection_log(vhost: Vhost, limit: int = 80) -> str:
@@ -304,7 +305,7 @@ def test_rabbitmq_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
-                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
+                 describe_broker=lambda: describe_rabbitmq(broker_vhost))
 
 
 def test_redis_a_task_that_kills_its_worker_runs_max_worker_deaths_times_then_waits_in_quarantine(
@@ -329,7 +330,7 @@ def test_rabbitmq_a_task_that_kills_a_single_process_worker_container_is_named_i
                            "managementUrlSecretRef": {"name": "broker", "key": "managementUrl"}}}
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "solo",
-                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
+                 describe_broker=lambda: describe_rabbitmq(broker_vhost))
 
 
 def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_quarantine_queue_then_replays(
@@ -342,5 +343,5 @@ def test_rabbitmq_quorum_queue_a_task_that_kills_its_worker_waits_in_the_chosen_
     run_scenario(cluster, namespace, operator_factory, tmp_path, images, backend_db, broker_vhost.url,
                  broker_vhost.local_url, broker, lambda q: rabbit_quarantine(broker_vhost, q), "prefork",
                  queue_type="quorum", quarantine_queue="work-poisoned",  # a name the app chose
-                 describe_broker=lambda: rabbit_counts(broker_vhost) + connection_log(broker_vhost))
+                 describe_broker=lambda: describe_rabbitmq(broker_vhost))
     assert broker_vhost.server.queue(broker_vhost.name, QUEUE)["type"] == "quorum"
