@@ -99,6 +99,7 @@ bench: system-deps venv binaries keda ## benchmarks (numbers and ratios to a bas
 	$(PY) bench/task_metrics.py
 	$(PY) bench/scale_in.py
 	$(PY) bench/poison.py
+	$(PY) bench/quorum_publish.py
 	$(PY) bench/probe_cost.py
 	$(PY) bench/scale.py
 	$(PY) bench/faults.py

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,9 +30,10 @@ RETRY = {"errback": _retried}
 @contextlib.contextmanager
 def producer(app: Any) -> Iterator[Any]:
     """A producer on a broker connection of its own, closed by the protocol (AMQP connection.close) when the
-    block ends: RabbitMQ has handled every message the connection sent before it answers the close. A
-    process that just exits leaves that to the socket's end, and what the broker had not read by then is
-    lost if the socket ends with a reset (anything the broker sent and the client never read)."""
+    block ends. A process that just exits leaves that to the socket's end, and what the broker had not read
+    by then is lost if the socket ends with a reset (anything the broker sent and the client never read).
+    The close does not wait for a quorum queue to take what was sent: only confirms do, which the generated
+    config turns on for such apps (config/celeryconfig.py, `confirms_publishes`)."""
     with app.connection_for_write() as connection:
         yield app.amqp.Producer(connection)
 
@@ -84,6 +86,16 @@ def main(what: str) -> None:
             for i in range(int(n)):
                 add.apply_async((i, i), queue=queue, producer=sender, ignore_result=True, retry_policy=RETRY)
         out = {"sent": int(n)}
+    elif what.startswith("bursts:"):
+        # `bursts:QUEUE:ROUNDS:N`: ROUNDS bursts of N adds, each on a producer closed right after it; not awaited.
+        # Also the seconds the bursts took, connections included (not the process's start).
+        _, queue, rounds, n = what.split(":")
+        started = time.monotonic()
+        for _ in range(int(rounds)):
+            with producer(app) as sender:
+                for i in range(int(n)):
+                    add.apply_async((i, i), queue=queue, producer=sender, ignore_result=True, retry_policy=RETRY)
+        out = {"sent": int(rounds) * int(n), "seconds": time.monotonic() - started}
     elif what.startswith("publish:"):
         # n `slow` tasks, not awaited; `publish:QUEUE:N:SECONDS[:PRIORITY]`.
         _, queue, n, seconds, *priority = what.split(":")

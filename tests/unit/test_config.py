@@ -83,6 +83,25 @@ def test_broker_transport_options_merge_over_the_users() -> None:
     assert config["broker_transport_options"] == {"a": 1, "b": 2, "c": 3}
 
 
+def test_a_rabbitmq_app_with_a_quorum_queue_publishes_with_confirms_and_a_classic_only_one_does_not() -> None:
+    quorum = [crs.queue("work", queueType="quorum"), crs.queue("other")]
+    assert celery_config(Topology.of(crs.app(), queues=quorum))["broker_transport_options"] == {
+        "confirm_publish": True}
+    assert "broker_transport_options" not in celery_config(Topology.of(crs.app(), queues=[crs.queue("other")]))
+    # On Redis queueType means nothing and kombu's Redis transport has no confirms.
+    redis_app = crs.app(broker={"redis": {"image": "redis:7"}})
+    assert "broker_transport_options" not in celery_config(Topology.of(redis_app, queues=quorum))
+
+
+def test_the_users_confirm_publish_wins_and_other_transport_options_are_kept() -> None:
+    quorum = [crs.queue("work", queueType="quorum")]
+    off = crs.app(config={"broker_transport_options": {"confirm_publish": False, "a": 1}})
+    assert celery_config(Topology.of(off, queues=quorum))["broker_transport_options"] == {
+        "confirm_publish": False, "a": 1}
+    assert celery_config(Topology.of(crs.app(), queues=quorum), {"b": 2})["broker_transport_options"] == {
+        "confirm_publish": True, "b": 2}
+
+
 def test_config_is_json_serialisable_and_round_trips() -> None:
     config = celery_config(crs.seed())
     assert json.loads(config_json(config)) == config

@@ -3,7 +3,9 @@
 Keys are Celery setting names, except `exchanges` (the exchange declarations `task_queues` refer
 to by name), `metrics_labels` (the app's namespace and name, which every task metric carries) and
 `beat_entries` (per beat entry, what only the operator's scheduler reads: its catch-up deadline).
-An app with Flower gets task events on (`worker_send_task_events`, `task_send_sent_event`).
+An app with Flower gets task events on (`worker_send_task_events`, `task_send_sent_event`). A RabbitMQ
+app with a quorum queue publishes with confirms (`broker_transport_options.confirm_publish`, see
+`confirms_publishes`).
 The user's `spec.config` is the base; the operator's keys override it, and `broker_url`/
 `result_backend` are dropped from it (they come from Secrets through the environment).
 """
@@ -59,6 +61,18 @@ def beat_entry_data(entry: BeatEntry) -> dict[str, Any]:
             "kwargs": dict(entry.kwargs), "options": options}
 
 
+def confirms_publishes(topology: Topology) -> bool:
+    """Whether the app's producers wait for RabbitMQ's confirm of each publish: a RabbitMQ app with a
+    quorum queue does. Without confirms, RabbitMQ (3.10.8 here) drops the last messages a channel sent to a
+    quorum queue when the channel ends before the queue has taken them: the queue queues a channel's
+    messages at low priority and handles the channel's end first, after which they are out of sequence and
+    dropped without an error. A producer that exits or closes its connection right after a burst loses
+    its tail (bench/quorum_publish.py). A confirmed publish has been taken. Classic queues take a channel's
+    messages in order and are left at Celery's default (no confirms)."""
+    return topology.broker_kind != "redis" and any(
+        q.arguments.get("x-queue-type") == "quorum" for q in topology.declared_queues)
+
+
 def celery_config(topology: Topology, broker_transport_options: dict[str, Any] | None = None) -> Config:
     """The JSON-serialisable Celery config of one app."""
     app = topology.app
@@ -66,6 +80,9 @@ def celery_config(topology: Topology, broker_transport_options: dict[str, Any] |
     if broker_transport_options:
         config["broker_transport_options"] = {**config.get("broker_transport_options", {}),
                                               **broker_transport_options}
+    if confirms_publishes(topology) and isinstance(config.get("broker_transport_options", {}), dict):
+        # The user's spec.config.broker_transport_options.confirm_publish, when given, wins.
+        config["broker_transport_options"] = {"confirm_publish": True, **config.get("broker_transport_options", {})}
     given_routes = config.get("task_routes")
     user_routes: dict[str, Any] = given_routes if isinstance(given_routes, dict) else {}
     default = topology.declared_queue(app.default_queue)
