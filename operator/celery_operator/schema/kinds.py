@@ -165,7 +165,12 @@ def _config() -> Schema:
             "properties": {"visibility_timeout": {
                 "type": "number", "minimum": 0, "exclusiveMinimum": True,
                 "description": "Redis (and SQS): seconds a delivered message may stay unacknowledged before it "
-                               f"is delivered again. Default {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS}."}},
+                               f"is delivered again. Default {api.REDIS_DEFAULT_VISIBILITY_TIMEOUT_SECONDS}."},
+                "confirm_publish": {
+                    "type": "boolean",
+                    "description": "RabbitMQ: each publish waits for the broker's confirm. Default true for an app "
+                                   "with a quorum queue (without confirms RabbitMQ can drop, without an error, what "
+                                   "a producer sent just before closing its connection), false otherwise."}},
         },
     }
     rules = []
