@@ -1,5 +1,6 @@
-"""`python -m localenv up | down | demo | keda install|uninstall | rabbitmq up|down FILE` (what `make up`,
-`make down` and `make demo` run; `rabbitmq` is `make test`'s shared loopback RabbitMQ).
+"""`python -m localenv up | down | demo | keda install|uninstall | rabbitmq up|down FILE | images [--without-go]`
+(what `make up`, `make down` and `make demo` run; `rabbitmq` is `make test`'s shared loopback RabbitMQ; `images`
+builds the images, or those that need nothing from Go, which `make test` builds beside the Go binaries).
 
 `up` starts the local cluster (control plane + one kubelet node, state in `.local/` or $LOCALENV_DIR) and leaves it
 running; `down` stops it and gives the host back what the node changed (it also cleans up after a
@@ -112,6 +113,8 @@ def main(argv: list[str]) -> int:
 
         images = Images()
         built = [n for n in images.names() if n not in KEDA_IMAGES]  # KEDA's: `keda install` builds them
+        if "--without-go" in argv[2:]:  # `make test` builds these beside the Go binaries
+            built = [n for n in built if n in images.without_go()]
         images.build(*built)
         for name in built:
             print(images.ref(name))

@@ -132,6 +132,7 @@ class Recipe:
     context: Path | None = None  # a directory of the repo sent as the build context
     prepare: Callable[[Path], None] | None = None  # or: fill a temporary context
     key: tuple[str, ...] = ()  # versions and other facts that define the content
+    needs_go: bool = False  # its context needs what Go builds or fetches (a binary, the Kubernetes module)
 
     def inputs(self) -> list[bytes]:
         parts = [self.name.encode(), self.dockerfile.read_bytes(), *(k.encode() for k in self.key)]
@@ -233,13 +234,14 @@ def recipes() -> dict[str, Recipe]:
                context=REPO / "sample_tasks"),
         Recipe("rabbitmq", IMAGES_DIR / "rabbitmq" / "Dockerfile", base="debian"),
         Recipe("redis", IMAGES_DIR / "redis" / "Dockerfile", base="debian"),
-        Recipe("pause", IMAGES_DIR / "pause" / "Dockerfile", prepare=_prepare_pause, key=(k8s,)),
+        Recipe("pause", IMAGES_DIR / "pause" / "Dockerfile", prepare=_prepare_pause, key=(k8s,), needs_go=True),
         Recipe("coredns", IMAGES_DIR / "coredns" / "Dockerfile", prepare=_copy_binary("coredns"),
-               key=(v["COREDNS_VERSION"],)),
+               key=(v["COREDNS_VERSION"],), needs_go=True),
         Recipe("local-path-provisioner", IMAGES_DIR / "local-path-provisioner" / "Dockerfile",
-               prepare=_copy_binary("local-path-provisioner"), key=(v["LOCAL_PATH_PROVISIONER_VERSION"],)),
+               prepare=_copy_binary("local-path-provisioner"), key=(v["LOCAL_PATH_PROVISIONER_VERSION"],),
+               needs_go=True),
         *(Recipe(image, IMAGES_DIR / image / "Dockerfile", prepare=_copy_binary(binary, "keda"),
-                 key=(v["KEDA_VERSION"],)) for image, binary in KEDA_IMAGES.items()),
+                 key=(v["KEDA_VERSION"],), needs_go=True) for image, binary in KEDA_IMAGES.items()),
         Recipe("operator", REPO / "Dockerfile", base="python", context=REPO),
         Recipe("sample-tasks", REPO / "sample_tasks" / "Dockerfile", base="python", context=REPO / "sample_tasks"),
         Recipe("flower", IMAGES_DIR / "flower" / "Dockerfile", base="python", context=IMAGES_DIR / "flower"),
@@ -264,6 +266,13 @@ class Images:
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._recipes)
+
+    def without_go(self) -> tuple[str, ...]:
+        """The images whose builds need nothing from Go: they can build while dev/build-binaries.sh runs."""
+        def needs_go(name: str) -> bool:
+            r = self._recipes[name]
+            return r.needs_go or (r.base is not None and needs_go(r.base))
+        return tuple(n for n in self._recipes if not needs_go(n))
 
     def hash(self, name: str) -> str:
         r = self._recipes[name]
