@@ -3,7 +3,8 @@
 Several producers at once each publish bursts of tasks and close their connection right after each
 burst, as a CronJob or a recycled web worker does. Without publisher confirms RabbitMQ drops the tail of
 some bursts to a quorum queue (bench/quorum_publish.py measures how many); the generated config of an app
-with a quorum queue turns confirms on (`confirms_publishes`), so every task must be in the queue.
+with a quorum queue turns confirms on (`confirms_publishes`), so every task must be in the queue. The
+operator's own publishes into an app's queues (a quarantine replay) are confirmed too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import kombu
 import pytest
 
+from celery_operator import poison
+from celery_operator.brokers.ledger import move_back
 from celery_operator.brokers.rabbitmq import RabbitMQBroker
 from celery_operator.config import celery_config
 from celery_operator.topology import Topology
@@ -59,3 +62,30 @@ def test_producers_closing_right_after_their_bursts_lose_no_task_to_a_quorum_que
     # And the confirms were RabbitMQ's (its statistics reach the management API within 5 s).
     wait_for(lambda: vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0) >= sent, 30,
              f"RabbitMQ counting {sent} confirmed publishes")
+
+
+def test_replaying_quarantined_tasks_into_a_quorum_queue_has_rabbitmq_confirm_each_one(rabbitmq_vhost: Vhost) -> None:
+    """The replay acknowledges each message in quarantine once it is published again: on a quorum queue that
+    must mean confirmed, or a message the queue then drops is lost from both (the app's options say nothing)."""
+    topo = Topology.of(crs.app(), queues=[crs.queue("work", queueType="quorum", tasks=[ADD])])
+    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url)
+    assert [r for r in broker.declare(topo.effective_exchanges, topo.effective_queues) if not r.ok] == []
+    ids = [f"task-{i}" for i in range(50)]
+    quarantine = poison.quarantine_queue("work")
+    with kombu.Connection(rabbitmq_vhost.url, connect_timeout=5) as conn:
+        producer = conn.Producer()
+        for task_id in ids:
+            record = json.dumps({"id": task_id, "queue": "work"})
+            producer.publish({"n": task_id}, exchange="", routing_key=quarantine, delivery_mode=2,
+                             headers={poison.QUARANTINE_HEADER: record, "id": task_id},
+                             declare=[kombu.Queue(quarantine, durable=True, auto_delete=False)])
+    published_before = vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0)
+
+    moved = move_back(rabbitmq_vhost.url, None, [quarantine], lambda record: True)
+
+    assert moved == ids
+    with kombu.Connection(rabbitmq_vhost.url, connect_timeout=5) as conn:
+        assert conn.default_channel.queue_declare("work", passive=True).message_count == len(ids)
+        assert conn.default_channel.queue_declare(quarantine, passive=True).message_count == 0
+    wait_for(lambda: vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0)
+             >= published_before + len(ids), 30, f"RabbitMQ counting the {len(ids)} replays confirmed")

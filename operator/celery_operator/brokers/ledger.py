@@ -70,13 +70,17 @@ def move_back(broker_url: str, transport_options: dict[str, Any] | None, queues:
     stay. The death counts and quarantine record of each (in the ledger at `ledger_at`) are cleared before it
     is published again: a worker that receives it at once must not find it poison. Returns the ids moved.
     Each message is acknowledged in quarantine only once it is published again (RabbitMQ and Redis alike:
-    the ones not picked go back when the channel closes, unacknowledged)."""
+    the ones not picked go back when the channel closes, unacknowledged). On RabbitMQ "published" means
+    confirmed, whatever the app's confirm_publish: a quorum queue can drop, without an error, the last
+    messages a channel sent before it closed (config/celeryconfig.py, `confirms_publishes`), and these are
+    acknowledged in quarantine already (kombu's Redis transport ignores the option)."""
     from kombu.connection import Connection
     from kombu.entity import Queue
 
     moved: list[str] = []
     try:
-        connection = Connection(broker_url, transport_options=transport_options or {},  # type: ignore[no-untyped-call]
+        options = {**(transport_options or {}), "confirm_publish": True}
+        connection = Connection(broker_url, transport_options=options,  # type: ignore[no-untyped-call]
                                 connect_timeout=10)
         with connection as conn:
             for name in queues:
