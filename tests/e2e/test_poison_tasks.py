@@ -282,11 +282,22 @@ def run_scenario(cluster: Cluster, namespace: str, operator_factory: OperatorFac
                             timeout=150)
     assert replay.returncode == 0, replay.stderr
 
+    states: list[str | None] = []
+
     def succeeded() -> bool:
-        states = [json.loads(client.get(f"celery-task-meta-{i}") or b"{}").get("status") for i in (crash, hog)]
+        states[:] = [json.loads(client.get(f"celery-task-meta-{i}") or b"{}").get("status") for i in (crash, hog)]
         return states == ["SUCCESS", "SUCCESS"]
 
-    wait_for(succeeded, 120, "both replayed tasks succeeded", interval=1)
+    try:
+        wait_for(succeeded, 120, "both replayed tasks succeeded", interval=1)
+    except AssertionError as e:
+        annotations = ((get(cp, namespace, "celeryapp", APP) or {}).get("metadata") or {}).get("annotations")
+        replayed = [ev["message"] for ev in list_objects(cp, namespace, "events")
+                    if ev["reason"] == api.Reason.QUARANTINE_REPLAYED]
+        raise AssertionError(f"{e}: states {states} (crash, hog); the app's annotations {annotations}; replay "
+                             f"Events {replayed}; still in quarantine "
+                             f"{[m['headers'].get('id') for m in quarantine(qname)]}; "
+                             f"{describe_broker() if describe_broker else ''}") from None
     assert not quarantine(qname)
     assert not client.hexists(poison.QUARANTINE_KEY, crash) and not client.exists(poison.LEDGER_PREFIX + crash)
     wait_for(lambda: (condition(get(cp, namespace, "celeryworkerpool", POOL), api.TASKS_QUARANTINED) or {})
