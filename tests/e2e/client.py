@@ -88,14 +88,16 @@ def main(what: str) -> None:
         out = {"sent": int(n)}
     elif what.startswith("bursts:"):
         # `bursts:QUEUE:ROUNDS:N`: ROUNDS bursts of N adds, each on a producer closed right after it; not awaited.
-        # Also the seconds the bursts took, connections included (not the process's start).
+        # Also the seconds the bursts took, connections included (not the process's start), and whether every
+        # connection was in confirm mode (py-amqp's, as the transport options made it).
         _, queue, rounds, n = what.split(":")
-        started = time.monotonic()
+        started, confirmed = time.monotonic(), []
         for _ in range(int(rounds)):
             with producer(app) as sender:
                 for i in range(int(n)):
                     add.apply_async((i, i), queue=queue, producer=sender, ignore_result=True, retry_policy=RETRY)
-        out = {"sent": int(rounds) * int(n), "seconds": time.monotonic() - started}
+                confirmed.append(bool(getattr(sender.connection.connection, "confirm_publish", False)))
+        out = {"sent": int(rounds) * int(n), "seconds": time.monotonic() - started, "confirmed": all(confirmed)}
     elif what.startswith("publish:"):
         # n `slow` tasks, not awaited; `publish:QUEUE:N:SECONDS[:PRIORITY]`.
         _, queue, n, seconds, *priority = what.split(":")
