@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
+# Every Python a target starts writes its bytecode caches (__pycache__: ignored by git and by the images'
+# build contexts). On a machine that sets PYTHONDONTWRITEBYTECODE, each of the suite's thousands of Python
+# processes would compile every module it imports again: collecting the suite took 9.9 s of CPU against 3.0 s
+# with caches, and a worker's `celery` command line 1.1 s against 0.5 s.
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 PY := $(VENV)/bin/python
 # Brokers and Prometheus for tests; the node (containerd, runc, CNI plugins, iptables, conntrack, socat);

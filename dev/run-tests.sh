@@ -27,6 +27,7 @@ rc=0
 finish() {
   [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null  # the venv builds, when the run ends before them
   [ -z "${lint_pid:-}" ] || kill "$lint_pid" 2>/dev/null
+  [ -z "${collect_pid:-}" ] || kill "$collect_pid" 2>/dev/null
   [ -z "${rabbitmq_pid:-}" ] || wait "$rabbitmq_pid" 2>/dev/null  # a start under way ends before it is stopped
   "$py" -m localenv rabbitmq down "${LOCALENV_RABBITMQ:-$LOCALENV_DIR/rabbitmq.json}" || rc=1
   "$py" -m localenv down || rc=1
@@ -50,6 +51,10 @@ matrix_log=$LOCALENV_DIR/matrix-venvs.log
 "$py" -m localenv.matrix venvs >"$matrix_log" 2>&1 &
 matrix_pid=$!
 export CELERY_OPERATOR_MATRIX_RESULTS=$LOCALENV_DIR/matrix-results
+# One collection of the suite while the cluster starts writes the bytecode caches of everything the tests
+# import (where Python may write them: `make` lets it), so the test workers do not each compile it all at once.
+"$py" -m pytest -q --collect-only -p no:cacheprovider --rootdir "$repo" "$repo/tests" >/dev/null 2>&1 &
+collect_pid=$!
 lint_log=$LOCALENV_DIR/lint.log
 if [ -n "${LINT_COMMAND:-}" ]; then
   bash -c "$LINT_COMMAND" >"$lint_log" 2>&1 &
@@ -90,6 +95,8 @@ rabbitmq_pid=""
 cat "$rabbitmq_log"
 export LOCALENV_CLUSTER=$LOCALENV_DIR/state.json
 cd "$repo" || exit 1
+wait $collect_pid  # its failures are the first phase's to report
+collect_pid=""
 "$py" -m pytest -q -n "$jobs" --dist worksteal -m "not exclusive and not keda" --durations=40 --cache-clear "$@"
 r=$?
 if [ $r -eq 1 ]; then
