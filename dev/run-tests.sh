@@ -53,7 +53,7 @@ matrix_pid=$!
 export CELERY_OPERATOR_MATRIX_RESULTS=$LOCALENV_DIR/matrix-results
 # One collection of the suite while the cluster starts writes the bytecode caches of everything the tests
 # import (where Python may write them: `make` lets it), so the test workers do not each compile it all at once.
-# Niced: the cluster's start (images imported into containerd) waited 6-8 s longer for it at normal priority.
+# Niced, so that it takes what the cluster's start and the lint leave of the CPU.
 nice -n 10 "$py" -m pytest -q --collect-only -p no:cacheprovider --rootdir "$repo" "$repo/tests" >/dev/null 2>&1 &
 collect_pid=$!
 lint_log=$LOCALENV_DIR/lint.log
