@@ -77,7 +77,7 @@ def test_replaying_quarantined_tasks_into_a_quorum_queue_has_rabbitmq_confirm_ea
             producer.publish({"n": task_id}, exchange="", routing_key=quarantine, delivery_mode=2,
                              headers={poison.QUARANTINE_HEADER: record, "id": task_id},
                              declare=[kombu.Queue(quarantine, durable=True, auto_delete=False)])
-    published_before = vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0)
+    confirms_before = vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0)
 
     moved = move_back(rabbitmq_vhost.url, None, [quarantine], lambda record: True)
 
@@ -87,4 +87,4 @@ def test_replaying_quarantined_tasks_into_a_quorum_queue_has_rabbitmq_confirm_ea
         assert conn.default_channel.queue_declare(quarantine, passive=True).message_count == 0
     # RabbitMQ's statistics (every 5 s, and later on a loaded machine) count the confirms it sent.
     wait_for(lambda: vhost_counts(rabbitmq_vhost.server, rabbitmq_vhost.name).get("confirm", 0)
-             >= published_before + len(ids), 120, f"RabbitMQ counting the {len(ids)} replays confirmed")
+             >= confirms_before + len(ids), 120, f"RabbitMQ counting the {len(ids)} replays confirmed")
