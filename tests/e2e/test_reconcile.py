@@ -11,6 +11,7 @@ import pytest
 from celery_operator import api
 from celery_operator.plan import HOLD_MARGIN_SECONDS
 from localenv.controlplane import ControlPlane
+from tests.e2e.faults import pod_events
 from tests.fixtures.brokers import RedisDb, Vhost
 from tests.fixtures.operator import (
     OperatorFactory,
@@ -21,6 +22,7 @@ from tests.fixtures.operator import (
     list_objects,
     metric_line,
     pod_logs,
+    pool_selector,
     sample_documents,
     secret,
     wait_for,
@@ -134,11 +136,19 @@ def test_a_hand_deleted_deployment_comes_back(seeded_with_workers: Seeded) -> No
     uid = seeded.get("deployment", "proj-default")["metadata"]["uid"]  # type: ignore[index]
     grace = seeded.get("deployment", "proj-default")["spec"]["template"]["spec"][  # type: ignore[index]
         "terminationGracePeriodSeconds"]
-    seeded.kubectl("delete", "deployment", "proj-default")
-    # It comes back once its old pods are gone (old and new workers never run side by side), at most the
-    # grace period and the operator's margin after the deletion.
-    wait_for(lambda: (seeded.get("deployment", "proj-default") or {}).get("metadata", {}).get("uid")
-             not in (None, uid), grace + HOLD_MARGIN_SECONDS + 30, "proj-default recreated")
+    with pod_events(seeded.cp, seeded.ns, pool_selector("proj", "default")) as events:
+        seeded.kubectl("delete", "deployment", "proj-default")
+        # It comes back once its old pods are gone (old and new workers never run side by side), at most the
+        # grace period and the operator's margin after the deletion.
+        wait_for(lambda: (seeded.get("deployment", "proj-default") or {}).get("metadata", {}).get("uid")
+                 not in (None, uid), grace + HOLD_MARGIN_SECONDS + 30, "proj-default recreated")
+    # The old worker was still starting when it was told to stop: one whose container had started stopped on
+    # that SIGTERM, not on the SIGKILL at the end of its grace period (as PID 1 it would have dropped the
+    # signal: `pod.pod_spec`). One stopped before its container started ends as 137, never having run.
+    ended = {o["metadata"]["name"]: s["state"]["terminated"] for _, o in events
+             for s in (o.get("status") or {}).get("containerStatuses") or [] if "terminated" in s["state"]}
+    print(f"\nthe old pods' containers ended: {ended}")
+    assert [t for t in ended.values() if t.get("startedAt") and t.get("exitCode") == 137] == [], ended
 
 
 def test_a_hand_edited_deployment_is_restored(seeded: Seeded) -> None:

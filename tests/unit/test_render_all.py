@@ -96,6 +96,14 @@ def test_workers_and_beat_share_the_config_maps_hash() -> None:
         assert dep["spec"]["template"]["metadata"]["annotations"][api.ANNOTATION_CONFIG_HASH] == digest
 
 
+def test_celery_pods_share_their_process_namespace_so_celery_is_never_pid_1() -> None:
+    """PID 1 drops a SIGTERM it has no handler for yet: Celery stopped while it imports must still stop."""
+    deployments = [o for o in render_all(crs.seed(), SECRETS) if o["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"proj-default", "proj-high", "proj-low", "proj-beat"}
+    for dep in deployments:
+        assert dep["spec"]["template"]["spec"]["shareProcessNamespace"] is True
+
+
 @pytest.mark.parametrize("obj", render_all(crs.seed(), SECRETS),
                          ids=lambda o: f"{o['kind']}-{o['metadata']['name']}")
 def test_rendered_objects_are_valid_kubernetes_objects(obj: dict[str, Any]) -> None:

@@ -140,8 +140,14 @@ def celery_container(topology: Topology, name: str, image: str, command: list[st
 
 def pod_spec(topology: Topology, container: Body, template: PodTemplate,
              termination_grace_period_seconds: int | None = None) -> Body:
-    """Pod spec around one celery container, with the user's template applied."""
+    """Pod spec around one celery container, with the user's template applied.
+
+    The pod shares one process namespace, so the pause process is PID 1 and Celery is not: a SIGTERM that
+    comes while Celery is still importing (a pod deleted or scaled away as it starts) ends it at once. As
+    PID 1 the kernel drops a signal it has no handler for yet, and the container ran (and consumed tasks)
+    until its grace period ended in a SIGKILL."""
     spec: Body = {"containers": [container], "volumes": volumes(topology.app.meta.name),
+                  "shareProcessNamespace": True,
                   "enableServiceLinks": False,
                   "automountServiceAccountToken": template.service_account_name is not None,
                   "securityContext": dict(template.security_context or {})}
