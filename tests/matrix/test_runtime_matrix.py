@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.matrix, pytest.mark.timeout(6
 
 CLIENT = REPO / "tests" / "e2e" / "client.py"
 ADD, FAIL, SLOW = "sample_tasks.tasks.add", "sample_tasks.tasks.fail", "sample_tasks.tasks.slow"
-GRACE = 20  # the pod's grace period: soft shutdown timeout 16 s (worker.soft_shutdown_timeout)
+GRACE = 10  # the pod's grace period: soft shutdown timeout 7 s, the smallest margin (worker.soft_shutdown_timeout)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 CASES = matrix.cases()
