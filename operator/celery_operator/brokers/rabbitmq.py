@@ -70,6 +70,7 @@ QUEUE_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers"
 # Only the statistics listing has these: the head message's `timestamp` property (classic queues) and the
 # rate messages were delivered to consumers over the last statistics interval (queue wait, waits.py).
 STATISTICS_COLUMNS = "head_message_timestamp,message_stats.deliver_get_details.rate"
+LIVE_COUNTS = ("messages_ready", "messages_unacknowledged")  # what a statistics poll takes from the live totals
 # The queue listing asks RabbitMQ for the app's queues only (a name regex; apps often share a vhost with
 # thousands of other queues) unless the regex would make the request line longer than this; then it lists
 # the vhost and keeps the app's rows. RabbitMQ pages filtered listings (at most 500 rows a page).
@@ -326,13 +327,14 @@ class RabbitMQBroker:
         `count_in_flight` is accepted for the interface: RabbitMQ reports in-flight for free."""
         try:
             by_name = _by_name(self.list_queues(queue_names))
-            # A queue the statistics database has not caught up with is listed by name only: its message
-            # counts come from the live totals instead (never read as 0), its consumers stay unknown.
-            wanted = set(queue_names)
-            unstated = [n for n, r in by_name.items() if "messages_ready" not in r and n in wanted]
-            if unstated:
-                live = _by_name(self.list_queues(unstated, statistics=False))
-                by_name.update({n: {**live.get(n, {}), **by_name[n]} for n in unstated})
+            if self.stats == "full":
+                # The statistics database lags the queues (its counts can be seconds old on a busy broker, and
+                # it lists a new queue by name only), so a statistics poll takes the message counts from the
+                # live totals too (one more request): a backlog is never read as smaller than it is, and a
+                # pool never scaled in on it. The listing adds consumers, head timestamps and delivery rates.
+                live = _by_name(self.list_queues(queue_names, statistics=False))
+                by_name = {n: {**by_name.get(n, {}), **{k: r[k] for k in LIVE_COUNTS if k in r}}
+                           for n, r in live.items()}
         except BrokerError as e:
             return self.measure_passive(queue_names, note=f"management API unavailable: {e}")
         depths: dict[str, QueueDepth] = {}
