@@ -16,7 +16,7 @@ import amqp
 import pytest
 
 from celery_operator import api
-from celery_operator.brokers import BrokerUnreachable, QueueDepth, connect
+from celery_operator.brokers import BrokerUnreachable, DepthReport, QueueDepth, connect
 from celery_operator.brokers.rabbitmq import NAME_FILTER_MAX_CHARS, PAGE_SIZE, POLICY_PRIORITY, RabbitMQBroker
 from localenv.brokers import RabbitMQ, ServerError, free_port
 from tests.fixtures.brokers import Vhost, exchange_model, queue_model
@@ -286,54 +286,45 @@ def test_measure_with_full_stats_reports_consumers(rabbitmq_vhost: Vhost) -> Non
     assert consumers == 2
 
 
-def test_a_queue_the_statistics_have_not_reached_yet_is_counted_from_the_live_totals_not_as_empty(
-        rabbitmq_vhost: Vhost) -> None:
-    # RabbitMQ lists a queue by name only until it first collects its statistics (every 5 s by default). If
-    # they reached the queue before the listing after `measure` (which may then have read their lagging
-    # count), this try shows nothing: another queue is tried. Listed by name only after, it was during.
-    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")
-    for attempt in range(5):
-        name = f"fresh-{attempt}"
-        broker.declare([], [queue_model(name)])
-        conn, ch = _channel(rabbitmq_vhost)
-        try:
-            _publish(ch, "", name, 5)
-            first = broker.measure([name])
-        finally:
-            conn.close()
-        if "messages_ready" not in next(r for r in broker.list_queues([name]) if r["name"] == name):
-            break
-    else:
-        pytest.fail("RabbitMQ collected each new queue's statistics before it could be measured without them")
-    assert first.queues[name].ready == 5
-    assert first.statistics
-
-
-def test_a_statistics_poll_counts_a_backlog_the_statistics_have_not_caught_up_with_from_the_live_totals(
-        rabbitmq_vhost: Vhost) -> None:
-    # The statistics reached the empty queue (listed with 0 ready); 7 messages published at once are in the
-    # live totals but not in the listing until its next collection (every 5 s by default). An attempt whose
-    # listing already had them after the measure shows nothing: another queue is tried.
-    broker = RabbitMQBroker(rabbitmq_vhost.url, rabbitmq_vhost.management_url, stats="full")
+def _measured_while_the_listing_lags(vhost: Vhost, prefix: str, messages: int, *,
+                                    seen_empty: bool) -> tuple[str, DepthReport]:
+    """A new queue given `messages` and measured at once with the statistics listing, on an attempt whose
+    listing still lagged after the measure: the queue listed by name only, or (`seen_empty`: measured once
+    the listing had it empty) still at 0. An attempt the statistics caught up with proves nothing: another
+    queue is tried (RabbitMQ collects them every 5 s by default)."""
+    broker = RabbitMQBroker(vhost.url, vhost.management_url, stats="full")
 
     def listed_ready(name: str) -> int | None:
         row = next(r for r in broker.list_queues([name]) if r["name"] == name)
         return int(row["messages_ready"]) if "messages_ready" in row else None
 
     for attempt in range(5):
-        name = f"lagging-{attempt}"
+        name = f"{prefix}-{attempt}"
         broker.declare([], [queue_model(name)])
-        wait_for(lambda name=name: listed_ready(name) == 0, 30, "the statistics listing the empty queue")
-        conn, ch = _channel(rabbitmq_vhost)
+        if seen_empty:
+            wait_for(lambda name=name: listed_ready(name) == 0, 30, "the statistics listing the empty queue")
+        conn, ch = _channel(vhost)
         try:
-            _publish(ch, "", name, 7)
+            _publish(ch, "", name, messages)
             measured = broker.measure([name])
         finally:
             conn.close()
-        if listed_ready(name) == 0:
-            break
-    else:
-        pytest.fail("RabbitMQ's statistics caught up with each backlog before it could be measured without them")
+        if listed_ready(name) == (0 if seen_empty else None):
+            return name, measured
+    pytest.fail("RabbitMQ's statistics caught up with each queue before it could be measured without them")
+
+
+def test_a_queue_the_statistics_have_not_reached_yet_is_counted_from_the_live_totals_not_as_empty(
+        rabbitmq_vhost: Vhost) -> None:
+    name, first = _measured_while_the_listing_lags(rabbitmq_vhost, "fresh", 5, seen_empty=False)
+    assert first.queues[name].ready == 5
+    assert first.statistics
+
+
+def test_a_statistics_poll_counts_a_backlog_the_statistics_have_not_caught_up_with_from_the_live_totals(
+        rabbitmq_vhost: Vhost) -> None:
+    # The listing had the queue empty; the 7 messages are in the live totals, not yet in the listing.
+    name, measured = _measured_while_the_listing_lags(rabbitmq_vhost, "lagging", 7, seen_empty=True)
     assert measured.statistics
     assert (measured.queues[name].ready, measured.queues[name].in_flight) == (7, 0)
     assert measured.queues[name].consumers == 0  # still the listing's
