@@ -215,9 +215,8 @@ def test_prometheus_scrapes_the_true_backlog_from_the_operator(rabbit_scaled: Sc
     wait_for(lambda: s.pool()["status"].get("queueDepth") == 7, 30, "7 messages measured")
     prom = prometheus_factory([f"127.0.0.1:{s.operator.port}"])
     query = f'celery_queue_length{{queue_name="low_queue",namespace="{s.ns}"}}'
-    # Its first scrape, then the true backlog. A poll that reads RabbitMQ's statistics listing (every 30 s;
-    # for a new queue, 5 s after it is first listed) gives ready counts as old as the statistics interval
-    # (5 s): a scrape may fall on that poll.
+    # Its first scrape, then the true backlog (awaited: the first scrapes may come before the operator's
+    # next poll exports it).
     seen: list[str] = []
 
     def scraped_seven() -> bool:
